@@ -1,0 +1,82 @@
+"""Settings read from `RAGFN_*` environment variables, at the edge only; the library takes them as arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from ragfn.errors import ConfigError
+
+OFFLINE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Everything a ragfn process can be told. Every field is `RAGFN_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGFN_", extra="ignore", frozen=True)
+
+    home: Path = Field(Path(".ragfn"), description="all local state: Chroma, dead letters, model folders")
+    collection: str = "default"
+
+    embed_model: str = Field("BAAI/bge-small-en-v1.5", description="fastembed model name")
+    embed_model_path: Path | None = Field(None, description="local ONNX folder; skips the model download")
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+    embed_threads: int | None = Field(None, ge=1, description="onnxruntime threads; all cores when unset")
+
+    chroma_url: str | None = Field(None, description="Chroma server URL; embedded PersistentClient when unset")
+
+    chunk_tokens: int = Field(200, ge=16, le=8192, description="target chunk size in embedder tokens")
+    chunk_overlap_tokens: int = Field(32, ge=0)
+    max_object_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_event_bytes: int = Field(256 * 1024, ge=4096, description="budget for one outgoing event's JSON")
+
+    file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="folders file:// events may read; cwd when empty")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+
+    sink: str | None = Field(None, validation_alias=AliasChoices("RAGFN_SINK", "K_SINK"),
+                             description="where fan-out events go; Knative's SinkBinding sets K_SINK")
+    trace_file: Path | None = Field(None, description="append finished spans as JSON lines (local debugging, tests)")
+
+    @field_validator("file_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("RAGFN_CHUNK_OVERLAP_TOKENS must be smaller than RAGFN_CHUNK_TOKENS")
+        return self
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.home / "dead-letter"
+
+    def resolved_file_roots(self) -> list[Path]:
+        return [root.resolve() for root in (self.file_roots or [Path.cwd()])]
+
+    def resolved_embed_model_path(self) -> Path | None:
+        """The configured folder, or the one `scripts/fetch_models.py` assembles under RAGFN_HOME/models."""
+        if self.embed_model_path is not None:
+            if not (self.embed_model_path / "model.onnx").is_file():
+                raise ConfigError(f"RAGFN_EMBED_MODEL_PATH={self.embed_model_path} has no model.onnx",
+                                  hint="run `python scripts/fetch_models.py` or point it at a fastembed ONNX folder")
+            return self.embed_model_path
+        candidate = self.home / "models" / self.embed_model.replace("/", "--")
+        return candidate if (candidate / "model.onnx").is_file() else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except (ValueError, SettingsError) as exc:
+        raise ConfigError(f"invalid ragfn settings: {exc}", hint="check the RAGFN_* environment variables") from exc
