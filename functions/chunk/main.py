@@ -1,0 +1,18 @@
+"""chunk: a storage notification in, chunk batches out to K_SINK (one object may make many events)."""
+
+from ragfn import events
+from ragfn.handler import InboundEvent, cloud_function
+from ragfn.pipeline import StageResult, chunk_change
+from ragfn.runtime import Runtime
+from ragfn.storage_events import parse_storage_event
+
+ACCEPTS = {t: None for t in (*events.STORAGE_TYPES, events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)}
+
+
+@cloud_function("chunk", accepts=ACCEPTS, reply_with_event=False, allow_plain_json=True)
+def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
+    changes = parse_storage_event(event.type, event.data, event_time=event.time)
+    results = [chunk_change(change, runtime, event_time=event.time) for change in changes]
+    # Publish everything only after every object was read and chunked: a failure above publishes nothing.
+    runtime.publisher.publish([out for result in results for out in result.events])
+    return StageResult([], {"documents": [result.summary for result in results]})

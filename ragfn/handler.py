@@ -1,0 +1,165 @@
+"""The one wrapper every function uses: parse the CloudEvent, validate it, open a span, map errors to HTTP.
+
+    @cloud_function("embed", accepts={events.CHUNKS: ChunkBatch})
+    def handle(event: InboundEvent, runtime: Runtime) -> StageResult: ...
+
+`handle` is then a functions-framework HTTP function. Its first outgoing event is the reply (a binary-mode
+CloudEvent the Broker routes on); functions that fan out publish to K_SINK themselves and reply with JSON.
+Status codes follow Knative's delivery spec: 2xx done, 400 permanent (dead-letter), 404/429/5xx retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import flask
+import functions_framework
+from cloudevents import exceptions as ce_errors
+from cloudevents.conversion import to_binary
+from cloudevents.http import from_http
+from opentelemetry import trace
+from pydantic import BaseModel, ValidationError
+
+from ragfn.config import load_settings
+from ragfn.errors import BadEvent, RagfnError
+from ragfn.pipeline import StageResult
+from ragfn.runtime import Runtime
+from ragfn.telemetry import configure_tracing, context_from_event, tracer
+
+log = logging.getLogger("ragfn.handler")
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    type: str | None  # None for a plain JSON POST (MinIO's webhook sends no CloudEvent envelope)
+    id: str | None
+    time: datetime | None
+    data: object  # the validated model for declared types, else decoded JSON
+    attributes: Mapping[str, object]
+
+
+def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundEvent:
+    body = request.get_data(cache=False)
+    if len(body) > MAX_REQUEST_BYTES:
+        raise BadEvent(f"request body is {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    is_cloudevent = "ce-specversion" in headers or headers.get("content-type", "").startswith(
+        "application/cloudevents+json")
+    if not is_cloudevent:
+        if not allow_plain_json:
+            raise BadEvent("request is not a CloudEvent", hint="send ce-* headers (binary mode) or "
+                           "Content-Type: application/cloudevents+json (structured mode)")
+        return InboundEvent(None, None, None, _json(body), {})
+    try:
+        event = from_http(headers, body)
+    except (ce_errors.GenericException, ValueError, TypeError) as exc:
+        raise BadEvent(f"malformed CloudEvent: {exc}") from exc
+    attributes = dict(event.get_attributes())
+    data = event.get_data()
+    if isinstance(data, (bytes, str)) and data:
+        data = _json(data)  # binary mode with a content type that cloudevents did not decode
+    time = None
+    if attributes.get("time"):
+        try:
+            time = datetime.fromisoformat(str(attributes["time"]).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise BadEvent(f"CloudEvent attribute time={attributes['time']!r} is not RFC 3339") from exc
+    return InboundEvent(str(attributes["type"]), str(attributes["id"]), time, data, attributes)
+
+
+def _json(body: bytes | str) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadEvent(f"event data is not valid JSON: {exc}") from exc
+
+
+def validate(event: InboundEvent, accepts: Mapping[str, type[BaseModel] | None]) -> InboundEvent:
+    if event.type is not None and event.type not in accepts:
+        raise BadEvent(f"unknown event type {event.type!r}", hint=f"this function accepts {sorted(accepts)}")
+    model = accepts.get(event.type) if event.type else None
+    if model is None:
+        return event
+    try:
+        return InboundEvent(event.type, event.id, event.time, model.model_validate(event.data), event.attributes)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadEvent(f"invalid {event.type} data: {problems}") from exc
+
+
+def error_response(error: RagfnError, event: InboundEvent | None = None) -> flask.Response:
+    body = error.to_dict()
+    if event is not None:
+        body |= {"event_id": event.id, "event_type": event.type}
+    return flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+
+
+def reply(result: StageResult, *, as_event: bool) -> flask.Response:
+    if as_event and result.events:
+        headers, payload = to_binary(result.events[0].to_cloudevent())
+        return flask.Response(payload, status=200, headers=dict(headers))
+    return flask.Response(json.dumps(result.summary), status=200, mimetype="application/json")
+
+
+class _LazyRuntime:
+    """Builds the function's Runtime on the first request, never at import."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                settings = load_settings()
+                configure_tracing(settings, self.service)
+                self._runtime = Runtime(settings)
+            return self._runtime
+
+
+Handler = Callable[[InboundEvent, Runtime], StageResult]
+
+
+def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
+                   allow_plain_json: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+    def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
+        runtime = _LazyRuntime(f"ragfn-{name}")
+
+        @functions_framework.http
+        @functools.wraps(handle)
+        def view(request: flask.Request) -> flask.Response:
+            if request.method == "GET":  # readiness probe
+                return flask.jsonify({"function": name, "ready": True})
+            event = None
+            try:
+                event = validate(parse_request(request, allow_plain_json=allow_plain_json), accepts)
+                with tracer().start_as_current_span(f"ragfn.{name}", context=context_from_event(event.attributes),
+                                                    kind=trace.SpanKind.CONSUMER) as span:
+                    span.set_attributes({"cloudevents.event_id": event.id or "", "cloudevents.event_type":
+                                         event.type or "", "ragfn.function": name})
+                    try:
+                        result = handle(event, runtime.get())
+                    except Exception as exc:
+                        span.record_exception(exc)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                        raise
+                    span.set_attribute("ragfn.events_out", len(result.events))
+                    return reply(result, as_event=reply_with_event)
+            except RagfnError as exc:
+                log.warning("%s: %s event %s: %s", name, event.type if event else "?", event.id if event else "?", exc)
+                return error_response(exc, event)
+            except Exception as exc:  # never let one bad event take the worker down; 500 makes Knative retry
+                log.exception("%s: unexpected failure", name)
+                return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event)
+
+        return view
+
+    return decorate

@@ -1,0 +1,142 @@
+"""The three ingestion stages as plain functions: chunk an object, embed a batch, index a batch.
+
+The Knative functions in `functions/` and the in-process CLI pipeline both call these, so a laptop and a
+cluster run the same code. Each stage returns the events it produces and a summary for logs and replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ragfn import events
+from ragfn.chunking import ChunkingConfig, chunk_document
+from ragfn.errors import ObjectNotFound, UnsupportedContent
+from ragfn.events import Chunk, ChunkBatch, DocumentTombstoned, DocumentVersion, EmbeddedBatch
+from ragfn.loaders import load_document
+from ragfn.publish import OutboundEvent
+from ragfn.runtime import Runtime
+from ragfn.storage_events import ObjectChange
+from ragfn.vectors import encode_vector
+
+# Room left in each chunk batch for the vector that embed adds to every chunk (base64 of 1536 float32).
+VECTOR_ALLOWANCE = 8192
+ENVELOPE_ALLOWANCE = 2048
+
+
+@dataclass
+class StageResult:
+    events: list[OutboundEvent] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def content_version(data: bytes) -> str:
+    return "sha256-" + hashlib.sha256(data).hexdigest()[:24]
+
+
+def microseconds(moment: datetime | None) -> int:
+    return int(moment.timestamp() * 1_000_000) if moment else time.time_ns() // 1000
+
+
+def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime | None = None) -> StageResult:
+    """Turn one storage change into chunk batches (upsert) or a tombstone (delete)."""
+    summary = {"uri": change.uri, "action": change.action, "collection": change.collection}
+    if change.action == "delete":
+        sequence = events.sequence_key(change.sequence if change.sequence is not None else microseconds(event_time))
+        tomb = DocumentTombstoned(collection=change.collection, document_id=change.uri, sequence=sequence)
+        return StageResult([OutboundEvent(events.DOCUMENT_TOMBSTONED, tomb, subject=change.uri)], summary)
+
+    try:
+        stored = runtime.reader.read(change.uri)
+    except ObjectNotFound:
+        return StageResult([], summary | {"status": "gone", "detail": "object no longer exists; a delete follows"})
+    if change.version and stored.version and change.version != stored.version:
+        return StageResult([], summary | {"status": "superseded", "detail": f"object is now {stored.version}"})
+
+    version = change.version or stored.version or content_version(stored.data)
+    sequence = change.sequence if change.sequence is not None else stored.sequence
+    meta = stored.metadata
+    document = DocumentVersion(
+        collection=change.collection, document_id=change.uri, version=version,
+        sequence=events.sequence_key(sequence if sequence is not None else microseconds(event_time)),
+        tenant=change.tenant or meta.get("ragfn-tenant") or None,
+        groups=list(change.groups) or [g.strip() for g in meta.get("ragfn-groups", "").split(",") if g.strip()],
+        content_type=change.content_type or stored.content_type, size=stored.size,
+    )
+    summary |= {"version": version}
+    entry = runtime.index.ledger_entry(document.collection, document.document_id)
+    if entry and entry.state == "indexed" and entry.version == version:
+        return StageResult([], summary | {"status": "unchanged"})
+    if entry and entry.is_newer_than(document.sequence, version):
+        return StageResult([], summary | {"status": "stale", "detail": f"index holds newer {entry.version}"})
+
+    loaded = load_document(stored.data, name=change.uri, content_type=document.content_type)
+    config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)
+    chunks = chunk_document(loaded, config, runtime.token_counter)
+    if not chunks:
+        raise UnsupportedContent(f"{change.uri} has no text to index")
+    groups = batch_chunks(chunks, runtime.settings.max_event_bytes)
+    out = [
+        OutboundEvent(events.CHUNKS, ChunkBatch(document=document, batch=i, batches=len(groups),
+                                               total_chunks=len(chunks), chunks=group),
+                      key=f"{document.document_id}#{version}#{i}", subject=change.uri)
+        for i, group in enumerate(groups)
+    ]
+    return StageResult(out, summary | {"status": "chunked", "chunks": len(chunks), "batches": len(groups)})
+
+
+def batch_chunks(chunks: list[Chunk], max_event_bytes: int) -> list[list[Chunk]]:
+    """Greedy batches whose JSON, once embed has added vectors, stays under the event budget."""
+    budget = max_event_bytes - ENVELOPE_ALLOWANCE
+    groups: list[list[Chunk]] = [[]]
+    used = 0
+    for chunk in chunks:
+        # every chunk travels twice in the embedded event (text + vector), so count it with its allowance
+        cost = len(chunk.model_dump_json()) + VECTOR_ALLOWANCE
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(chunk)
+        used += cost
+    return groups
+
+
+def embed_batch(batch: ChunkBatch, runtime: Runtime) -> StageResult:
+    """Vectors for one batch, reusing stored vectors of chunks whose text has not changed."""
+    embedder = runtime.embedder
+    reusable = runtime.index.reusable_vectors(batch.document.collection, embedder.name,
+                                              [c.content_hash for c in batch.chunks])
+    missing = [c for c in batch.chunks if c.content_hash not in reusable]
+    fresh = dict(zip((c.content_hash for c in missing), embedder.embed([c.text for c in missing]), strict=True))
+    vectors = [encode_vector(reusable.get(c.content_hash, fresh.get(c.content_hash))) for c in batch.chunks]
+    embedded = EmbeddedBatch(document=batch.document, batch=batch.batch, batches=batch.batches,
+                             total_chunks=batch.total_chunks, chunks=batch.chunks, embedder=embedder.name,
+                             dimensions=embedder.dimensions, vectors=vectors,
+                             reused=len(batch.chunks) - len(missing))
+    key = f"{batch.document.document_id}#{batch.document.version}#{batch.batch}"
+    summary = {"uri": batch.document.document_id, "batch": batch.batch, "embedded": len(missing),
+               "reused": embedded.reused}
+    return StageResult([OutboundEvent(events.EMBEDDED, embedded, key=key, subject=batch.document.document_id)],
+                       summary)
+
+
+def index_batch(batch: EmbeddedBatch, runtime: Runtime) -> StageResult:
+    indexed = runtime.index.write_batch(batch)
+    summary = {"uri": batch.document.document_id, "batch": batch.batch, "committed": indexed is not None}
+    if indexed is None:
+        return StageResult([], summary)
+    key = f"{indexed.document_id}#{indexed.version}"
+    return StageResult([OutboundEvent(events.DOCUMENT_INDEXED, indexed, key=key, subject=indexed.document_id)],
+                       summary)
+
+
+def remove_document(tomb: DocumentTombstoned, runtime: Runtime) -> StageResult:
+    removed = runtime.index.tombstone(tomb)
+    summary = {"uri": tomb.document_id, "removed": removed.chunks_removed if removed else 0, "stale": removed is None}
+    if removed is None:
+        return StageResult([], summary)
+    key = f"{removed.document_id}#{removed.sequence}"
+    return StageResult([OutboundEvent(events.DOCUMENT_REMOVED, removed, key=key, subject=removed.document_id)],
+                       summary)

@@ -1,0 +1,49 @@
+"""A process's settings and the clients built from them, each created on first use and then reused."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ragfn.config import Settings
+from ragfn.publish import HttpPublisher, Publisher
+
+
+class Runtime:
+    """What a function or the CLI works with. Construction is free; each client is built when first used."""
+
+    def __init__(self, settings: Settings, *, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self._publisher = publisher
+
+    @cached_property
+    def reader(self):
+        from ragfn.objects import ObjectReader
+
+        return ObjectReader(self.settings)
+
+    @cached_property
+    def embedder(self):
+        from ragfn.embedding import FastEmbedder
+
+        return FastEmbedder.from_settings(self.settings)
+
+    @cached_property
+    def index(self):
+        from ragfn.store import ChromaIndex
+
+        return ChromaIndex(self.settings)
+
+    @cached_property
+    def token_counter(self):
+        from ragfn.chunking import HeuristicTokenCounter, HFTokenCounter
+
+        path = self.settings.resolved_embed_model_path()
+        if path and (path / "tokenizer.json").is_file():
+            return HFTokenCounter(path / "tokenizer.json")
+        return HeuristicTokenCounter()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = HttpPublisher.from_settings(self.settings)
+        return self._publisher

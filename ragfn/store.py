@@ -1,0 +1,218 @@
+"""The Chroma index: idempotent chunk writes, one ledger entry per document, newest version wins.
+
+Each user collection NAME is two Chroma collections: `ragfn-NAME` holds chunks (ids `doc#version#n`), and
+`ragfn-NAME.ledger` holds one record per document: its committed version and sequence, or its tombstone.
+The ledger is what makes late and duplicate deliveries harmless: a batch or delete whose (sequence, version)
+is older than the ledger's is dropped, and a version is committed only once all its chunks are present.
+Chroma has no transactions, so two replicas committing the same document at the same instant can race;
+the loser's chunks are removed by the next commit or delete of that document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ragfn.config import Settings
+from ragfn.errors import BadEvent, ConfigError, Unavailable
+from ragfn.events import DocumentIndexed, DocumentRemoved, DocumentTombstoned, DocumentVersion, EmbeddedBatch
+from ragfn.vectors import decode_vector
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+PUBLIC = "*"  # the ACL group of a document readable by its whole tenant
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    document_id: str
+    version: str
+    sequence: str
+    state: str  # "indexed" | "deleted"
+    chunks: int
+    tenant: str | None
+
+    def is_newer_than(self, sequence: str, version: str) -> bool:
+        return (self.sequence, self.version) > (sequence, version)
+
+
+def check_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.match(name):
+        raise BadEvent(f"invalid collection name {name!r}",
+                       hint="use 1-63 letters, digits, '-' or '_', starting with a letter or digit")
+    return name
+
+
+def chunk_id(document: DocumentVersion, number: int) -> str:
+    return f"{document.document_id}#{document.version}#{number}"
+
+
+class ChromaIndex:
+    """Embedded `PersistentClient` under RAGFN_HOME, or `HttpClient` when RAGFN_CHROMA_URL is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self):
+        import chromadb
+
+        try:
+            if self.settings.chroma_url:
+                url = urlparse(self.settings.chroma_url)
+                if url.scheme not in ("http", "https") or not url.hostname:
+                    raise ConfigError(f"RAGFN_CHROMA_URL={self.settings.chroma_url!r} is not an http(s) URL")
+                return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 80),
+                                           ssl=url.scheme == "https")
+            self.settings.chroma_path.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.settings.chroma_path))
+        except (ValueError, ConnectionError, OSError) as exc:
+            raise Unavailable(f"cannot reach Chroma ({self.settings.chroma_url or self.settings.chroma_path}): {exc}",
+                              hint="start it with `chroma run` or unset RAGFN_CHROMA_URL for embedded mode") from exc
+
+    def warm_up(self) -> None:
+        self.client.heartbeat()
+
+    # -- collections -------------------------------------------------------------------------------------
+
+    def chunks(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
+        name = f"ragfn-{check_collection_name(collection)}"
+        metadata = {"hnsw:space": "cosine"}
+        if embedder:
+            metadata |= {"ragfn:embedder": embedder, "ragfn:dimensions": dimensions}
+        found = self.client.get_or_create_collection(name, metadata=metadata, embedding_function=None)
+        stored = (found.metadata or {}).get("ragfn:embedder")
+        if embedder and stored and stored != embedder:
+            raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
+                           hint="use another collection, or re-ingest everything with the collection's embedder")
+        if embedder and not stored:
+            found.modify(metadata=metadata)
+        return found
+
+    def _ledger(self, collection: str):
+        return self.client.get_or_create_collection(f"ragfn-{check_collection_name(collection)}.ledger",
+                                                    embedding_function=None)
+
+    def collections(self) -> list[str]:
+        names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+        return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
+
+    # -- ledger --------------------------------------------------------------------------------------------
+
+    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None:
+        found = self._ledger(collection).get(ids=[document_id], include=["metadatas"])
+        if not found["ids"]:
+            return None
+        meta = found["metadatas"][0]
+        return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
+                           meta.get("tenant") or None)
+
+    def ledger(self, collection: str) -> Iterator[LedgerEntry]:
+        found = self._ledger(collection).get(include=["metadatas"])
+        for document_id, meta in zip(found["ids"], found["metadatas"], strict=True):
+            yield LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
+                              meta.get("tenant") or None)
+
+    def _record(self, collection: str, entry: LedgerEntry) -> None:
+        meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
+                "chunks": entry.chunks, "tenant": entry.tenant or ""}
+        self._ledger(collection).upsert(ids=[entry.document_id], embeddings=[[1.0]], metadatas=[meta])
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Vectors already stored for these chunk texts, so unchanged chunks are never embedded twice."""
+        if not hashes or collection not in self.collections():
+            return {}
+        chunks = self.chunks(collection)
+        if (chunks.metadata or {}).get("ragfn:embedder") != embedder:
+            return {}
+        found = chunks.get(where={"content_hash": {"$in": sorted(set(hashes))}}, include=["metadatas", "embeddings"])
+        return {meta["content_hash"]: np.asarray(vec, dtype=np.float32)
+                for meta, vec in zip(found["metadatas"], found["embeddings"], strict=True)}
+
+    def write_batch(self, batch: EmbeddedBatch) -> DocumentIndexed | None:
+        """Upsert one batch; commit the version when all its chunks are present. None while incomplete or stale."""
+        doc = batch.document
+        if len(batch.vectors) != len(batch.chunks):
+            raise BadEvent(f"batch has {len(batch.chunks)} chunks but {len(batch.vectors)} vectors")
+        entry = self.ledger_entry(doc.collection, doc.document_id)
+        if entry and entry.is_newer_than(doc.sequence, doc.version):
+            return None  # a newer version (or a later delete) is already committed
+        chunks = self.chunks(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
+        chunks.upsert(
+            ids=[chunk_id(doc, c.number) for c in batch.chunks],
+            embeddings=np.stack([decode_vector(v, batch.dimensions) for v in batch.vectors]),
+            documents=[c.text for c in batch.chunks],
+            metadatas=[self._chunk_metadata(doc, c) for c in batch.chunks],
+        )
+        present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]}, include=[])
+        if len(present["ids"]) < batch.total_chunks:
+            return None
+        return self._commit(doc, batch.total_chunks)
+
+    def _commit(self, doc: DocumentVersion, total: int) -> DocumentIndexed | None:
+        entry = self.ledger_entry(doc.collection, doc.document_id)
+        chunks = self.chunks(doc.collection)
+        if entry and entry.is_newer_than(doc.sequence, doc.version):
+            chunks.delete(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]})
+            return None
+        existing = chunks.get(where={"document_id": doc.document_id}, include=["metadatas"])
+        stale = [(i, m["version"]) for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                 if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
+        if stale:
+            chunks.delete(ids=[i for i, _ in stale])
+        self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
+                                                 doc.tenant))
+        return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
+                               sequence=doc.sequence, chunks=total, tenant=doc.tenant,
+                               replaced_versions=sorted({v for _, v in stale}))
+
+    def tombstone(self, event: DocumentTombstoned, *, reason: str = "deleted") -> DocumentRemoved | None:
+        """Delete every chunk at or before the tombstone's sequence and remember the delete."""
+        entry = self.ledger_entry(event.collection, event.document_id)
+        if entry and entry.sequence > event.sequence:
+            return None  # re-created after this delete: the delete is stale
+        if entry and entry.state == "deleted" and entry.sequence == event.sequence:
+            removed = 0  # duplicate delivery; still answer so a lost reply is healed
+        else:
+            chunks = self.chunks(event.collection)
+            existing = chunks.get(where={"document_id": event.document_id}, include=["metadatas"])
+            doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                      if m["sequence"] <= event.sequence]
+            if doomed:
+                chunks.delete(ids=doomed)
+            removed = len(doomed)
+            # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
+            self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
+                                                       entry.tenant if entry else None))
+        return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
+                               chunks_removed=removed, reason=reason)
+
+    @staticmethod
+    def _chunk_metadata(doc: DocumentVersion, chunk) -> dict:
+        return {
+            "document_id": doc.document_id, "source": doc.document_id, "version": doc.version,
+            "sequence": doc.sequence, "number": chunk.number, "start": chunk.start, "end": chunk.end,
+            "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
+            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
+            "content_type": doc.content_type or "",
+        }
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        result = {}
+        for name in self.collections():
+            documents = sum(1 for e in self.ledger(name) if e.state == "indexed")
+            result[name] = {"documents": documents, "chunks": self.chunks(name).count()}
+        return result
