@@ -1,0 +1,170 @@
+"""The `ragfn` command line: ingest, stats, dev and the dead-letter store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ragfn.config import Settings, load_settings
+from ragfn.errors import RagfnError
+
+app = typer.Typer(help="ragfn: retrieval-augmented generation as small CloudEvents functions.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+dlq = typer.Typer(help="Inspect and replay the local broker's dead letters.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+err = Console(stderr=True)
+
+
+def _settings(**overrides) -> Settings:
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2 if isinstance(exc, RagfnError) and exc.status == 400 else 1)
+
+
+def _runtime(settings: Settings, *, dev: bool = False):
+    from ragfn.dev import read_dev_state
+    from ragfn.runtime import Runtime
+
+    if dev:
+        settings = settings.model_copy(update={"chroma_url": read_dev_state(settings)["chroma_url"]})
+    return Runtime(settings)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="files, folders, file://, s3:// or gs:// URIs")],
+    collection: Annotated[str, typer.Option(help="collection to index into")] = "default",
+    tenant: Annotated[Optional[str], typer.Option(help="tenant that owns the documents")] = None,
+    groups: Annotated[str, typer.Option(help="comma-separated ACL groups allowed to read them")] = "",
+    prune: Annotated[bool, typer.Option(help="delete indexed documents under these roots whose files are gone")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help="send events to a running `ragfn dev` instead of in-process")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Upsert new and changed documents; unchanged ones are skipped."""
+    from ragfn.ingest import ingest as run_ingest
+    from ragfn.ingest import ingest_via_broker
+    from ragfn.objects import to_uri
+
+    try:
+        # Paths named on the command line are trusted roots for file:// reads.
+        roots = [Path(to_uri(p)[len("file://"):]) for p in paths if "://" not in p or p.startswith("file://")]
+        settings = _settings()
+        settings = settings.model_copy(update={"file_roots": [*settings.file_roots, *roots] or settings.file_roots})
+        runtime = _runtime(settings, dev=dev)
+        group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True, disable=not err.is_terminal and as_json) as progress:
+            task = progress.add_task("ingesting", total=None)
+
+            def show(current: str, done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total or None, description=current[-60:] or "done")
+
+            if dev:
+                from ragfn.dev import read_dev_state
+
+                result = ingest_via_broker(paths, runtime, read_dev_state(settings)["broker"], collection=collection,
+                                           tenant=tenant, groups=group_list, prune=prune, on_progress=show)
+            else:
+                report = run_ingest(paths, runtime, collection=collection, tenant=tenant, groups=group_list,
+                                    prune=prune, on_progress=show)
+                result = {"documents": report.counts(), "chunks_embedded": report.chunks_embedded,
+                          "chunks_reused": report.chunks_reused, "removed": report.removed, "errors": report.errors}
+        result["stats"] = runtime.index.stats()
+    except (RagfnError, TimeoutError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for uri, why in result.get("errors", {}).items():
+        err.print(f"[yellow]skipped[/yellow] {uri}: {why}")
+    err.print({k: v for k, v in result.items() if k != "errors"})
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help="read the index of a running `ragfn dev`")] = False,
+) -> None:
+    """Documents and chunks per collection."""
+    try:
+        collections = _runtime(_settings(), dev=dev).index.stats()
+    except RagfnError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"collections": collections}))
+        return
+    for name, numbers in collections.items():
+        print(f"{name}: {numbers['documents']} documents, {numbers['chunks']} chunks")
+    if not collections:
+        print("no collections yet: run `ragfn ingest PATH`")
+
+
+@app.command("dev")
+def dev_command(
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="broker port; chunk, embed, index take the next three")] = 8080,
+    chroma_port: Annotated[int, typer.Option(help="port for `chroma run` when RAGFN_CHROMA_URL is unset")] = 8000,
+) -> None:
+    """Run the ingestion functions as HTTP servers behind the local broker until Ctrl-C."""
+    from ragfn.dev import DevPorts, run
+
+    def ready(state: dict) -> None:
+        err.print(f"ragfn dev ready: broker {state['broker']}, chroma {state['chroma_url']}")
+        for name, url in state["functions"].items():
+            err.print(f"  {name}: {url}")
+        sys.stderr.flush()
+
+    try:
+        run(_settings(), host=host, ports=DevPorts(broker=port, chroma=chroma_port), on_ready=ready)
+    except RagfnError as exc:
+        _fail(exc)
+
+
+@dlq.command("list")
+def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Dead letters, oldest first."""
+    from ragfn.deadletter import DeadLetterStore
+
+    letters = DeadLetterStore(_settings().dead_letter_path).list()
+    if as_json:
+        print(json.dumps([letter.__dict__ for letter in letters], indent=2))
+        return
+    for letter in letters:
+        print(f"{letter.id}  {letter.failed_at}  {letter.event.get('type')}  -> {letter.trigger}  "
+              f"[{letter.status}] {letter.error[:100]}")
+
+
+@dlq.command("show")
+def dlq_show(letter_id: str) -> None:
+    from ragfn.deadletter import DeadLetterStore
+
+    try:
+        print(json.dumps(DeadLetterStore(_settings().dead_letter_path).get(letter_id).__dict__, indent=2))
+    except RagfnError as exc:
+        _fail(exc)
+
+
+@dlq.command("replay")
+def dlq_replay(letter_id: str) -> None:
+    """Send a dead letter back through the running `ragfn dev` broker."""
+    import httpx
+
+    from ragfn.dev import read_dev_state
+
+    try:
+        broker = read_dev_state(_settings())["broker"]
+        response = httpx.post(f"{broker}/dead-letters/{letter_id}/replay", timeout=10)
+    except (RagfnError, httpx.HTTPError) as exc:
+        _fail(exc)
+    print(response.text)
+    if response.status_code >= 300:
+        raise typer.Exit(1)

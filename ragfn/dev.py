@@ -1,0 +1,120 @@
+"""`ragfn dev`: chunk, embed and index as real functions-framework servers behind the local broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ragfn.broker import LocalBroker
+from ragfn.config import Settings
+from ragfn.deadletter import DeadLetterStore
+from ragfn.errors import ConfigError, Unavailable
+from ragfn.triggers import load_triggers
+
+FUNCTIONS = ("chunk", "embed", "index")
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    broker: int
+    chroma: int
+
+    def function(self, name: str) -> int:
+        return self.broker + 1 + FUNCTIONS.index(name)
+
+
+def repo_root() -> Path:
+    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (candidate / "functions").is_dir() and (candidate / "eventing" / "triggers").is_dir():
+            return candidate
+    raise ConfigError("cannot find functions/ and eventing/triggers/", hint="run `ragfn dev` from the ragfn checkout")
+
+
+def dev_state_path(settings: Settings) -> Path:
+    return settings.home / "dev.json"
+
+
+def read_dev_state(settings: Settings) -> dict:
+    path = dev_state_path(settings)
+    if not path.is_file():
+        raise ConfigError(f"no running `ragfn dev` found ({path} is missing)", hint="start one with `ragfn dev`")
+    return json.loads(path.read_text())
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Unavailable(f"{url} exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise Unavailable(f"{url} was not ready within {timeout:.0f}s")
+
+
+def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
+    root = repo_root()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    broker_url = f"http://{host}:{ports.broker}"
+    env = dict(os.environ, RAGFN_HOME=str(settings.home.resolve()), K_SINK=broker_url,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    chroma_url = settings.chroma_url
+    if not chroma_url:
+        # Several processes must not open one embedded Chroma folder, so dev serves it with `chroma run`.
+        chroma_url = f"http://{host}:{ports.chroma}"
+        chroma = Path(sys.executable).with_name("chroma")
+        processes.append(subprocess.Popen(
+            [str(chroma), "run", "--path", str(settings.chroma_path.resolve()), "--host", host, "--port",
+             str(ports.chroma)], stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
+        wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
+    env["RAGFN_CHROMA_URL"] = chroma_url
+    urls = {}
+    for name in FUNCTIONS:
+        port = ports.function(name)
+        urls[f"ragfn-{name}"] = f"http://{host}:{port}"
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "handle", "--source",
+             str(root / "functions" / name / "main.py"), "--host", host, "--port", str(port)],
+            env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
+    for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
+        wait_ready(url, process)
+    return processes, {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+
+
+def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print) -> None:
+    log_dir = settings.home / "logs"
+    processes, state = start(settings, host=host, ports=ports, log_dir=log_dir)
+    broker = LocalBroker(load_triggers(repo_root() / "eventing" / "triggers"), state["functions"],
+                         DeadLetterStore(settings.dead_letter_path))
+    server = broker.serve(host, ports.broker)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
+    on_ready(state)
+    try:
+        stop.wait()
+    finally:
+        dev_state_path(settings).unlink(missing_ok=True)
+        server.shutdown()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,136 @@
+"""`ragfn ingest`: walk paths and URIs, run chunk -> embed -> index in-process, and prune what is gone."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from ragfn import events
+from ragfn.errors import RagfnError
+from ragfn.events import ChunkBatch, DocumentTombstoned, EmbeddedBatch
+from ragfn.objects import parse_uri, to_uri
+from ragfn.pipeline import chunk_change, embed_batch, index_batch
+from ragfn.runtime import Runtime
+from ragfn.storage_events import ObjectChange
+
+# When walking a folder or prefix, only these are picked up; a file named explicitly is always tried.
+INGESTIBLE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf"}
+
+
+@dataclass
+class IngestReport:
+    outcomes: dict[str, str] = field(default_factory=dict)  # uri -> indexed | unchanged | stale | gone | ...
+    errors: dict[str, str] = field(default_factory=dict)  # uri -> why it was rejected
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    removed: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.outcomes.values())) | ({"rejected": len(self.errors)} if self.errors else {})
+
+
+def expand(targets: Iterable[str], runtime: Runtime) -> tuple[list[str], list[str]]:
+    """(object URIs to ingest, root URIs they were found under) for files, folders and bucket prefixes."""
+    uris, roots = [], []
+    for target in targets:
+        uri = to_uri(target)
+        scheme, _, key = parse_uri(uri, root=True)
+        is_folder = (scheme == "file" and _is_dir(key)) or (scheme != "file" and (not key or key.endswith("/")))
+        if not is_folder:
+            uris.append(uri)
+            continue
+        roots.append(uri.rstrip("/") + "/")
+        uris.extend(u for u in runtime.reader.list(uri) if PurePosixPath(u).suffix.lower() in INGESTIBLE_SUFFIXES)
+    return sorted(dict.fromkeys(uris)), roots
+
+
+def _is_dir(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_dir()
+
+
+def ingest_uri(change: ObjectChange, runtime: Runtime, report: IngestReport) -> None:
+    chunked = chunk_change(change, runtime)
+    status = chunked.summary.get("status", "chunked")
+    committed = False
+    for out in chunked.events:
+        assert isinstance(out.data, ChunkBatch)
+        embedded = embed_batch(out.data, runtime)
+        batch = embedded.events[0].data
+        assert isinstance(batch, EmbeddedBatch)
+        report.chunks_reused += batch.reused
+        report.chunks_embedded += len(batch.chunks) - batch.reused
+        committed = bool(index_batch(batch, runtime).events) or committed
+    report.outcomes[change.uri] = "indexed" if committed else status
+
+
+def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default", tenant: str | None = None,
+           groups: tuple[str, ...] = (), prune: bool = False,
+           on_progress: Callable[[str, int, int], None] | None = None) -> IngestReport:
+    report = IngestReport()
+    uris, roots = expand(targets, runtime)
+    for done, uri in enumerate(uris):
+        if on_progress:
+            on_progress(uri, done, len(uris))
+        change = ObjectChange(action="upsert", uri=uri, collection=collection, version=None, sequence=None,
+                              tenant=tenant, groups=tuple(groups), size=None, content_type=None)
+        try:
+            ingest_uri(change, runtime, report)
+        except RagfnError as exc:  # one bad file never stops the rest; the report names it
+            report.errors[uri] = str(exc)
+    if on_progress:
+        on_progress("", len(uris), len(uris))
+    if prune:
+        report.removed = prune_missing(roots, set(uris), runtime, collection)
+    return report
+
+
+def prune_missing(roots: list[str], present: set[str], runtime: Runtime, collection: str) -> list[str]:
+    """Tombstone indexed documents under `roots` that were not found this time."""
+    if not roots or collection not in runtime.index.collections():
+        return []
+    sequence = events.sequence_key(time.time_ns() // 1000)
+    removed = []
+    for entry in list(runtime.index.ledger(collection)):
+        under_root = any(entry.document_id.startswith(root) for root in roots)
+        if entry.state == "indexed" and under_root and entry.document_id not in present:
+            runtime.index.tombstone(DocumentTombstoned(collection=collection, document_id=entry.document_id,
+                                                       sequence=sequence), reason="pruned")
+            removed.append(entry.document_id)
+    return removed
+
+
+def ingest_via_broker(targets: list[str], runtime: Runtime, broker_url: str, *, collection: str = "default",
+                      tenant: str | None = None, groups: tuple[str, ...] = (), prune: bool = False,
+                      timeout: float = 600.0, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Send document.upserted (and, with prune, document.deleted) events to a running `ragfn dev` and wait."""
+    import httpx
+
+    from ragfn.publish import HttpPublisher, OutboundEvent
+
+    uris, roots = expand(targets, runtime)
+    publisher = HttpPublisher(broker_url)
+    publisher.publish([OutboundEvent(events.DOCUMENT_UPSERTED, events.DocumentUpserted(
+        uri=uri, collection=collection, tenant=tenant, groups=list(groups)), key=f"{uri}@{time.time_ns()}")
+        for uri in uris])
+    deleted = []
+    if prune and roots and collection in runtime.index.collections():
+        deleted = [e.document_id for e in runtime.index.ledger(collection) if e.state == "indexed"
+                   and any(e.document_id.startswith(r) for r in roots) and e.document_id not in set(uris)]
+        now = time.time_ns() // 1000
+        publisher.publish([OutboundEvent(events.DOCUMENT_DELETED, events.DocumentDeleted(
+            uri=uri, collection=collection, sequence=now), key=f"{uri}@{now}") for uri in deleted])
+    deadline = time.monotonic() + timeout
+    while True:
+        status = httpx.get(f"{broker_url}/status", timeout=5).json()
+        if on_progress:
+            on_progress(f"{status['in_flight']} deliveries in flight", status["delivered"], 0)
+        if status["in_flight"] == 0:
+            return {"sent": len(uris), "deleted": deleted, "broker": status}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker still had {status['in_flight']} deliveries after {timeout:.0f}s")
+        time.sleep(0.2)
