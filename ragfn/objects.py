@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from ragfn.config import Settings
-from ragfn.errors import (BadEvent, ConfigError, ObjectNotFound, ObjectTooLarge, RagfnError, RateLimited, Unavailable,
-                          UnsafeKey, UnsupportedContent)
+from ragfn.errors import (
+    BadEvent,
+    ConfigError,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RagfnError,
+    RateLimited,
+    Unavailable,
+    UnsafeKey,
+    UnsupportedContent,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
@@ -16,7 +16,7 @@ from ragfn.objects import canonical_uri, make_uri, metadata_labels, user_metadat
 
 ACCEPTED_TYPES = (events.GCS_FINALIZED, events.GCS_DELETED, events.S3_NOTIFICATION, events.MINIO_NOTIFICATION,
                   events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_NESTING = 4  # SNS inside SQS inside a Knative envelope is 3; more is a loop or an attack
 
 
@@ -201,5 +201,5 @@ def _micros(moment: datetime | None) -> int | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # CloudEvents times are UTC; a naive one came from a careless caller
+        moment = moment.replace(tzinfo=UTC)  # CloudEvents times are UTC; a naive one came from a careless caller
     return (moment - _EPOCH) // timedelta(microseconds=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def test_minio_delete() -> None:
 # --- ragfn's own events ------------------------------------------------------------------------------------------
 
 def test_document_upserted_uses_event_time_when_no_sequence() -> None:
-    when = datetime(2024, 4, 5, 19, 34, 38, 901234, tzinfo=timezone.utc)
+    when = datetime(2024, 4, 5, 19, 34, 38, 901234, tzinfo=UTC)
     data = {"uri": "file:///srv/docs/a.md", "tenant": "acme", "groups": ["eng"], "collection": "notes"}
     change = one(events.DOCUMENT_UPSERTED, data, event_time=when)
     assert change == ObjectChange(action="upsert", uri="file:///srv/docs/a.md", collection="notes", version=None,
