@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from ragfn.config import load_settings
 from ragfn.errors import BadEvent, RagfnError
-from ragfn.pipeline import StageResult
+from ragfn.publish import StageResult
 from ragfn.runtime import Runtime
 from ragfn.telemetry import configure_tracing, context_from_event, tracer
 

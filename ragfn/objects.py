@@ -297,20 +297,7 @@ def _s3_error(exc: Exception, uri: str) -> RagfnError:
         return ConfigError(f"no AWS credentials to read {uri}", hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if not isinstance(exc, ClientError):
         return Unavailable(f"S3 is unreachable for {uri}: {exc}")
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound"):
-        return ObjectNotFound(f"{uri} does not exist")
-    if status == 403:
-        return ConfigError(f"access to {uri} denied ({code})",
-                           hint="check the credentials and bucket policy; S3 answers 403 for missing keys without s3:ListBucket")
-    if status == 412:
-        return Unavailable(f"{uri} changed while it was being read")
-    if status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
-        return RateLimited(f"S3 is throttling reads of {uri}")
-    if status >= 500 or status == 0:
-        return Unavailable(f"S3 failed reading {uri}: {code} {exc}")
-    return BadEvent(f"S3 refused {uri}: {code} {exc}")
+    return _by_status(int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)), uri, "S3", exc)
 
 
 def _gcs_errors() -> tuple[type[Exception], ...]:
@@ -320,15 +307,22 @@ def _gcs_errors() -> tuple[type[Exception], ...]:
 
 
 def _gcs_error(exc: Exception, uri: str) -> RagfnError:
-    from google.api_core import exceptions as gexc
-    if isinstance(exc, gexc.NotFound):
+    code = getattr(exc, "code", None)  # GoogleAPICallError carries the HTTP status; transport errors do not
+    return _by_status(code if isinstance(code, int) else 0, uri, "Cloud Storage", exc)
+
+
+def _by_status(status: int, uri: str, service: str, exc: Exception) -> RagfnError:
+    """One mapping from an object store's HTTP status to ragfn's error tree (and so to Knative's retries)."""
+    if status == 404:
         return ObjectNotFound(f"{uri} does not exist")
-    if isinstance(exc, (gexc.Forbidden, gexc.Unauthorized)):
-        return ConfigError(f"access to {uri} denied: {exc}", hint="grant the service account roles/storage.objectViewer")
-    if isinstance(exc, gexc.PreconditionFailed):
+    if status in (401, 403):
+        return ConfigError(f"{service} denied access to {uri}: {exc}",
+                           hint="check the credentials and the bucket's policy (S3 answers 403 for a missing key "
+                                "when the reader lacks s3:ListBucket)")
+    if status == 412:  # If-Match / if_generation_match: overwritten between the size check and the download
         return Unavailable(f"{uri} changed while it was being read")
-    if isinstance(exc, gexc.TooManyRequests):
-        return RateLimited(f"Cloud Storage is throttling reads of {uri}")
-    if isinstance(exc, gexc.ClientError):
-        return BadEvent(f"Cloud Storage refused {uri}: {exc}")
-    return Unavailable(f"Cloud Storage failed reading {uri}: {exc}")
+    if status == 429:
+        return RateLimited(f"{service} is throttling reads of {uri}")
+    if status >= 500 or status == 0:
+        return Unavailable(f"{service} failed reading {uri}: {exc}")
+    return BadEvent(f"{service} refused {uri}: {exc}")

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from ragfn import events
-from ragfn.chunking import ChunkingConfig, chunk_document
 from ragfn.errors import ObjectNotFound, UnsupportedContent
 from ragfn.events import Chunk, ChunkBatch, DocumentTombstoned, DocumentVersion, EmbeddedBatch
-from ragfn.loaders import load_document
-from ragfn.publish import OutboundEvent
+from ragfn.publish import OutboundEvent, StageResult
 from ragfn.runtime import Runtime
 from ragfn.storage_events import ObjectChange
 from ragfn.vectors import encode_vector
@@ -24,12 +21,6 @@ from ragfn.vectors import encode_vector
 # Room left in each chunk batch for the vector that embed adds to every chunk (base64 of 1536 float32).
 VECTOR_ALLOWANCE = 8192
 ENVELOPE_ALLOWANCE = 2048
-
-
-@dataclass
-class StageResult:
-    events: list[OutboundEvent] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
 
 
 def content_version(data: bytes) -> str:
@@ -71,6 +62,10 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         return StageResult([], summary | {"status": "unchanged"})
     if entry and entry.is_newer_than(document.sequence, version):
         return StageResult([], summary | {"status": "stale", "detail": f"index holds newer {entry.version}"})
+
+    # imported here: loaders need the "chunk" extra, which the embed and index images do not install
+    from ragfn.chunking import ChunkingConfig, chunk_document
+    from ragfn.loaders import load_document
 
     loaded = load_document(stored.data, name=change.uri, content_type=document.content_type)
     config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)

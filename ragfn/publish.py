@@ -38,6 +38,14 @@ class OutboundEvent:
         return CloudEvent(attributes, self.data.model_dump(mode="json"))
 
 
+@dataclass
+class StageResult:
+    """What a pipeline stage produced: events to send on, and a summary for logs and HTTP replies."""
+
+    events: list[OutboundEvent] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
 class Publisher(Protocol):
     def publish(self, outgoing: list[OutboundEvent]) -> None: ...
 

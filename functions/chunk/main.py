@@ -2,7 +2,8 @@
 
 from ragfn import events
 from ragfn.handler import InboundEvent, cloud_function
-from ragfn.pipeline import StageResult, chunk_change
+from ragfn.publish import StageResult
+from ragfn.pipeline import chunk_change
 from ragfn.runtime import Runtime
 from ragfn.storage_events import parse_storage_event
 

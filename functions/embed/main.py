@@ -3,7 +3,8 @@
 from ragfn import events
 from ragfn.events import ChunkBatch
 from ragfn.handler import InboundEvent, cloud_function
-from ragfn.pipeline import StageResult, embed_batch
+from ragfn.publish import StageResult
+from ragfn.pipeline import embed_batch
 from ragfn.runtime import Runtime
 
 

@@ -3,7 +3,8 @@
 from ragfn import events
 from ragfn.events import DocumentTombstoned, EmbeddedBatch
 from ragfn.handler import InboundEvent, cloud_function
-from ragfn.pipeline import StageResult, index_batch, remove_document
+from ragfn.publish import StageResult
+from ragfn.pipeline import index_batch, remove_document
 from ragfn.runtime import Runtime
 
 
