@@ -126,7 +126,7 @@ class LocalBroker:
 
     def replay(self, letter_id: str) -> int:
         letter = self.dead_letters.get(letter_id)
-        matched = self.accept(from_dict(CloudEvent, self.dead_letters.original_event(letter)))
+        matched = self.accept(from_dict(self.dead_letters.original_event(letter)))
         self.dead_letters.remove(letter_id)
         return matched
 

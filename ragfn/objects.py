@@ -27,7 +27,6 @@ from ragfn.errors import (
 log = logging.getLogger(__name__)
 
 SCHEMES = ("file", "s3", "gs")
-_META_PREFIX = "x-amz-meta-"
 
 
 @dataclass(frozen=True)
@@ -71,17 +70,10 @@ def parse_uri(uri: str, *, root: bool = False) -> tuple[str, str, str]:
     """(scheme, bucket, key); for file:// the bucket is "" and the key the absolute path. `root` allows an empty key."""
     if not isinstance(uri, str) or "://" not in uri:
         raise BadEvent(f"expected a URI like file:///path, s3://bucket/key or gs://bucket/key, got {uri!r}")
-    # No urlsplit: '?', '#' and '%' are ordinary characters in object keys.
-    scheme, _, rest = uri.partition("://")
+    scheme, _, rest = uri.partition("://")  # not urlsplit: '?', '#' and '%' are ordinary characters in keys
     scheme = scheme.lower()
-    if scheme == "file":
-        make_uri("file", "", rest)
-        return "file", "", rest
-    bucket, _, key = rest.partition("/")
-    if root and not key:
-        make_uri(scheme, bucket, "x")
-        return scheme, bucket, ""
-    make_uri(scheme, bucket, key)
+    bucket, _, key = ("", "", rest) if scheme == "file" else rest.partition("/")
+    make_uri(scheme, bucket, "x" if root and not key and scheme != "file" else key)  # validates
     return scheme, bucket, key
 
 
@@ -98,13 +90,9 @@ def to_uri(path_or_uri: str) -> str:
 
 def user_metadata(raw: Mapping[str, object]) -> dict[str, str]:
     """Lower-case keys without the x-amz-meta- prefix: S3, MinIO and GCS spell the same label differently."""
-    out: dict[str, str] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise BadEvent(f"object metadata must map strings to strings, got {key!r}: {type(value).__name__}")
-        name = key.strip().lower()
-        out[name.removeprefix(_META_PREFIX)] = value
-    return out
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise BadEvent(f"object metadata must map strings to strings, got {dict(raw)!r:.200}")
+    return {str(k).strip().lower().removeprefix("x-amz-meta-"): str(v) for k, v in raw.items()}
 
 
 def metadata_labels(metadata: Mapping[str, str]) -> tuple[str | None, tuple[str, ...], str | None]:

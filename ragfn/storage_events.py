@@ -124,13 +124,12 @@ def _is_notification(payload: dict[str, Any]) -> bool:
 
 def _inner(payload: dict[str, Any]) -> object | None:
     """The message inside an SQS (Body / body) or SNS (Message) envelope, or None when this is no envelope."""
-    for key in ("Body", "body"):
-        if key in payload:
-            return payload[key]
-    if payload.get("Type") == "Notification" and "Message" in payload:
-        return payload["Message"]
     sns = payload.get("Sns")
-    return sns.get("Message") if isinstance(sns, dict) else None
+    message: object = payload.get("Message") if payload.get("Type") == "Notification" else None
+    for candidate in (payload.get("Body"), payload.get("body"), message, sns.get("Message") if isinstance(sns, dict) else None):
+        if candidate is not None:
+            return candidate
+    return None
 
 
 def _notification(payload: dict[str, Any], depth: int) -> list[ObjectChange]:
