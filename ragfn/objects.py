@@ -1,4 +1,4 @@
-"""The URI layer: canonical file://, s3:// and gs:// URIs, and reading objects behind them within size and root limits."""
+"""The URI layer: canonical file://, s3:// and gs:// URIs, and reading their objects within size and root limits."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class StoredObject:
     uri: str
     data: bytes
     version: str | None  # None: the caller hashes the content
-    sequence: int | None  # None: the caller orders by the event's sequence or time
+    sequence: int | None  # microseconds for time-based sources (mtime), like GCS generations; None: caller decides
     size: int
     content_type: str | None
     metadata: dict[str, str] = field(default_factory=dict)  # lower-cased user metadata, e.g. {"ragfn-tenant": "acme"}
@@ -151,7 +151,7 @@ class ObjectReader:
         except OSError as exc:
             raise Unavailable(f"cannot read {uri}: {exc}") from exc
         self._check_size(len(data), uri)  # the file may have grown since stat()
-        return StoredObject(uri, data, None, info.st_mtime_ns, len(data), mimetypes.guess_type(path)[0], {})
+        return StoredObject(uri, data, None, info.st_mtime_ns // 1000, len(data), mimetypes.guess_type(path)[0], {})
 
     def _list_files(self, path: str) -> Iterator[str]:
         # Checked here rather than in the generator, so that a bad root fails at the call, not at first next().
@@ -180,7 +180,8 @@ class ObjectReader:
                 import boto3
                 from botocore.config import Config
             except ImportError as exc:
-                raise ConfigError("s3:// URIs need boto3, which is not installed", hint="pip install 'ragfn[chunk]'") from exc
+                raise ConfigError("s3:// URIs need boto3, which is not installed",
+                                  hint="pip install 'ragfn[chunk]'") from exc
             # Path-style addressing: MinIO and moto endpoints have no per-bucket DNS names.
             config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
                             s3={"addressing_style": "path"} if self.settings.s3_endpoint_url else None)
@@ -233,7 +234,7 @@ class ObjectReader:
                 self._gcs = storage.Client()
             except GoogleAuthError as exc:
                 raise ConfigError(f"no Google Cloud credentials: {exc}",
-                                  hint="set GOOGLE_APPLICATION_CREDENTIALS or run on GCP with a service account") from exc
+                                  hint="set GOOGLE_APPLICATION_CREDENTIALS, or run on GCP") from exc
         return self._gcs
 
     def _read_gs(self, bucket: str, key: str) -> StoredObject:
@@ -258,7 +259,7 @@ class ObjectReader:
             raise _gcs_error(exc, f"gs://{bucket}/{prefix}") from exc
 
     def list(self, root_uri: str) -> Iterator[str]:
-        """Every object URI under a folder (file://, recursive) or key prefix (s3://, gs://), skipping folder markers."""
+        """Every object URI under a folder (file://, recursive) or key prefix (s3://, gs://); no folder markers."""
         scheme, bucket, key = parse_uri(root_uri, root=True)
         if scheme == "file":
             return self._list_files(key)

@@ -48,7 +48,8 @@ def parse_storage_event(event_type: str | None, data: object, *,
     if event_type in (events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED):
         return [_ragfn(event_type, payload, event_time)]
     if event_type is None and not _is_notification(payload):
-        raise BadEvent("a request without CloudEvent attributes must be an S3 or MinIO notification (a 'Records' list); "
+        raise BadEvent("a request without CloudEvent attributes must be an S3 or MinIO notification "
+                       "(a 'Records' list); "
                        f"send other events as CloudEvents with one of: {', '.join(ACCEPTED_TYPES)}")
     return _notification(payload, 0)
 
@@ -125,11 +126,10 @@ def _is_notification(payload: dict[str, Any]) -> bool:
 def _inner(payload: dict[str, Any]) -> object | None:
     """The message inside an SQS (Body / body) or SNS (Message) envelope, or None when this is no envelope."""
     sns = payload.get("Sns")
-    message: object = payload.get("Message") if payload.get("Type") == "Notification" else None
-    for candidate in (payload.get("Body"), payload.get("body"), message, sns.get("Message") if isinstance(sns, dict) else None):
-        if candidate is not None:
-            return candidate
-    return None
+    candidates = (payload.get("Body"), payload.get("body"),
+                  payload.get("Message") if payload.get("Type") == "Notification" else None,
+                  sns.get("Message") if isinstance(sns, dict) else None)
+    return next((c for c in candidates if c is not None), None)
 
 
 def _notification(payload: dict[str, Any], depth: int) -> list[ObjectChange]:

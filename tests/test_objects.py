@@ -140,7 +140,7 @@ def test_list_files_recursive_skips_hidden_and_escaping_links(root: Path) -> Non
 
 @pytest.mark.unit
 def test_gs_without_the_extra_says_how_to_install() -> None:
-    if importlib.util.find_spec("google.cloud.storage") is not None:  # type: ignore[attr-defined]
+    if importlib.util.find_spec("google.cloud.storage") is not None:
         pytest.skip("google-cloud-storage is installed")
     with pytest.raises(ConfigError, match=r"ragfn\[gcs\]"):
         ObjectReader(settings()).read("gs://bucket/key.txt")

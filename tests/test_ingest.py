@@ -1,0 +1,108 @@
+"""`ragfn ingest` and `ragfn stats` as a user runs them: real files, the real model, embedded Chroma."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragfn.ingest import ingest
+from ragfn.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+
+GUIDE = """# Guide
+
+## Install
+
+Install the package with pip. It needs Python 3.11 or newer.
+
+## Usage
+
+Call the function with a path. It returns the number of lines in the file.
+
+## Limits
+
+Files over one gigabyte are refused. Binary files are refused too.
+"""
+
+
+def write(root: Path, name: str, text: str | bytes) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def run_cli(settings, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAGFN_HOME=str(settings.home), RAGFN_EMBED_MODEL=settings.embed_model,
+               RAGFN_EMBED_MODEL_PATH=str(settings.embed_model_path))
+    return subprocess.run([sys.executable, "-m", "ragfn", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_ingest_skip_change_prune_and_stats(settings, tmp_path):
+    docs = tmp_path / "docs"
+    write(docs, "guide.md", GUIDE)
+    write(docs, "notes.txt", "Plain notes.\n\nA second paragraph about caching.\n")
+    write(docs, "page.html", "<html><body><h1>Page</h1><p>Hello from HTML.</p><script>x()</script></body></html>")
+    write(docs, "image.png", b"\x89PNG\r\n\x1a\n\x00\x00")  # not picked up from a folder walk
+
+    first = run_cli(settings, "ingest", str(docs), "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["documents"] == {"indexed": 3} and report["errors"] == {}
+    assert report["stats"]["default"]["documents"] == 3
+
+    again = json.loads(run_cli(settings, "ingest", str(docs), "--json", cwd=tmp_path).stdout)
+    assert again["documents"] == {"unchanged": 3} and again["chunks_embedded"] == 0
+
+    write(docs, "guide.md", GUIDE.replace("It needs Python 3.11 or newer.", "It needs Python 3.12 or newer."))
+    (docs / "notes.txt").unlink()
+    changed = json.loads(run_cli(settings, "ingest", str(docs), "--prune", "--json", cwd=tmp_path).stdout)
+    assert changed["documents"] == {"indexed": 1, "unchanged": 1}
+    assert changed["chunks_embedded"] >= 1 and changed["chunks_reused"] >= 1  # only the changed section
+    assert changed["removed"] == [f"file://{docs}/notes.txt"]
+
+    stats = run_cli(settings, "stats", "--json", cwd=tmp_path)
+    collections = json.loads(stats.stdout)["collections"]
+    assert collections["default"]["documents"] == 2
+
+
+def test_bad_files_are_reported_and_the_rest_ingested(settings, tmp_path):
+    docs = tmp_path / "docs"
+    write(docs, "good.md", GUIDE)
+    write(docs, "empty.txt", "")
+    write(docs, "binary.txt", b"\x00\x01\x02\x03binary\x00")
+    write(docs, "latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"))
+    write(docs, "broken.pdf", b"%PDF-1.4 this is not really a pdf")
+    runtime = Runtime(settings)
+    report = ingest([str(docs)], runtime)
+    assert report.counts() == {"indexed": 1, "rejected": 4}
+    assert "empty" in report.errors[f"file://{docs}/empty.txt"].lower()
+    assert runtime.index.stats()["default"]["documents"] == 1
+
+
+def test_paths_outside_the_roots_and_dotdot_are_refused(settings, tmp_path):
+    runtime = Runtime(settings.model_copy(update={"file_roots": [tmp_path / "docs"]}))
+    write(tmp_path, "secret.txt", "do not read")
+    write(tmp_path / "docs", "ok.txt", "fine to read")
+    report = ingest([f"file://{tmp_path}/docs/ok.txt", f"file://{tmp_path}/secret.txt"], runtime)
+    assert report.outcomes == {f"file://{tmp_path}/docs/ok.txt": "indexed"}
+    assert "RAGFN_FILE_ROOTS" in report.errors[f"file://{tmp_path}/secret.txt"]
+
+
+def test_tenant_and_groups_land_on_every_chunk(settings, tmp_path):
+    write(tmp_path / "docs", "guide.md", GUIDE)
+    runtime = Runtime(settings)
+    ingest([str(tmp_path / "docs")], runtime, collection="acme-docs", tenant="acme", groups=("eng", "ops"))
+    found = runtime.index.chunks("acme-docs").get(include=["metadatas", "documents"])
+    assert found["ids"] and all(m["tenant"] == "acme" and m["groups"] == ["eng", "ops"] for m in found["metadatas"])
+    text = (tmp_path / "docs" / "guide.md").read_text()
+    for meta, chunk_text in zip(found["metadatas"], found["documents"], strict=True):
+        assert text[meta["start"]:meta["end"]] == chunk_text  # offsets point into the source
+        assert meta["heading_path"].startswith("Guide")
