@@ -63,10 +63,15 @@ class HFTokenCounter:
         return len(self._encode(text).ids)
 
     def count_many(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        encodings = (self._tokenizer or self._load()).encode_batch(texts, add_special_tokens=False)
-        return [len(encoding.ids) for encoding in encodings]
+        """One batched encoding per ~1M characters: fast, and a large document's encodings never all sit in memory."""
+        tokenizer, counts, batch, size = self._tokenizer or self._load(), [], [], 0
+        for i, text in enumerate(texts):
+            batch.append(text)
+            size += len(text)
+            if size > 1_000_000 or i == len(texts) - 1:
+                counts += [len(encoding.ids) for encoding in tokenizer.encode_batch(batch, add_special_tokens=False)]
+                batch, size = [], 0
+        return counts
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """(start, end) character offsets of each token in `text`."""
@@ -133,8 +138,8 @@ class _Chunker:
                     while path and path[-1][0] >= max(block.level, 1):
                         path.pop()
                     path.append((max(block.level, 1), " ".join(block.text.split())))
-            elif (span := _trim(self.text, block.start, block.end))[0] < span[1]:
-                current.append((block.kind, *span))
+            else:
+                current += [(block.kind, s, e) for s, e in _bounded(self.text, block.start, block.end)]
         if current:
             sections.append(([title for _, title in path], current))
 
@@ -279,6 +284,19 @@ class _Chunker:
         if spans is not None:
             return begin, len(spans) - bisect_left([a for a, _ in spans], begin - start)
         return begin, self.counter.count(text[begin:end])
+
+
+def _bounded(text: str, start: int, end: int, cap: int = 100_000) -> list[tuple[int, int]]:
+    """The trimmed block, first cut (at a blank line, newline or space) into pieces of at most `cap` characters
+    when it is huge, so that encoding one block never holds millions of token offsets."""
+    pieces = []
+    while end - start > cap:
+        window = text[start:start + cap]
+        cut = next((c for c in (window.rfind("\n\n"), window.rfind("\n"), window.rfind(" ")) if c > cap // 2), cap)
+        pieces.append(_trim(text, start, start + cut))
+        start += cut
+    pieces.append(_trim(text, start, end))
+    return [(s, e) for s, e in pieces if s < e]
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:

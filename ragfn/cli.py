@@ -33,7 +33,9 @@ def _fail(exc: Exception) -> None:
 def _runtime(settings: Settings, *, dev: bool = False):
     from ragfn.dev import read_dev_state
     from ragfn.runtime import Runtime
+    from ragfn.telemetry import configure_tracing
 
+    configure_tracing(settings, "ragfn-cli")
     if dev:
         settings = settings.model_copy(update={"chroma_url": read_dev_state(settings)["chroma_url"]})
     return Runtime(settings)

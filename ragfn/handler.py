@@ -141,12 +141,13 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
             event = None
             try:
                 event = validate(parse_request(request, allow_plain_json=allow_plain_json), accepts)
+                context = runtime.get()  # first: it installs the tracer provider the span below needs
                 with tracer().start_as_current_span(f"ragfn.{name}", context=context_from_event(event.attributes),
                                                     kind=trace.SpanKind.CONSUMER) as span:
                     span.set_attributes({"cloudevents.event_id": event.id or "", "cloudevents.event_type":
                                          event.type or "", "ragfn.function": name})
                     try:
-                        result = handle(event, runtime.get())
+                        result = handle(event, context)
                     except Exception as exc:
                         span.record_exception(exc)
                         span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))

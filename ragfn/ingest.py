@@ -6,7 +6,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+from opentelemetry.trace import SpanKind
 
 from ragfn import events
 from ragfn.errors import RagfnError
@@ -15,6 +17,7 @@ from ragfn.objects import parse_uri, to_uri
 from ragfn.pipeline import chunk_change, embed_batch, index_batch
 from ragfn.runtime import Runtime
 from ragfn.storage_events import ObjectChange
+from ragfn.telemetry import tracer
 
 # When walking a folder or prefix, only these are picked up; a file named explicitly is always tried.
 INGESTIBLE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf"}
@@ -48,23 +51,24 @@ def expand(targets: Iterable[str], runtime: Runtime) -> tuple[list[str], list[st
 
 
 def _is_dir(path: str) -> bool:
-    from pathlib import Path
-
     return Path(path).is_dir()
 
 
 def ingest_uri(change: ObjectChange, runtime: Runtime, report: IngestReport) -> None:
-    chunked = chunk_change(change, runtime)
+    """chunk -> embed -> index for one object, each stage in its own span, as the functions would trace it."""
+    with tracer().start_as_current_span("ragfn.chunk", attributes={"ragfn.uri": change.uri}):
+        chunked = chunk_change(change, runtime)
     status = chunked.summary.get("status", "chunked")
     committed = False
     for out in chunked.events:
         assert isinstance(out.data, ChunkBatch)
-        embedded = embed_batch(out.data, runtime)
-        batch = embedded.events[0].data
+        with tracer().start_as_current_span("ragfn.embed"):
+            batch = embed_batch(out.data, runtime).events[0].data
         assert isinstance(batch, EmbeddedBatch)
         report.chunks_reused += batch.reused
         report.chunks_embedded += len(batch.chunks) - batch.reused
-        committed = bool(index_batch(batch, runtime).events) or committed
+        with tracer().start_as_current_span("ragfn.index"):
+            committed = bool(index_batch(batch, runtime).events) or committed
     report.outcomes[change.uri] = "indexed" if committed else status
 
 
@@ -74,14 +78,15 @@ def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default",
     report = IngestReport()
     uris, roots = expand(targets, runtime)
     for done, uri in enumerate(uris):
-        if on_progress:
-            on_progress(uri, done, len(uris))
-        change = ObjectChange(action="upsert", uri=uri, collection=collection, version=None, sequence=None,
-                              tenant=tenant, groups=tuple(groups), size=None, content_type=None)
-        try:
-            ingest_uri(change, runtime, report)
-        except RagfnError as exc:  # one bad file never stops the rest; the report names it
-            report.errors[uri] = str(exc)
+        with tracer().start_as_current_span("ragfn.ingest", attributes={"ragfn.uri": uri}):
+            if on_progress:
+                on_progress(uri, done, len(uris))
+            change = ObjectChange(action="upsert", uri=uri, collection=collection, version=None, sequence=None,
+                                  tenant=tenant, groups=tuple(groups), size=None, content_type=None)
+            try:
+                ingest_uri(change, runtime, report)
+            except RagfnError as exc:  # one bad file never stops the rest; the report names it
+                report.errors[uri] = str(exc)
     if on_progress:
         on_progress("", len(uris), len(uris))
     if prune:
@@ -114,9 +119,10 @@ def ingest_via_broker(targets: list[str], runtime: Runtime, broker_url: str, *, 
 
     uris, roots = expand(targets, runtime)
     publisher = HttpPublisher(broker_url)
-    publisher.publish([OutboundEvent(events.DOCUMENT_UPSERTED, events.DocumentUpserted(
-        uri=uri, collection=collection, tenant=tenant, groups=list(groups)), key=f"{uri}@{time.time_ns()}")
-        for uri in uris])
+    for uri in uris:  # one trace per document, from this command through chunk, embed and index
+        with tracer().start_as_current_span("ragfn.ingest", kind=SpanKind.PRODUCER, attributes={"ragfn.uri": uri}):
+            publisher.publish([OutboundEvent(events.DOCUMENT_UPSERTED, events.DocumentUpserted(
+                uri=uri, collection=collection, tenant=tenant, groups=list(groups)), key=f"{uri}@{time.time_ns()}")])
     deleted = []
     if prune and roots and collection in runtime.index.collections():
         deleted = [e.document_id for e in runtime.index.ledger(collection) if e.state == "indexed"

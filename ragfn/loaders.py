@@ -39,8 +39,8 @@ _BY_TYPE = {"text/plain": "text", "text/markdown": "markdown", "text/x-markdown"
 # Types that say nothing about the format (S3's default is binary/octet-stream): the extension decides instead.
 _GENERIC = {"", "text/plain", "application/octet-stream", "binary/octet-stream"}
 # `.rst.txt` before `.txt`: Sphinx ships its sources as `*.rst.txt`, and they are rst, not plain text.
-_BY_EXT = {".rst.txt": "rst", ".markdown": "markdown", ".text": "text", ".html": "html", ".txt": "text",
-           ".log": "text", ".rst": "rst", ".htm": "html", ".pdf": "pdf", ".md": "markdown"}
+_BY_EXT = {".rst.txt": "rst", ".txt": "text", ".text": "text", ".log": "text", ".md": "markdown",
+           ".markdown": "markdown", ".rst": "rst", ".html": "html", ".htm": "html", ".pdf": "pdf"}
 
 
 def load_document(data: bytes, *, name: str, content_type: str | None = None) -> LoadedDocument:
@@ -53,26 +53,24 @@ def load_document(data: bytes, *, name: str, content_type: str | None = None) ->
     else:
         text = _decode(data, name, fmt, charset)
         blocks = {"markdown": _markdown, "rst": _rst}.get(fmt, _plain)(text)
-    if not blocks:
-        raise UnsupportedContent(f"{name} has no text to index", hint="upload a document that contains text")
+    if not any(block.kind in ("text", "code") for block in blocks):
+        raise UnsupportedContent(f"{name} has no text to index", hint="upload a document that contains body text")
     return LoadedDocument(text, blocks, fmt)
 
 
 def _detect(data: bytes, name: str, content_type: str | None) -> tuple[str, str | None]:
     mime, _, params = (content_type or "").partition(";")
     mime = mime.strip().lower()
-    found = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", params, re.I)
-    charset = found.group(1) if found else None
+    charset = found.group(1) if (found := re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", params, re.I)) else None
     if mime in _BY_TYPE and mime not in _GENERIC:
         return _BY_TYPE[mime], charset
     base = name.rsplit("/", 1)[-1].lower()
-    for ext, fmt in _BY_EXT.items():
-        if base.endswith(ext):
-            return fmt, charset
+    if fmt := next((fmt for ext, fmt in _BY_EXT.items() if base.endswith(ext)), None):
+        return fmt, charset
     if data.startswith(b"%PDF-"):
         return "pdf", charset
     if mime in _GENERIC or mime.startswith("text/"):
-        return "text", charset  # decoding below rejects it if it is not really text
+        return "text", charset  # decoding rejects it if it is not really text
     raise UnsupportedContent(f"{name} has an unsupported content type {mime!r}", hint=FORMATS_HINT)
 
 
@@ -81,27 +79,25 @@ def _decode(data: bytes, name: str, fmt: str, charset: str | None) -> str:
     if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
         encoding = "utf-32"
     elif data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        encoding = "utf-16"  # a BOM is the only reliable sign of UTF-16; without one we never guess it
+        encoding = "utf-16"  # a BOM is the only reliable sign of UTF-16: without one we never guess it
+    elif b"\x00" in data:
+        raise binary
     else:
-        if b"\x00" in data:
-            raise binary
-        if charset is None and fmt == "html":
-            meta = re.search(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", data[:4096], re.I)
-            charset = meta.group(1).decode("ascii") if meta else None
+        if charset is None and fmt == "html" and (meta := re.search(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", data[:4096], re.I)):
+            charset = meta.group(1).decode("ascii")
         # A declared charset is honoured; otherwise UTF-8 only: silently decoding as latin-1 would index mojibake.
-        encoding = charset or "utf-8"
         try:
-            encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # tolerate a UTF-8 BOM
+            encoding = "utf-8-sig" if codecs.lookup(charset or "utf-8").name == "utf-8" else str(charset)
         except LookupError as exc:
-            raise UnsupportedContent(f"{name} declares an unknown charset {encoding!r}",
+            raise UnsupportedContent(f"{name} declares an unknown charset {charset!r}",
                                      hint="re-encode it as UTF-8, or fix the declared charset") from exc
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UnsupportedContent(f"{name} cannot be decoded as {encoding} ({exc})",
-                                 hint="re-encode it as UTF-8, or declare its charset in the content type") from exc
+        raise UnsupportedContent(f"{name} cannot be decoded as {encoding.removesuffix('-sig').upper()} ({exc.reason} at "
+                                 f"byte {exc.start})", hint="re-encode it as UTF-8, or declare its charset in the content type") from exc
     sample = text[:100_000]
-    controls = sum(1 for c in sample if (ord(c) < 32 and c not in "\t\n\r\f\v\x1b") or ord(c) == 0x7F)
+    controls = sum(1 for c in sample if (c < " " and c not in "\t\n\r\f\v\x1b") or c == "\x7f")  # ESC: coloured logs
     if "\x00" in sample or controls > 0.05 * len(sample):
         raise binary
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # one newline convention keeps every offset simple
@@ -145,29 +141,24 @@ def _markdown(text: str) -> list[Block]:
     out, starts = _Blocks(text), _line_starts(text)
     # YAML front matter is metadata, not prose: blank it out (same line count, so token.map stays valid).
     front = re.match(r"---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", text, re.S)
-    source = "\n" * front.group(0).count("\n") + text[front.end():] if front else text
-    tokens = MarkdownIt("commonmark").enable("table").parse(source)
+    tokens = MarkdownIt("commonmark").enable("table").parse(
+        "\n" * front.group(0).count("\n") + text[front.end():] if front else text)
+    kinds = {"paragraph_open": "text", "blockquote_open": "text", "table_open": "text", "list_item_open": "text",
+             "html_block": "text", "fence": "code", "code_block": "code", "hr": "break"}
     for i, tok in enumerate(tokens):
-        # Top-level blocks only (plus each top-level list item): nested content belongs to its container.
+        # Top-level blocks only (and each top-level list item): nested content belongs to its container.
         if tok.map is None or not (tok.level == 0 or (tok.type == "list_item_open" and tok.level == 1)):
             continue
         span = (starts[tok.map[0]], starts[tok.map[1]] - 1)
         if tok.type == "heading_open":
             title = "".join(" " if c.type.endswith("break") else c.content for c in tokens[i + 1].children or [])
             out.add("heading", *span, level=int(tok.tag[1:]), title=" ".join(title.split()))
-        elif tok.type in ("paragraph_open", "blockquote_open", "table_open", "list_item_open"):
-            out.add("text", *span)
-        elif tok.type in ("fence", "code_block"):
-            out.add("code", *span)
-        elif tok.type == "hr":
-            out.add("break", *span)
-        elif tok.type == "html_block" and not tok.content.lstrip().startswith("<!--"):
-            out.add("text", *span)
+        elif tok.type in kinds and not (tok.type == "html_block" and tok.content.lstrip().startswith("<!--")):
+            out.add(kinds[tok.type], *span)
     return out
 
 
 _ADORN = re.compile(r"([!-/:-@\[-`{-~])\1+[ \t]*\Z")  # one repeated non-alphanumeric ASCII character
-_EXPLICIT = re.compile(r"\.\.(?:[ \t]|\Z)")
 _DIRECTIVE = re.compile(r"\.\.[ \t]+([\w.+-]+(?::[\w.+-]+)*)::(?:[ \t]+(.*)|[ \t]*)\Z")
 _FIELD = re.compile(r":[\w .-]+:(?:[ \t]|\Z)")
 _ROLE = re.compile(r"(?::[\w.+-]+)+:`([^`<]*?)\s*(?:<[^`]*>)?`|``([^`]*)``")
@@ -184,8 +175,7 @@ def _adorn(line: str) -> bool:
 
 
 def _indent(line: str) -> int:
-    expanded = line.expandtabs(8)
-    return len(expanded) - len(expanded.lstrip())
+    return len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())
 
 
 def _width(s: str) -> int:
@@ -208,8 +198,8 @@ class _Rst:
         self.lines, self.starts, self.out = text.split("\n"), _line_starts(text), _Blocks(text)
         self.styles: list[tuple[str, bool]] = []
 
-    def span(self, i: int, j: int) -> tuple[int, int]:
-        return self.starts[i], self.starts[j] - 1
+    def add(self, kind: str, i: int, j: int, **heading: object) -> None:
+        self.out.add(kind, self.starts[i], self.starts[j] - 1, **heading)  # type: ignore[arg-type]
 
     def indented_end(self, i: int, hi: int, indent: int) -> int:
         """The first line at or after i that is non-blank and indented no deeper than `indent`."""
@@ -228,69 +218,63 @@ class _Rst:
             title, style, taken = line, (lines[i + 1][0], False), 2
         else:
             return 0
-        if style not in self.styles:
-            self.styles.append(style)
+        self.styles += [] if style in self.styles else [style]
         clean = _ROLE.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), title.strip())
-        self.out.add("heading", *self.span(i, i + taken), level=self.styles.index(style) + 1, title=clean)
+        self.add("heading", i, i + taken, level=self.styles.index(style) + 1, title=clean)
         return taken
 
     def scan(self, lo: int, hi: int, top: bool) -> None:
         lines, i, base, literal = self.lines, lo, None, False
         while i < hi:
-            line = lines[i]
+            line, start, literal_before = lines[i], i, literal
+            literal = False
             if not line.strip():
-                i += 1
+                i, literal = i + 1, literal_before  # blank lines separate, they do not end a pending `::`
                 continue
             indent = _indent(line)
             base = indent if base is None else base
             if top and indent == 0 and (taken := self.heading(i, hi)):
-                i, literal = i + taken, False
+                i += taken
             elif _adorn(line) and len(line.strip()) >= 4 and (i == lo or not lines[i - 1].strip()) \
                     and (i + 1 >= hi or not lines[i + 1].strip()):
-                self.out.add("break", *self.span(i, i + 1))
-                i, literal = i + 1, False
-            elif _EXPLICIT.match(line.lstrip()):
-                end = self.indented_end(i + 1, hi, indent)
-                self.explicit(i, end)
-                i, literal = end, False
+                self.add("break", i, i + 1)
+                i += 1
+            elif re.match(r"\.\.(?:[ \t]|\Z)", line.lstrip()):  # explicit markup: directive, comment, target, footnote
+                i = self.indented_end(i + 1, hi, indent)
+                self.explicit(start, i)
             elif indent > base:  # a literal block after `::`, otherwise a block quote with its own structure
-                end = self.indented_end(i, hi, base)
-                if literal:
-                    self.out.add("code", *self.span(i, end))
-                else:
-                    self.scan(i, end, top=False)
-                i, literal = end, False
+                i = self.indented_end(i, hi, base)
+                self.add("code", start, i) if literal_before else self.scan(start, i, top=False)
             else:
-                j = i
-                while j < hi and lines[j].strip():
-                    j += 1
-                para = "\n".join(lines[i:j]).strip()
-                if not self.out and all(_FIELD.match(x) for x in lines[i:j]):
+                while i < hi and lines[i].strip():
+                    i += 1
+                para = "\n".join(lines[start:i]).strip()
+                if not self.out and all(_FIELD.match(x) for x in lines[start:i]):
                     pass  # file-wide fields such as `:tocdepth: 2` are build metadata
                 elif para != "::":
-                    self.out.add("code" if para.startswith(">>>") else "text", *self.span(i, j))
-                i, literal = j, para.endswith("::")
+                    self.add("code" if para.startswith(">>>") else "text", start, i)
+                literal = para.endswith("::")
 
     def explicit(self, i: int, end: int) -> None:
         stripped = self.lines[i].strip()
-        directive = _DIRECTIVE.match(stripped)
-        if directive is None:
+        if (directive := _DIRECTIVE.match(stripped)) is None:
             if stripped.startswith(".. ["):  # footnotes and citations are prose; comments and targets are not
-                self.out.add("text", *self.span(i, end))
+                self.add("text", i, end)
             return
-        name, args = directive.group(1).lower(), (directive.group(2) or "").strip()
-        body = i + 1
+        name, args, body = directive.group(1).lower(), (directive.group(2) or "").strip(), i + 1
         while body < end and self.lines[body].strip() and _FIELD.match(self.lines[body].lstrip()):
             body += 1  # directive options
         if name in _CODE_DIRECTIVES:
-            self.out.add("code", *self.span(body, end))
+            self.add("code", body, end)
         elif name not in _SKIP_DIRECTIVES:
             if args and name not in _CONDITIONS:
-                self.out.add("text", *self.span(i, i + 1))
+                self.add("text", i, i + 1)
             self.scan(body, end, top=False)
 
 
-_DROP = {"script", "style", "nav", "head", "noscript", "template", "svg", "iframe"}  # never visible prose
+_DROP = {"script", "style", "nav", "head", "noscript", "template", "svg", "iframe", "button", "select", "textarea"}
+_DROP_ROLES = {"navigation", "search", "banner", "contentinfo"}  # site chrome marked up without <nav>, e.g. by Sphinx
+_ANCHORS = {"¶", "§", "#", "🔗"}  # permalink markers after headings
 _TEXT_TAGS = {"p", "li", "blockquote", "td", "th", "dt", "dd", "caption", "figcaption"}
 _INLINE = {"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn", "em", "font", "i", "ins", "kbd",
            "label", "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time", "tt", "u", "var"}
@@ -300,47 +284,39 @@ def _html_parts(markup: str) -> list[tuple[str, str, int]]:
     from bs4 import BeautifulSoup, NavigableString, Tag
     from bs4.element import PreformattedString  # comments, doctypes, CDATA
 
-    def text_of(node: Tag) -> str:
-        # Inline children join without a separator ("Hel<b>lo</b>"), block children with one.
-        out = []
-        for child in node.children:
-            if isinstance(child, NavigableString):
-                out.append("" if isinstance(child, PreformattedString) else str(child))
-            elif isinstance(child, Tag) and child.name not in _DROP:
-                out.append(text_of(child) if child.name in _INLINE else f" {text_of(child)} ")
-        return "".join(out)
+    def dropped(tag: Tag) -> bool:
+        return tag.name in _DROP or tag.get("role") in _DROP_ROLES or (tag.name == "a" and tag.get_text().strip() in _ANCHORS)
+
+    def text_of(node: object) -> str:  # inline children join as they are ("Hel<b>lo</b>"), others with a space
+        if isinstance(node, NavigableString):
+            return "" if isinstance(node, PreformattedString) else str(node)
+        if not isinstance(node, Tag) or dropped(node):
+            return ""
+        inner = "".join(text_of(child) for child in node.children)
+        return inner if node.name in _INLINE else f" {inner} "
 
     parts: list[tuple[str, str, int]] = []
     loose: list[str] = []  # text directly inside containers such as <div>
 
-    def flush() -> None:
-        parts.append(("text", " ".join("".join(loose).split()), 0))
-        loose.clear()
-
     def walk(node: Tag) -> None:
         for child in node.children:
-            if isinstance(child, NavigableString):
-                loose.append("" if isinstance(child, PreformattedString) else str(child))
-            elif not isinstance(child, Tag) or child.name in _DROP:
-                continue
-            elif child.name in _INLINE or child.name == "br":
-                loose.append(text_of(child) if child.name != "br" else " ")
-            else:
-                flush()
-                if re.fullmatch(r"h[1-6]", child.name):
-                    parts.append(("heading", " ".join(text_of(child).split()), int(child.name[1])))
-                elif child.name == "pre":
-                    parts.append(("code", child.get_text().strip(), 0))
-                elif child.name == "hr":
-                    parts.append(("break", "", 0))
-                elif child.name in _TEXT_TAGS:
-                    parts.append(("text", " ".join(text_of(child).split()), 0))
+            name = child.name if isinstance(child, Tag) else None
+            if name is None or name in _INLINE:
+                loose.append(text_of(child))
+            elif not dropped(child):
+                parts.append(("text", " ".join("".join(loose).split()), 0))
+                loose.clear()
+                if re.fullmatch(r"h[1-6]", name):
+                    parts.append(("heading", " ".join(text_of(child).split()), int(name[1])))
+                elif name in ("pre", "hr", *_TEXT_TAGS):
+                    kind = {"pre": "code", "hr": "break"}.get(name, "text")
+                    parts.append((kind, text_of(child).strip() if name == "pre" else " ".join(text_of(child).split()), 0))
                 else:
                     walk(child)
-                    flush()
 
-    walk(BeautifulSoup(markup, "html.parser"))
-    flush()
+    soup = BeautifulSoup(markup, "html.parser")
+    walk(soup.find("main") or soup.find(attrs={"role": "main"}) or soup)  # marked main content: the rest is chrome
+    parts.append(("text", " ".join("".join(loose).split()), 0))
     return parts
 
 
@@ -358,12 +334,10 @@ def _pdf_parts(data: bytes, name: str) -> list[tuple[str, str, int]]:
         raise UnsupportedContent(f"{name} is not a readable PDF ({type(exc).__name__}: {exc})",
                                  hint="check that the upload is complete, or re-export the PDF") from exc
     parts: list[tuple[str, str, int]] = []
-    for page in pages:
-        page = page.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()
+    for page in (p.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip() for p in pages):
         if page:
-            if parts:
-                parts.append(("break", "", 0))  # a page boundary
-            parts.extend(("text", para.strip(), 0) for para in re.split(r"\n[ \t]*\n\s*", page))
+            parts += [("break", "", 0)] if parts else []  # a page boundary
+            parts += [("text", para.strip(), 0) for para in re.split(r"\n[ \t]*\n\s*", page)]
     if not parts:
         raise UnsupportedContent(f"{name} is a PDF with no extractable text",
                                  hint="it is probably scanned images: run OCR (e.g. ocrmypdf) and upload the result")
@@ -376,10 +350,9 @@ def _join(parts: list[tuple[str, str, int]]) -> tuple[str, list[Block]]:
     blocks: list[Block] = []
     pos = 0
     for kind, text, level in parts:
-        if kind == "break":
-            if blocks and blocks[-1].kind != "break":
-                blocks.append(Block("break", pos, pos, ""))
-        elif text:
+        if kind == "break" and blocks and blocks[-1].kind != "break":
+            blocks.append(Block("break", pos, pos, ""))
+        elif kind != "break" and text:
             pos += 2 if pieces else 0
             blocks.append(Block(kind, pos, pos + len(text), text, level))  # type: ignore[arg-type]
             pieces.append(text)

@@ -244,12 +244,13 @@ class ObjectReader:
             if blob is None:
                 raise ObjectNotFound(f"{uri} does not exist")
             self._check_size(int(blob.size or 0), uri)
-            data = blob.download_as_bytes(if_generation_match=blob.generation)
+            generation = int(blob.generation) if blob.generation else None  # always set by GCS, not by every emulator
+            data = blob.download_as_bytes(if_generation_match=generation)  # the generation whose size was checked
         except _gcs_errors() as exc:
             raise _gcs_error(exc, uri) from exc
         self._check_size(len(data), uri)
-        return StoredObject(uri, data, str(blob.generation), int(blob.generation), len(data), blob.content_type,
-                            user_metadata(blob.metadata or {}))
+        return StoredObject(uri, data, None if generation is None else str(generation), generation, len(data),
+                            blob.content_type, user_metadata(blob.metadata or {}))
 
     def _list_gs(self, bucket: str, prefix: str) -> Iterator[str]:
         try:

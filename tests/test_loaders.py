@@ -270,6 +270,16 @@ def test_html_blocks_and_canonical_text() -> None:
     assert doc.text[heading.start:heading.end] == heading.text  # HTML headings are exact slices too
 
 
+def test_html_prefers_main_content_and_drops_chrome() -> None:
+    page = b"""<html><body><div role="navigation"><h3>Navigation</h3><ul><li>index</li></ul></div>
+    <div class="document"><div role="main"><h1>Guide<a class="headerlink" href="#guide">\xc2\xb6</a></h1>
+    <p>Body text.</p><div role="search"><p>Quick search</p></div></div></div><footer>Copyright</footer></body></html>"""
+    doc = load_document(page, name="sphinx.html")
+    assert kinds(doc) == [("heading", "Guide"), ("text", "Body text.")]
+    without_main = load_document(page.replace(b'role="main"', b""), name="plain.html")
+    assert kinds(without_main) == [("heading", "Guide"), ("text", "Body text."), ("text", "Copyright")]
+
+
 def test_html_meta_charset() -> None:
     doc = load_document('<meta charset="iso-8859-1"><p>café</p>'.encode("latin-1"), name="a.html")
     assert doc.text == "café"

@@ -1,0 +1,161 @@
+"""`ragfn dev` end to end: real functions-framework servers, the local broker, `chroma run`, a moto S3 server.
+
+One test session starts the whole stack once; each test drives it the way a user or a bucket would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.e2e
+
+GUIDE = "# Caching\n\nThe cache keeps answers for a day.\n\n## Invalidation\n\nA changed document evicts its answers.\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, model_dir):
+    from moto.server import ThreadedMotoServer
+
+    root = tmp_path_factory.mktemp("dev")
+    moto_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    env = dict(os.environ, RAGFN_HOME=str(root / "home"), RAGFN_EMBED_MODEL="sentence-transformers/all-MiniLM-L6-v2",
+               RAGFN_EMBED_MODEL_PATH=str(model_dir), RAGFN_FILE_ROOTS=str(root / "docs"),
+               RAGFN_TRACE_FILE=str(root / "traces.jsonl"), RAGFN_S3_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
+               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    for key in ("RAGFN_CHROMA_URL", "K_SINK"):
+        env.pop(key, None)
+    port = free_port()
+    log = (root / "dev.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
+                                str(free_port())], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    state_file = root / "home" / "dev.json"
+    deadline = time.monotonic() + 120
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((root / "dev.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield {"root": root, "env": env, "state": json.loads(state_file.read_text()), "moto_port": moto_port}
+    process.terminate()
+    process.wait(timeout=30)
+    moto.stop()
+    assert not state_file.exists(), "ragfn dev did not clean up on SIGTERM"
+
+
+def cli(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ragfn", *args], cwd=stack["root"], env=stack["env"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def wait_idle(stack, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{stack['state']['broker']}/status").json()
+        if status["in_flight"] == 0:
+            return status
+        time.sleep(0.1)
+    raise TimeoutError(status)
+
+
+def stats(stack) -> dict:
+    result = cli(stack, "stats", "--dev", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["collections"]
+
+
+def send(stack, event_type: str, data, *, structured=False, **attributes) -> httpx.Response:
+    event = CloudEvent({"type": event_type, "source": "test", **attributes}, data)
+    headers, body = (to_structured if structured else to_binary)(event)
+    return httpx.post(stack["state"]["broker"], headers=headers, content=body)
+
+
+def test_ingest_through_the_broker_makes_one_connected_trace(stack):
+    docs = stack["root"] / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "caching.md").write_text(GUIDE)
+    result = cli(stack, "ingest", str(docs), "--dev", "--json")
+    assert result.returncode == 0, result.stderr
+    assert stats(stack)["default"] == {"documents": 1, "chunks": 2}
+
+    spans = [json.loads(line) for line in (stack["root"] / "traces.jsonl").read_text().splitlines()]
+    root = next(s for s in spans if s["name"] == "ragfn.ingest" and s["parent_id"] is None)
+    trace = [s for s in spans if s["trace_id"] == root["trace_id"]]
+    ids = {s["span_id"] for s in trace}
+    assert {s["name"] for s in trace} >= {"ragfn.ingest", "ragfn.chunk", "ragfn.embed", "ragfn.index"}
+    assert {s["service"] for s in trace} >= {"ragfn-cli", "ragfn-chunk", "ragfn-embed", "ragfn-index"}
+    assert all(s["parent_id"] in ids for s in trace if s is not root), "a span's parent is outside the trace"
+    by_name = {s["name"]: s for s in trace}
+    assert by_name["ragfn.chunk"]["parent_id"] == root["span_id"]
+    assert by_name["ragfn.embed"]["parent_id"] == by_name["ragfn.chunk"]["span_id"]
+    assert by_name["ragfn.index"]["parent_id"] == by_name["ragfn.embed"]["span_id"]
+
+
+def test_s3_bucket_events_follow_creates_changes_and_deletes(stack):
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack['moto_port']}", region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    s3.create_bucket(Bucket="kb-docs")
+
+    def put(body: str, sequencer: str) -> None:
+        head = s3.put_object(Bucket="kb-docs", Key="team docs/faq.md", Body=body.encode(),
+                             Metadata={"ragfn-tenant": "acme", "ragfn-groups": "eng"})
+        record = {"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                  "eventTime": "2026-11-21T10:00:00.000Z", "eventName": "ObjectCreated:Put",
+                  "s3": {"s3SchemaVersion": "1.0", "configurationId": "ragfn", "bucket": {
+                      "name": "kb-docs", "arn": "arn:aws:s3:::kb-docs"}, "object": {
+                      "key": "team+docs/faq.md", "size": len(body), "eTag": head["ETag"].strip('"'),
+                      "sequencer": sequencer}}}
+        for _ in range(2):  # delivered twice, as at-least-once delivery may
+            assert send(stack, "com.amazonaws.s3.notification", {"Records": [record]}).status_code == 202
+
+    put(GUIDE, "0055AED6DCD90281E5")
+    wait_idle(stack)
+    assert stats(stack)["default"]["documents"] == 2
+    put(GUIDE.replace("a day", "an hour"), "0055AED6DCD90281E6")
+    wait_idle(stack)
+    assert stats(stack)["default"] == {"documents": 2, "chunks": 4}
+
+    removal = {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete",
+                            "s3": {"bucket": {"name": "kb-docs"}, "object": {"key": "team+docs/faq.md",
+                                                                        "sequencer": "0055AED6DCD90281E7"}}}]}
+    s3.delete_object(Bucket="kb-docs", Key="team docs/faq.md")
+    assert send(stack, "com.amazonaws.s3.notification", removal, structured=True).status_code == 202
+    wait_idle(stack)
+    assert stats(stack)["default"] == {"documents": 1, "chunks": 2}
+
+
+def test_bad_objects_go_to_the_dead_letter_store_and_can_be_replayed(stack):
+    docs = stack["root"] / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "empty.md").write_text("")
+    before = stats(stack)
+    assert send(stack, "dev.ragfn.document.upserted.v1", {"uri": f"file://{docs}/empty.md"}).status_code == 202
+    assert send(stack, "dev.ragfn.document.upserted.v1", {"uri": f"file://{docs}/../../etc/passwd"}).status_code == 202
+    wait_idle(stack)
+    letters = json.loads(cli(stack, "dlq", "list", "--json").stdout)
+    by_reason = {letter["event"]["data"]["uri"].rsplit("/", 1)[-1]: letter for letter in letters}
+    assert by_reason["empty.md"]["status"] == 400 and by_reason["empty.md"]["attempts"] == 1
+    assert "empty" in by_reason["empty.md"]["error"].lower()
+    assert by_reason["passwd"]["status"] == 400 and ".." in by_reason["passwd"]["error"]
+    assert stats(stack) == before  # nothing half-written
+
+    (docs / "empty.md").write_text("Now it has content worth indexing.\n")  # the fix, then a replay
+    replay = cli(stack, "dlq", "replay", by_reason["empty.md"]["id"])
+    assert replay.returncode == 0, replay.stderr
+    wait_idle(stack)
+    assert stats(stack)["default"]["documents"] == before["default"]["documents"] + 1
+    remaining = [letter["id"] for letter in json.loads(cli(stack, "dlq", "list", "--json").stdout)]
+    assert by_reason["empty.md"]["id"] not in remaining
