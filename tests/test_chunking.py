@@ -297,4 +297,4 @@ def test_huge_block_is_bounded_before_encoding(minilm: HFTokenCounter) -> None:
     config = ChunkingConfig(chunk_tokens=200, overlap_tokens=32)
     chunks = chunk_document(doc, config, spy)
     check(doc, chunks, config, minilm)
-    assert len(doc.text) > 250_000 and spy.chars <= 4 * len(doc.text)
+    assert len(doc.text) > 250_000 and spy.chars <= 5 * len(doc.text)  # a few linear passes
