@@ -85,7 +85,7 @@ def root(tmp_path: Path) -> Path:
 def test_read_file_inside_root(root: Path) -> None:
     obj = ObjectReader(settings(file_roots=[root])).read(to_uri(str(root / "a.txt")))
     assert obj == StoredObject(uri=f"file://{root}/a.txt", data=b"alpha", version=None,
-                               sequence=(root / "a.txt").stat().st_mtime_ns, size=5, content_type="text/plain",
+                               sequence=(root / "a.txt").stat().st_mtime_ns // 1000, size=5, content_type="text/plain",
                                metadata={})
 
 
@@ -144,6 +144,36 @@ def test_gs_without_the_extra_says_how_to_install() -> None:
         pytest.skip("google-cloud-storage is installed")
     with pytest.raises(ConfigError, match=r"ragfn\[gcs\]"):
         ObjectReader(settings()).read("gs://bucket/key.txt")
+
+
+@pytest.mark.integration
+def test_gs_against_a_local_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs where the gcs extra and gcp-storage-emulator are installed; skipped otherwise."""
+    pytest.importorskip("google.cloud.storage")
+    server_module = pytest.importorskip("gcp_storage_emulator.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_module.create_server("127.0.0.1", port, in_memory=True, default_bucket="docs")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")  # the client then needs no credentials
+        reader = ObjectReader(settings(max_object_bytes=1024))
+        bucket = reader._gcs_client().bucket("docs")
+        blob = bucket.blob("handbook/a b.md")
+        blob.metadata = {"Ragfn-Tenant": "acme"}
+        blob.upload_from_string(b"# hi", content_type="text/markdown")
+        bucket.blob("big.bin").upload_from_string(b"x" * 4096)
+        obj = reader.read("gs://docs/handbook/a b.md")
+        assert (obj.data, obj.content_type, obj.metadata) == (b"# hi", "text/markdown", {"ragfn-tenant": "acme"})
+        assert obj.version == str(obj.sequence) and obj.sequence
+        assert list(reader.list("gs://docs/handbook/")) == ["gs://docs/handbook/a b.md"]
+        with pytest.raises(ObjectTooLarge):
+            reader.read("gs://docs/big.bin")
+        with pytest.raises(ObjectNotFound):
+            reader.read("gs://docs/missing.txt")
+    finally:
+        server.stop()
 
 
 # --- s3:// against a real moto server --------------------------------------------------------------------------------
