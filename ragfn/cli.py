@@ -85,10 +85,24 @@ def ingest(
         _fail(exc)
     if as_json:
         print(json.dumps(result, indent=2))
-        return
+    else:
+        _print_report(result)
+    if result.get("errors"):
+        raise typer.Exit(1)  # scripts notice; everything else was still ingested
+
+
+def _print_report(result: dict) -> None:
     for uri, why in result.get("errors", {}).items():
-        err.print(f"[yellow]skipped[/yellow] {uri}: {why}")
-    err.print({k: v for k, v in result.items() if k != "errors"})
+        err.print(f"[yellow]rejected[/yellow] {uri}: {why}")
+    if "documents" in result:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(result["documents"].items())) or "nothing to do"
+        print(f"documents: {counts}; chunks embedded: {result['chunks_embedded']}, reused: {result['chunks_reused']}")
+    else:
+        print(f"sent {result['sent']} document events to the dev broker; {result['broker']}")
+    for uri in result.get("removed") or result.get("deleted") or []:
+        print(f"removed {uri}")
+    for name, numbers in result["stats"].items():
+        print(f"collection {name}: {numbers['documents']} documents, {numbers['chunks']} chunks")
 
 
 @app.command()

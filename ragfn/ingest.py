@@ -87,6 +87,9 @@ def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default",
                 ingest_uri(change, runtime, report)
             except RagfnError as exc:  # one bad file never stops the rest; the report names it
                 report.errors[uri] = str(exc)
+            if report.outcomes.get(uri) == "gone":  # named on the command line, so a typo, not a race
+                del report.outcomes[uri]
+                report.errors[uri] = "no such file or object"
     if on_progress:
         on_progress("", len(uris), len(uris))
     if prune:

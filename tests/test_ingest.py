@@ -106,3 +106,11 @@ def test_tenant_and_groups_land_on_every_chunk(settings, tmp_path):
     for meta, chunk_text in zip(found["metadatas"], found["documents"], strict=True):
         assert text[meta["start"]:meta["end"]] == chunk_text  # offsets point into the source
         assert meta["heading_path"].startswith("Guide")
+
+
+def test_cli_names_missing_paths_and_fails(settings, tmp_path):
+    write(tmp_path / "docs", "ok.md", GUIDE)
+    result = run_cli(settings, "ingest", str(tmp_path / "docs"), str(tmp_path / "missing.md"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"file://{tmp_path}/missing.md: no such file" in result.stderr
+    assert "documents: 1 indexed, 1 rejected" in result.stdout
