@@ -18,7 +18,7 @@ app = typer.Typer(help="ragfn: retrieval-augmented generation as small CloudEven
                   no_args_is_help=True, pretty_exceptions_enable=False)
 dlq = typer.Typer(help="Inspect and replay the local broker's dead letters.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(**overrides) -> Settings:
