@@ -1,4 +1,4 @@
-"""Turn stored objects (plain text, Markdown, reStructuredText, HTML, PDF) into canonical text plus structural blocks."""
+"""Turn stored objects (text, Markdown, reStructuredText, HTML, PDF) into canonical text plus structural blocks."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ _BY_EXT = {".rst.txt": "rst", ".txt": "text", ".text": "text", ".log": "text", "
 
 
 def load_document(data: bytes, *, name: str, content_type: str | None = None) -> LoadedDocument:
-    """Parse `data` (the object called `name`); raises UnsupportedContent (a permanent 400) for what cannot be ingested."""
+    """Parse `data`, the object called `name`; raises UnsupportedContent (a permanent 400) for what cannot be read."""
     if not data.strip():
         raise UnsupportedContent(f"{name} is empty", hint="upload a document that contains text")
     fmt, charset = _detect(data, name, content_type)
@@ -61,7 +61,7 @@ def load_document(data: bytes, *, name: str, content_type: str | None = None) ->
 def _detect(data: bytes, name: str, content_type: str | None) -> tuple[str, str | None]:
     mime, _, params = (content_type or "").partition(";")
     mime = mime.strip().lower()
-    charset = found.group(1) if (found := re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", params, re.I)) else None
+    charset = found.group(1) if (found := re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", params, re.IGNORECASE)) else None
     if mime in _BY_TYPE and mime not in _GENERIC:
         return _BY_TYPE[mime], charset
     base = name.rsplit("/", 1)[-1].lower()
@@ -69,13 +69,14 @@ def _detect(data: bytes, name: str, content_type: str | None) -> tuple[str, str 
         return fmt, charset
     if data.startswith(b"%PDF-"):
         return "pdf", charset
-    if mime in _GENERIC or mime.startswith("text/"):
+    if mime in _GENERIC or mime.startswith("text/") or mime.endswith(("json", "xml", "yaml", "toml", "javascript")):
         return "text", charset  # decoding rejects it if it is not really text
     raise UnsupportedContent(f"{name} has an unsupported content type {mime!r}", hint=FORMATS_HINT)
 
 
 def _decode(data: bytes, name: str, fmt: str, charset: str | None) -> str:
-    binary = UnsupportedContent(f"{name} looks binary, not {fmt} text", hint=f"{FORMATS_HINT}; convert the object first")
+    label = {"text": "plain text", "markdown": "Markdown", "rst": "reStructuredText", "html": "HTML"}[fmt]
+    binary = UnsupportedContent(f"{name} looks like binary data, not {label}", hint=f"{FORMATS_HINT}; convert it first")
     if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
         encoding = "utf-32"
     elif data[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -83,8 +84,8 @@ def _decode(data: bytes, name: str, fmt: str, charset: str | None) -> str:
     elif b"\x00" in data:
         raise binary
     else:
-        if charset is None and fmt == "html" and (meta := re.search(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", data[:4096], re.I)):
-            charset = meta.group(1).decode("ascii")
+        meta = re.search(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", data[:4096], re.IGNORECASE)
+        charset = charset or (meta.group(1).decode("ascii") if meta and fmt == "html" else None)
         # A declared charset is honoured; otherwise UTF-8 only: silently decoding as latin-1 would index mojibake.
         try:
             encoding = "utf-8-sig" if codecs.lookup(charset or "utf-8").name == "utf-8" else str(charset)
@@ -94,8 +95,9 @@ def _decode(data: bytes, name: str, fmt: str, charset: str | None) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UnsupportedContent(f"{name} cannot be decoded as {encoding.removesuffix('-sig').upper()} ({exc.reason} at "
-                                 f"byte {exc.start})", hint="re-encode it as UTF-8, or declare its charset in the content type") from exc
+        raise UnsupportedContent(f"{name} cannot be decoded as {encoding.removesuffix('-sig').upper()} "
+                                 f"({exc.reason} at byte {exc.start})",
+                                 hint="re-encode it as UTF-8, or declare its charset in the content type") from exc
     sample = text[:100_000]
     controls = sum(1 for c in sample if (c < " " and c not in "\t\n\r\f\v\x1b") or c == "\x7f")  # ESC: coloured logs
     if "\x00" in sample or controls > 0.05 * len(sample):
@@ -116,9 +118,10 @@ class _Blocks(list[Block]):
     def add(self, kind: str, start: int, end: int, level: int = 0, title: str | None = None) -> None:
         span = self.text[start:end]
         stripped = span.strip()
-        if kind == "break" or (stripped if title is None else title):
+        text = stripped if title is None else title
+        if kind == "break" or text:
             s = start + len(span) - len(span.lstrip())
-            self.append(Block(kind, s, s + len(stripped), stripped if title is None else title, level))  # type: ignore[arg-type]
+            self.append(Block(kind, s, s + len(stripped), text, level))  # type: ignore[arg-type]
 
 
 def _plain(text: str) -> list[Block]:
@@ -140,7 +143,7 @@ def _markdown(text: str) -> list[Block]:
 
     out, starts = _Blocks(text), _line_starts(text)
     # YAML front matter is metadata, not prose: blank it out (same line count, so token.map stays valid).
-    front = re.match(r"---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", text, re.S)
+    front = re.match(r"---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", text, re.DOTALL)
     tokens = MarkdownIt("commonmark").enable("table").parse(
         "\n" * front.group(0).count("\n") + text[front.end():] if front else text)
     kinds = {"paragraph_open": "text", "blockquote_open": "text", "table_open": "text", "list_item_open": "text",
@@ -281,14 +284,15 @@ _INLINE = {"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn",
 
 
 def _html_parts(markup: str) -> list[tuple[str, str, int]]:
-    from bs4 import BeautifulSoup, NavigableString, Tag
-    from bs4.element import PreformattedString  # comments, doctypes, CDATA
+    from bs4 import BeautifulSoup
+    from bs4.element import NavigableString, PreformattedString, Tag
 
     def dropped(tag: Tag) -> bool:
-        return tag.name in _DROP or tag.get("role") in _DROP_ROLES or (tag.name == "a" and tag.get_text().strip() in _ANCHORS)
+        anchor = tag.name == "a" and tag.get_text().strip() in _ANCHORS
+        return anchor or tag.name in _DROP or tag.get("role") in _DROP_ROLES
 
     def text_of(node: object) -> str:  # inline children join as they are ("Hel<b>lo</b>"), others with a space
-        if isinstance(node, NavigableString):
+        if isinstance(node, NavigableString):  # PreformattedString: comments, doctypes, CDATA
             return "" if isinstance(node, PreformattedString) else str(node)
         if not isinstance(node, Tag) or dropped(node):
             return ""
@@ -300,22 +304,22 @@ def _html_parts(markup: str) -> list[tuple[str, str, int]]:
 
     def walk(node: Tag) -> None:
         for child in node.children:
-            name = child.name if isinstance(child, Tag) else None
-            if name is None or name in _INLINE:
+            if not isinstance(child, Tag) or child.name in _INLINE:
                 loose.append(text_of(child))
             elif not dropped(child):
+                name = child.name
                 parts.append(("text", " ".join("".join(loose).split()), 0))
                 loose.clear()
                 if re.fullmatch(r"h[1-6]", name):
                     parts.append(("heading", " ".join(text_of(child).split()), int(name[1])))
                 elif name in ("pre", "hr", *_TEXT_TAGS):
-                    kind = {"pre": "code", "hr": "break"}.get(name, "text")
-                    parts.append((kind, text_of(child).strip() if name == "pre" else " ".join(text_of(child).split()), 0))
+                    body = text_of(child).strip() if name == "pre" else " ".join(text_of(child).split())
+                    parts.append(({"pre": "code", "hr": "break"}.get(name, "text"), body, 0))
                 else:
                     walk(child)
 
     soup = BeautifulSoup(markup, "html.parser")
-    walk(soup.find("main") or soup.find(attrs={"role": "main"}) or soup)  # marked main content: the rest is chrome
+    walk(soup.find("main") or soup.find(role="main") or soup)  # marked main content: the rest is chrome
     parts.append(("text", " ".join("".join(loose).split()), 0))
     return parts
 
@@ -345,7 +349,7 @@ def _pdf_parts(data: bytes, name: str) -> list[tuple[str, str, int]]:
 
 
 def _join(parts: list[tuple[str, str, int]]) -> tuple[str, list[Block]]:
-    """Canonical text for formats we re-render (HTML, PDF): block texts joined by blank lines, offsets built as we go."""
+    """Canonical text for re-rendered formats (HTML, PDF): block texts joined by blank lines, offsets built as we go."""
     pieces: list[str] = []
     blocks: list[Block] = []
     pos = 0

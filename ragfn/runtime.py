@@ -35,12 +35,9 @@ class Runtime:
 
     @cached_property
     def token_counter(self):
-        from ragfn.chunking import HeuristicTokenCounter, HFTokenCounter
+        from ragfn.chunking import load_token_counter
 
-        path = self.settings.resolved_embed_model_path()
-        if path and (path / "tokenizer.json").is_file():
-            return HFTokenCounter(path / "tokenizer.json")
-        return HeuristicTokenCounter()
+        return load_token_counter(self.settings.resolved_embed_model_path())
 
     @property
     def publisher(self) -> Publisher:

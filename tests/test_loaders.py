@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 def make_pdf(pages: list[list[str]]) -> bytes:
     """A minimal valid PDF (Helvetica, one text line per entry), with exact xref offsets, built by hand."""
-    objects: list[str] = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     kids = []
     for lines in pages:
         ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
@@ -62,7 +62,7 @@ def kinds(doc: LoadedDocument) -> list[tuple[str, str]]:
     ("s3://bucket/docs/README.MD", None, "markdown"),
     ("noext", "text/markdown", "markdown"), ("page.txt", "text/html; charset=utf-8", "html"),
     ("README.md", "text/plain", "markdown"), ("README.md", "binary/octet-stream", "markdown"),
-    ("data.unknown", None, "text"), ("data.unknown", "text/csv", "text"),
+    ("data.unknown", None, "text"), ("data.unknown", "text/csv", "text"), ("x.json", "application/json", "text"),
 ])
 def test_format_detection(name: str, content_type: str | None, expected: str) -> None:
     doc = load_document(b"Title\n=====\n\n<p>Some text.</p>\n", name=name, content_type=content_type)
@@ -227,8 +227,8 @@ def test_rst_sphinx_faq() -> None:
     body = [(k, t) for k, t in kinds(doc) if k != "heading"]
     assert body == [
         ("text", "Yes."),
-        ("text", "Several debuggers for Python are described below, and the built-in function\n"
-                 ":func:`breakpoint` allows you to drop into any of them."),
+        ("text", ("Several debuggers for Python are described below, and the built-in function\n"
+                  ":func:`breakpoint` allows you to drop into any of them.")),
         ("text", "Pass a function::"),
         ("code", "def key(item):\n       return item[1]\n\n   sorted(pairs, key=key)"),
         ("text", "It can also be a lambda:"),
@@ -273,7 +273,8 @@ def test_html_blocks_and_canonical_text() -> None:
 def test_html_prefers_main_content_and_drops_chrome() -> None:
     page = b"""<html><body><div role="navigation"><h3>Navigation</h3><ul><li>index</li></ul></div>
     <div class="document"><div role="main"><h1>Guide<a class="headerlink" href="#guide">\xc2\xb6</a></h1>
-    <p>Body text.</p><div role="search"><p>Quick search</p></div></div></div><footer>Copyright</footer></body></html>"""
+    <p>Body<br>text.</p><div role="search"><p>Quick search</p></div></div></div>
+    <footer>Copyright</footer></body></html>"""
     doc = load_document(page, name="sphinx.html")
     assert kinds(doc) == [("heading", "Guide"), ("text", "Body text.")]
     without_main = load_document(page.replace(b'role="main"', b""), name="plain.html")
@@ -290,7 +291,8 @@ def test_html_meta_charset() -> None:
 def test_pdf_pages_and_page_breaks() -> None:
     doc = load_document(make_pdf([["First page, line one.", "Line two (parens)."], ["Second page."]]), name="doc.pdf")
     assert doc.format == "pdf"
-    assert kinds(doc) == [("text", "First page, line one.\nLine two (parens)."), ("break", ""), ("text", "Second page.")]
+    assert kinds(doc) == [("text", "First page, line one.\nLine two (parens)."), ("break", ""),
+                          ("text", "Second page.")]
     assert_exact(doc)
     assert doc.blocks[1] == Block("break", doc.blocks[0].end, doc.blocks[0].end, "")
 
