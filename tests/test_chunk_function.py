@@ -172,3 +172,37 @@ def test_minio_webhook_without_envelope_reads_from_s3(sink, monkeypatch):
         assert data.chunks[0].text == "Object from a webhook."
     finally:
         server.stop()
+
+
+def test_gcs_finalized_event_reads_the_generation_from_storage(sink, monkeypatch):
+    from google.cloud import storage
+    from gcp_storage_emulator.server import create_server
+
+    from conftest import free_port
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="ragfn-docs")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        blob = storage.Client(project="test").bucket("ragfn-docs").blob("handbook/onboarding guide.md")
+        blob.metadata = {"ragfn-tenant": "acme", "ragfn-groups": "engineering, support"}
+        blob.upload_from_string(b"# Onboarding\n\nAsk for a laptop on day one.\n", content_type="text/markdown")
+        blob.reload()
+        payload = json.loads((PAYLOADS / "gcs_finalized.json").read_text())
+        payload |= {"generation": str(blob.generation), "size": str(blob.size)}
+        event = CloudEvent({"type": events.GCS_FINALIZED, "source": "//storage.googleapis.com/projects/_/buckets/"
+                            "ragfn-docs", "subject": "objects/handbook/onboarding guide.md"}, payload)
+        headers, body = to_binary(event)
+        response = chunk_client().post("/", headers=dict(headers), data=body)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        (_, batch), = sink.received
+        data = events.ChunkBatch.model_validate(batch.get_data())
+        assert data.document.document_id == "gs://ragfn-docs/handbook/onboarding guide.md"
+        assert data.document.version == str(blob.generation)
+        assert data.document.sequence == events.sequence_key(int(blob.generation))
+        assert (data.document.collection, data.document.tenant) == ("handbook", "acme")
+        assert data.document.groups == ["engineering", "support"]
+        assert data.chunks[0].heading_path == ["Onboarding"]
+    finally:
+        server.stop()
