@@ -31,13 +31,15 @@ def _fail(exc: Exception) -> None:
 
 
 def _runtime(settings: Settings, *, dev: bool = False):
-    from ragfn.dev import read_dev_state
+    from ragfn.dev import read_dev_state, running_dev_state
     from ragfn.runtime import Runtime
     from ragfn.telemetry import configure_tracing
 
     configure_tracing(settings, "ragfn-cli")
-    if dev:
-        settings = settings.model_copy(update={"chroma_url": read_dev_state(settings)["chroma_url"]})
+    running = running_dev_state(settings)
+    if dev or (running and not settings.chroma_url):
+        # A running `ragfn dev` serves RAGFN_HOME's Chroma folder; opening it embedded as well could corrupt it.
+        settings = settings.model_copy(update={"chroma_url": (running or read_dev_state(settings))["chroma_url"]})
     return Runtime(settings)
 
 
@@ -54,7 +56,7 @@ def ingest(
     """Upsert new and changed documents; unchanged ones are skipped."""
     from ragfn.ingest import ingest as run_ingest
     from ragfn.ingest import ingest_via_broker
-    from ragfn.objects import to_uri
+    from ragfn.uris import to_uri
 
     try:
         # Paths named on the command line are trusted roots for file:// reads.

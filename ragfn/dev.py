@@ -50,6 +50,18 @@ def read_dev_state(settings: Settings) -> dict:
     return json.loads(path.read_text())
 
 
+def running_dev_state(settings: Settings) -> dict | None:
+    """The state of a `ragfn dev` that is still alive, or None."""
+    try:
+        state = read_dev_state(settings)
+        os.kill(int(state["pid"]), 0)
+    except (ConfigError, ProcessLookupError, KeyError, ValueError, json.JSONDecodeError):
+        return None
+    except PermissionError:  # alive, owned by someone else
+        pass
+    return state
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,6 +106,9 @@ def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> t
 
 
 def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print) -> None:
+    if running := running_dev_state(settings):
+        raise ConfigError(f"`ragfn dev` already runs for {settings.home} (pid {running['pid']}, {running['broker']})",
+                          hint="stop it first, or use another RAGFN_HOME")
     log_dir = settings.home / "logs"
     processes, state = start(settings, host=host, ports=ports, log_dir=log_dir)
     broker = LocalBroker(load_triggers(repo_root() / "eventing" / "triggers"), state["functions"],

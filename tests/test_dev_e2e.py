@@ -90,6 +90,11 @@ def test_ingest_through_the_broker_makes_one_connected_trace(stack):
     result = cli(stack, "ingest", str(docs), "--dev", "--json")
     assert result.returncode == 0, result.stderr
     assert stats(stack)["default"] == {"documents": 1, "chunks": 2}
+    # without --dev the CLI notices the running stack and reads its Chroma server, not the folder under it
+    plain = cli(stack, "stats", "--json")
+    assert json.loads(plain.stdout)["collections"]["default"] == {"documents": 1, "chunks": 2}
+    second = cli(stack, "dev", "--port", "1")
+    assert second.returncode != 0 and "already runs" in second.stderr
 
     spans = [json.loads(line) for line in (stack["root"] / "traces.jsonl").read_text().splitlines()]
     root = next(s for s in spans if s["name"] == "ragfn.ingest" and s["parent_id"] is None)
@@ -135,6 +140,11 @@ def test_s3_bucket_events_follow_creates_changes_and_deletes(stack):
     assert send(stack, "com.amazonaws.s3.notification", removal, structured=True).status_code == 202
     wait_idle(stack)
     assert stats(stack)["default"] == {"documents": 1, "chunks": 2}
+    # without --dev the CLI notices the running stack and reads its Chroma server, not the folder under it
+    plain = cli(stack, "stats", "--json")
+    assert json.loads(plain.stdout)["collections"]["default"] == {"documents": 1, "chunks": 2}
+    second = cli(stack, "dev", "--port", "1")
+    assert second.returncode != 0 and "already runs" in second.stderr
 
 
 def test_bad_objects_go_to_the_dead_letter_store_and_can_be_replayed(stack):
