@@ -169,3 +169,17 @@ def test_bad_objects_go_to_the_dead_letter_store_and_can_be_replayed(stack):
     assert stats(stack)["default"]["documents"] == before["default"]["documents"] + 1
     remaining = [letter["id"] for letter in json.loads(cli(stack, "dlq", "list", "--json").stdout)]
     assert by_reason["empty.md"]["id"] not in remaining
+
+
+def test_prune_through_the_broker_removes_deleted_files(stack):
+    folder = stack["root"] / "docs" / "team"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "keep.md").write_text("# Keep\n\nThis file stays.\n")
+    (folder / "drop.md").write_text("# Drop\n\nThis file goes away.\n")
+    assert cli(stack, "ingest", str(folder), "--dev", "--json").returncode == 0
+    before = stats(stack)["default"]["documents"]
+    (folder / "drop.md").unlink()
+    result = cli(stack, "ingest", str(folder), "--dev", "--prune", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["deleted"] == [f"file://{folder}/drop.md"]
+    assert stats(stack)["default"]["documents"] == before - 1
