@@ -13,11 +13,11 @@ from opentelemetry.trace import SpanKind
 from ragfn import events
 from ragfn.errors import RagfnError
 from ragfn.events import ChunkBatch, DocumentTombstoned, EmbeddedBatch
-from ragfn.objects import parse_uri, to_uri
 from ragfn.pipeline import chunk_change, embed_batch, index_batch
 from ragfn.runtime import Runtime
 from ragfn.storage_events import ObjectChange
 from ragfn.telemetry import tracer
+from ragfn.uris import parse_uri, to_uri
 
 # When walking a folder or prefix, only these are picked up; a file named explicitly is always tried.
 INGESTIBLE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf"}

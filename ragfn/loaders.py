@@ -5,25 +5,13 @@ from __future__ import annotations
 import codecs
 import io
 import re
-import unicodedata
 from dataclasses import dataclass
-from itertools import accumulate
-from typing import Literal
 
+from ragfn.blocks import Block, Blocks, line_starts
 from ragfn.errors import UnsupportedContent
+from ragfn.rst import rst_blocks
 
 FORMATS_HINT = "ragfn ingests plain text, Markdown, reStructuredText, HTML and PDF"
-
-
-@dataclass(frozen=True)
-class Block:
-    """One structural unit: text/code blocks have `text == doc.text[start:end]`; a heading's text is its clean title."""
-
-    kind: Literal["heading", "text", "code", "break"]  # break: a thematic break or page break (may be zero-width)
-    start: int
-    end: int
-    text: str
-    level: int = 0  # heading level, 1 = top
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,7 @@ def load_document(data: bytes, *, name: str, content_type: str | None = None) ->
         text, blocks = _join(_pdf_parts(data, name) if fmt == "pdf" else _html_parts(_decode(data, name, fmt, charset)))
     else:
         text = _decode(data, name, fmt, charset)
-        blocks = {"markdown": _markdown, "rst": _rst}.get(fmt, _plain)(text)
+        blocks = {"markdown": _markdown, "rst": rst_blocks}.get(fmt, _plain)(text)
     if not any(block.kind in ("text", "code") for block in blocks):
         raise UnsupportedContent(f"{name} has no text to index", hint="upload a document that contains body text")
     return LoadedDocument(text, blocks, fmt)
@@ -108,24 +96,8 @@ def _decode(data: bytes, name: str, fmt: str, charset: str | None) -> str:
     return text
 
 
-class _Blocks(list[Block]):
-    """Collects blocks over one text, trimming each span so no block starts or ends with whitespace."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def add(self, kind: str, start: int, end: int, level: int = 0, title: str | None = None) -> None:
-        span = self.text[start:end]
-        stripped = span.strip()
-        text = stripped if title is None else title
-        if kind == "break" or text:
-            s = start + len(span) - len(span.lstrip())
-            self.append(Block(kind, s, s + len(stripped), text, level))  # type: ignore[arg-type]
-
-
 def _plain(text: str) -> list[Block]:
-    out, pos = _Blocks(text), 0
+    out, pos = Blocks(text), 0
     for blank in re.finditer(r"\n[ \t]*\n\s*", text):
         out.add("text", pos, blank.start())
         pos = blank.end()
@@ -133,15 +105,10 @@ def _plain(text: str) -> list[Block]:
     return out
 
 
-def _line_starts(text: str) -> list[int]:
-    """starts[i] is the offset of line i; one extra entry past the end makes `starts[j] - 1` the end of line j - 1."""
-    return [0, *accumulate(len(line) + 1 for line in text.split("\n"))]
-
-
 def _markdown(text: str) -> list[Block]:
     from markdown_it import MarkdownIt
 
-    out, starts = _Blocks(text), _line_starts(text)
+    out, starts = Blocks(text), line_starts(text)
     # YAML front matter is metadata, not prose: blank it out (same line count, so token.map stays valid).
     front = re.match(r"---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", text, re.DOTALL)
     tokens = MarkdownIt("commonmark").enable("table").parse(
@@ -159,120 +126,6 @@ def _markdown(text: str) -> list[Block]:
         elif tok.type in kinds and not (tok.type == "html_block" and tok.content.lstrip().startswith("<!--")):
             out.add(kinds[tok.type], *span)
     return out
-
-
-_ADORN = re.compile(r"([!-/:-@\[-`{-~])\1+[ \t]*\Z")  # one repeated non-alphanumeric ASCII character
-_DIRECTIVE = re.compile(r"\.\.[ \t]+([\w.+-]+(?::[\w.+-]+)*)::(?:[ \t]+(.*)|[ \t]*)\Z")
-_FIELD = re.compile(r":[\w .-]+:(?:[ \t]|\Z)")
-_ROLE = re.compile(r"(?::[\w.+-]+)+:`([^`<]*?)\s*(?:<[^`]*>)?`|``([^`]*)``")
-_CODE_DIRECTIVES = {"code", "code-block", "sourcecode", "doctest", "testcode", "testoutput", "parsed-literal",
-                    "productionlist"}
-_SKIP_DIRECTIVES = {"contents", "toctree", "index", "highlight", "image", "include", "literalinclude", "raw", "meta",
-                    "sectnum", "tabularcolumns", "module", "currentmodule", "moduleauthor", "sectionauthor",
-                    "codeauthor", "default-role", "role", "program"}
-_CONDITIONS = {"only", "ifconfig"}  # their argument is a build condition, not prose
-
-
-def _adorn(line: str) -> bool:
-    return bool(_ADORN.match(line)) and line.strip() not in ("::", "..")
-
-
-def _indent(line: str) -> int:
-    return len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())
-
-
-def _width(s: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s.strip())
-
-
-def _rst(text: str) -> list[Block]:
-    scanner = _Rst(text)
-    scanner.scan(0, len(scanner.lines), top=True)
-    return scanner.out
-
-
-class _Rst:
-    """A line-based reStructuredText block scanner. docutils reports no character offsets and fails on Sphinx's
-    directives and roles, so we recognise just the block structure chunking needs: section titles (levels in
-    order of first appearance of each adornment style, like docutils), paragraphs, `::` literal blocks,
-    directives (code-like ones are code, others are scanned as nested content), block quotes and transitions."""
-
-    def __init__(self, text: str) -> None:
-        self.lines, self.starts, self.out = text.split("\n"), _line_starts(text), _Blocks(text)
-        self.styles: list[tuple[str, bool]] = []
-
-    def add(self, kind: str, i: int, j: int, **heading: object) -> None:
-        self.out.add(kind, self.starts[i], self.starts[j] - 1, **heading)  # type: ignore[arg-type]
-
-    def indented_end(self, i: int, hi: int, indent: int) -> int:
-        """The first line at or after i that is non-blank and indented no deeper than `indent`."""
-        while i < hi and (not self.lines[i].strip() or _indent(self.lines[i]) > indent):
-            i += 1
-        return i
-
-    def heading(self, i: int, hi: int) -> int:
-        """Lines taken by a section title starting at line i (0 when there is none)."""
-        lines, line = self.lines, self.lines[i]
-        if _adorn(line) and i + 2 < hi and lines[i + 1].strip() and _adorn(lines[i + 2]) \
-                and lines[i + 2][0] == line[0] and _width(line) >= _width(lines[i + 1]):
-            title, style, taken = lines[i + 1], (line[0], True), 3
-        elif i + 1 < hi and not _adorn(line) and _adorn(lines[i + 1]) \
-                and (_width(lines[i + 1]) >= _width(line) or _width(lines[i + 1]) >= 4):  # docutils: short is a warning
-            title, style, taken = line, (lines[i + 1][0], False), 2
-        else:
-            return 0
-        self.styles += [] if style in self.styles else [style]
-        clean = _ROLE.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), title.strip())
-        self.add("heading", i, i + taken, level=self.styles.index(style) + 1, title=clean)
-        return taken
-
-    def scan(self, lo: int, hi: int, top: bool) -> None:
-        lines, i, base, literal = self.lines, lo, None, False
-        while i < hi:
-            line, start, literal_before = lines[i], i, literal
-            literal = False
-            if not line.strip():
-                i, literal = i + 1, literal_before  # blank lines separate, they do not end a pending `::`
-                continue
-            indent = _indent(line)
-            base = indent if base is None else base
-            if top and indent == 0 and (taken := self.heading(i, hi)):
-                i += taken
-            elif _adorn(line) and len(line.strip()) >= 4 and (i == lo or not lines[i - 1].strip()) \
-                    and (i + 1 >= hi or not lines[i + 1].strip()):
-                self.add("break", i, i + 1)
-                i += 1
-            elif re.match(r"\.\.(?:[ \t]|\Z)", line.lstrip()):  # explicit markup: directive, comment, target, footnote
-                i = self.indented_end(i + 1, hi, indent)
-                self.explicit(start, i)
-            elif indent > base:  # a literal block after `::`, otherwise a block quote with its own structure
-                i = self.indented_end(i, hi, base)
-                self.add("code", start, i) if literal_before else self.scan(start, i, top=False)
-            else:
-                while i < hi and lines[i].strip():
-                    i += 1
-                para = "\n".join(lines[start:i]).strip()
-                if not self.out and all(_FIELD.match(x) for x in lines[start:i]):
-                    pass  # file-wide fields such as `:tocdepth: 2` are build metadata
-                elif para != "::":
-                    self.add("code" if para.startswith(">>>") else "text", start, i)
-                literal = para.endswith("::")
-
-    def explicit(self, i: int, end: int) -> None:
-        stripped = self.lines[i].strip()
-        if (directive := _DIRECTIVE.match(stripped)) is None:
-            if stripped.startswith(".. ["):  # footnotes and citations are prose; comments and targets are not
-                self.add("text", i, end)
-            return
-        name, args, body = directive.group(1).lower(), (directive.group(2) or "").strip(), i + 1
-        while body < end and self.lines[body].strip() and _FIELD.match(self.lines[body].lstrip()):
-            body += 1  # directive options
-        if name in _CODE_DIRECTIVES:
-            self.add("code", body, end)
-        elif name not in _SKIP_DIRECTIVES:
-            if args and name not in _CONDITIONS:
-                self.add("text", i, i + 1)
-            self.scan(body, end, top=False)
 
 
 _DROP = {"script", "style", "nav", "head", "noscript", "template", "svg", "iframe", "button", "select", "textarea"}

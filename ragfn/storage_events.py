@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from ragfn import events
 from ragfn.errors import BadEvent
-from ragfn.objects import canonical_uri, make_uri, metadata_labels, user_metadata
+from ragfn.objects import metadata_labels, user_metadata
+from ragfn.uris import canonical_uri, make_uri
 
 ACCEPTED_TYPES = (events.GCS_FINALIZED, events.GCS_DELETED, events.S3_NOTIFICATION, events.MINIO_NOTIFICATION,
                   events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ragfn.blocks import Block
 from ragfn.chunking import (
     ChunkingConfig,
     HeuristicTokenCounter,
@@ -21,7 +22,7 @@ from ragfn.chunking import (
 )
 from ragfn.errors import ConfigError
 from ragfn.events import Chunk
-from ragfn.loaders import Block, LoadedDocument, load_document
+from ragfn.loaders import LoadedDocument, load_document
 
 pytestmark = pytest.mark.unit
 

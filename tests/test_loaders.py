@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ragfn.blocks import Block
 from ragfn.errors import UnsupportedContent
-from ragfn.loaders import Block, LoadedDocument, load_document
+from ragfn.loaders import LoadedDocument, load_document
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,8 @@ from ragfn.errors import (
     UnsafeKey,
     UnsupportedContent,
 )
-from ragfn.objects import ObjectReader, StoredObject, canonical_uri, metadata_labels, parse_uri, to_uri, user_metadata
+from ragfn.objects import ObjectReader, StoredObject, metadata_labels, user_metadata
+from ragfn.uris import canonical_uri, parse_uri, to_uri
 
 
 def settings(**kwargs: object) -> Settings:
