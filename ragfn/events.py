@@ -77,6 +77,7 @@ class Chunk(_Model):
     end: int = Field(ge=0)
     heading_path: list[str] = Field(default_factory=list)
     content_hash: str = Field(description="sha256 of text: lets embed reuse vectors of unchanged chunks")
+    occurrence: int = Field(0, ge=0, description="how many earlier chunks of the document have the same text")
     tokens: int = Field(ge=0, description="tokens under the embedder's tokenizer")
 
 

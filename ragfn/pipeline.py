@@ -69,7 +69,7 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
 
     loaded = load_document(stored.data, name=change.uri, content_type=document.content_type)
     config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)
-    chunks = chunk_document(loaded, config, runtime.token_counter)
+    chunks = with_occurrences(chunk_document(loaded, config, runtime.token_counter))
     if not chunks:
         raise UnsupportedContent(f"{change.uri} has no text to index")
     groups = batch_chunks(chunks, runtime.settings.max_event_bytes)
@@ -80,6 +80,16 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         for i, group in enumerate(groups)
     ]
     return StageResult(out, summary | {"status": "chunked", "chunks": len(chunks), "batches": len(groups)})
+
+
+def with_occurrences(chunks: list[Chunk]) -> list[Chunk]:
+    """Number repeated texts so that each chunk has its own content-addressed row in the index."""
+    seen: dict[str, int] = {}
+    numbered = []
+    for chunk in chunks:
+        numbered.append(chunk.model_copy(update={"occurrence": seen.get(chunk.content_hash, 0)}))
+        seen[chunk.content_hash] = seen.get(chunk.content_hash, 0) + 1
+    return numbered
 
 
 def batch_chunks(chunks: list[Chunk], max_event_bytes: int) -> list[list[Chunk]]:

@@ -1,11 +1,13 @@
 """The Chroma index: idempotent chunk writes, one ledger entry per document, newest version wins.
 
-Each user collection NAME is two Chroma collections: `ragfn-NAME` holds chunks (ids `doc#version#n`), and
-`ragfn-NAME.ledger` holds one record per document: its committed version and sequence, or its tombstone.
+Each user collection NAME is two Chroma collections: `ragfn-NAME` holds chunks, and `ragfn-NAME.ledger` holds
+one record per document: its committed version and sequence, or its tombstone. A chunk row is keyed by document,
+content hash and occurrence, and labelled with the newest version that contains it: a new version relabels the
+rows it shares with the old one (a cheap metadata update) and writes only rows for changed text.
 The ledger is what makes late and duplicate deliveries harmless: a batch or delete whose (sequence, version)
-is older than the ledger's is dropped, and a version is committed only once all its chunks are present.
-Chroma has no transactions, so two replicas committing the same document at the same instant can race;
-the loser's chunks are removed by the next commit or delete of that document.
+is older than the ledger's is dropped, no row is relabelled to an older version, and a version is committed
+only once all its chunks carry its label. Chroma has no transactions, so two replicas writing two versions of
+one document at the same instant can race; the next commit or delete of that document cleans up after it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ragfn.config import Settings
 from ragfn.errors import BadEvent, ConfigError, Unavailable
-from ragfn.events import DocumentIndexed, DocumentRemoved, DocumentTombstoned, DocumentVersion, EmbeddedBatch
+from ragfn.events import Chunk, DocumentIndexed, DocumentRemoved, DocumentTombstoned, DocumentVersion, EmbeddedBatch
 from ragfn.vectors import decode_vector
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -46,8 +48,9 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def chunk_id(document: DocumentVersion, number: int) -> str:
-    return f"{document.document_id}#{document.version}#{number}"
+def row_id(document: DocumentVersion, chunk: Chunk) -> str:
+    """Content-addressed within the document, so a row outlives versions that do not change its text."""
+    return f"{document.document_id}#{chunk.content_hash[:32]}#{chunk.occurrence}"
 
 
 class ChromaIndex:
@@ -56,6 +59,7 @@ class ChromaIndex:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client = None
+        self._handles: dict[str, object] = {}  # Chroma collection handles by Chroma name: one lookup each
 
     @property
     def client(self):
@@ -86,21 +90,23 @@ class ChromaIndex:
 
     def chunks(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
         name = f"ragfn-{check_collection_name(collection)}"
-        metadata = {"hnsw:space": "cosine"}
-        if embedder:
-            metadata |= {"ragfn:embedder": embedder, "ragfn:dimensions": dimensions}
-        found = self.client.get_or_create_collection(name, metadata=metadata, embedding_function=None)
+        found = self._handle(name, {"hnsw:space": "cosine"})
         stored = (found.metadata or {}).get("ragfn:embedder")
         if embedder and stored and stored != embedder:
             raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
                            hint="use another collection, or re-ingest everything with the collection's embedder")
         if embedder and not stored:
-            found.modify(metadata=metadata)
+            found.modify(metadata={"ragfn:embedder": embedder, "ragfn:dimensions": dimensions})
         return found
 
     def _ledger(self, collection: str):
-        return self.client.get_or_create_collection(f"ragfn-{check_collection_name(collection)}.ledger",
-                                                    embedding_function=None)
+        return self._handle(f"ragfn-{check_collection_name(collection)}.ledger", None)
+
+    def _handle(self, name: str, metadata: dict | None):
+        if name not in self._handles:
+            self._handles[name] = self.client.get_or_create_collection(name, metadata=metadata,
+                                                                       embedding_function=None)
+        return self._handles[name]
 
     def collections(self) -> list[str]:
         names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
@@ -148,13 +154,20 @@ class ChromaIndex:
         entry = self.ledger_entry(doc.collection, doc.document_id)
         if entry and entry.is_newer_than(doc.sequence, doc.version):
             return None  # a newer version (or a later delete) is already committed
+        vectors = [decode_vector(v, batch.dimensions) for v in batch.vectors]  # all valid before any write
         chunks = self.chunks(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
-        chunks.upsert(
-            ids=[chunk_id(doc, c.number) for c in batch.chunks],
-            embeddings=np.stack([decode_vector(v, batch.dimensions) for v in batch.vectors]),
-            documents=[c.text for c in batch.chunks],
-            metadatas=[self._chunk_metadata(doc, c) for c in batch.chunks],
-        )
+        ids = [row_id(doc, c) for c in batch.chunks]
+        found = chunks.get(ids=ids, include=["metadatas"])
+        labels = {i: (m["sequence"], m["version"]) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
+        fresh = [k for k, i in enumerate(ids) if i not in labels]
+        relabel = [k for k, i in enumerate(ids) if i in labels and labels[i] <= (doc.sequence, doc.version)]
+        if fresh:
+            chunks.upsert(ids=[ids[k] for k in fresh], embeddings=np.stack([vectors[k] for k in fresh]),
+                          documents=[batch.chunks[k].text for k in fresh],
+                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in fresh])
+        if relabel:  # same text, same vector: only the version label and the position move
+            chunks.update(ids=[ids[k] for k in relabel],
+                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in relabel])
         present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]}, include=[])
         if len(present["ids"]) < batch.total_chunks:
             return None
@@ -167,15 +180,15 @@ class ChromaIndex:
             chunks.delete(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]})
             return None
         existing = chunks.get(where={"document_id": doc.document_id}, include=["metadatas"])
-        stale = [(i, m["version"]) for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+        stale = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
                  if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
         if stale:
-            chunks.delete(ids=[i for i, _ in stale])
+            chunks.delete(ids=stale)
         self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
                                                  doc.tenant))
+        replaced = [entry.version] if entry and entry.state == "indexed" and entry.version != doc.version else []
         return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
-                               sequence=doc.sequence, chunks=total, tenant=doc.tenant,
-                               replaced_versions=sorted({v for _, v in stale}))
+                               sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)
 
     def tombstone(self, event: DocumentTombstoned, *, reason: str = "deleted") -> DocumentRemoved | None:
         """Delete every chunk at or before the tombstone's sequence and remember the delete."""
@@ -199,7 +212,7 @@ class ChromaIndex:
                                chunks_removed=removed, reason=reason)
 
     @staticmethod
-    def _chunk_metadata(doc: DocumentVersion, chunk) -> dict:
+    def _chunk_metadata(doc: DocumentVersion, chunk: Chunk) -> dict:
         return {
             "document_id": doc.document_id, "source": doc.document_id, "version": doc.version,
             "sequence": doc.sequence, "number": chunk.number, "start": chunk.start, "end": chunk.end,

@@ -137,3 +137,39 @@ def test_reusable_vectors_by_content_hash(index, unique_collection):
     found = index.reusable_vectors(unique_collection, "test-embedder", hashes + ["unknown"])
     assert set(found) == set(hashes)
     assert index.reusable_vectors(unique_collection, "another-model", hashes) == {}
+
+
+def test_unchanged_chunks_keep_their_rows_across_versions(index, unique_collection):
+    for batch in make_batches(unique_collection, "v1", 10, V1):
+        index.write_batch(batch)
+    before = index.chunks(unique_collection).get(where={"document_id": URI})["ids"]
+    edited = ["alpha one", "alpha two, edited", "alpha three"]
+    batches = make_batches(unique_collection, "v2", 20, edited)
+    for batch in batches:
+        index.write_batch(batch)
+    after = index.chunks(unique_collection).get(where={"document_id": URI})["ids"]
+    assert len(set(before) & set(after)) == 2  # "alpha one" and "alpha three" were relabelled, not rewritten
+    assert stored(index, unique_collection) == sorted(("v2", t) for t in edited)
+    # a late batch of the old version must not take the shared rows back
+    for batch in make_batches(unique_collection, "v1", 10, V1):
+        assert index.write_batch(batch) is None
+    assert stored(index, unique_collection) == sorted(("v2", t) for t in edited)
+
+
+def test_repeated_text_in_one_document_gets_one_row_per_occurrence(index, unique_collection):
+    from ragfn.pipeline import with_occurrences
+
+    batches = make_batches(unique_collection, "v1", 10, ["same", "other", "same"], per_batch=3)
+    batch = batches[0].model_copy(update={"chunks": with_occurrences(batches[0].chunks)})
+    assert index.write_batch(batch).chunks == 3
+    assert stored(index, unique_collection) == [("v1", "other"), ("v1", "same"), ("v1", "same")]
+
+
+def test_collections_stay_cosine_and_remember_their_embedder(index_settings, unique_collection):
+    first = ChromaIndex(index_settings)
+    for batch in make_batches(unique_collection, "v1", 10, V1):
+        first.write_batch(batch)
+    fresh = ChromaIndex(index_settings)  # a new process sees what the first one recorded
+    collection = fresh.chunks(unique_collection)
+    assert collection.metadata["ragfn:embedder"] == "test-embedder"
+    assert collection.configuration_json["hnsw"]["space"] == "cosine"
