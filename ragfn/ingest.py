@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from opentelemetry.trace import SpanKind
 
 from ragfn import events
-from ragfn.errors import RagfnError
+from ragfn.errors import RagfnError, Unavailable
 from ragfn.events import ChunkBatch, DocumentTombstoned, EmbeddedBatch
 from ragfn.pipeline import chunk_change, embed_batch, index_batch
 from ragfn.runtime import Runtime
@@ -107,18 +107,21 @@ def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default",
     return report
 
 
-def prune_missing(roots: list[str], present: set[str], runtime: Runtime, collection: str) -> list[str]:
-    """Tombstone indexed documents under `roots` that were not found this time."""
+def missing_documents(roots: list[str], present: set[str], runtime: Runtime, collection: str) -> list[str]:
+    """Indexed documents under `roots` that were not found this time."""
     if not roots or collection not in runtime.index.collections():
         return []
+    return [entry.document_id for entry in runtime.index.ledger(collection) if entry.state == "indexed"
+            and any(entry.document_id.startswith(root) for root in roots) and entry.document_id not in present]
+
+
+def prune_missing(roots: list[str], present: set[str], runtime: Runtime, collection: str) -> list[str]:
+    """Tombstone indexed documents under `roots` that were not found this time."""
     sequence = events.sequence_key(time.time_ns() // 1000)
-    removed = []
-    for entry in list(runtime.index.ledger(collection)):
-        under_root = any(entry.document_id.startswith(root) for root in roots)
-        if entry.state == "indexed" and under_root and entry.document_id not in present:
-            runtime.index.tombstone(DocumentTombstoned(collection=collection, document_id=entry.document_id,
-                                                       sequence=sequence), reason="pruned")
-            removed.append(entry.document_id)
+    removed = missing_documents(roots, present, runtime, collection)
+    for document_id in removed:
+        runtime.index.tombstone(DocumentTombstoned(collection=collection, document_id=document_id,
+                                                   sequence=sequence), reason="pruned")
     return removed
 
 
@@ -136,16 +139,16 @@ def ingest_via_broker(targets: list[str], runtime: Runtime, broker_url: str, *, 
         with tracer().start_as_current_span("ragfn.ingest", kind=SpanKind.PRODUCER, attributes={"ragfn.uri": uri}):
             publisher.publish([OutboundEvent(events.DOCUMENT_UPSERTED, events.DocumentUpserted(
                 uri=uri, collection=collection, tenant=tenant, groups=list(groups)), key=f"{uri}@{time.time_ns()}")])
-    deleted = []
-    if prune and roots and collection in runtime.index.collections():
-        deleted = [e.document_id for e in runtime.index.ledger(collection) if e.state == "indexed"
-                   and any(e.document_id.startswith(r) for r in roots) and e.document_id not in set(uris)]
-        now = time.time_ns() // 1000
-        publisher.publish([OutboundEvent(events.DOCUMENT_DELETED, events.DocumentDeleted(
-            uri=uri, collection=collection, sequence=now), key=f"{uri}@{now}") for uri in deleted])
+    deleted = missing_documents(roots, set(uris), runtime, collection) if prune else []
+    now = time.time_ns() // 1000
+    publisher.publish([OutboundEvent(events.DOCUMENT_DELETED, events.DocumentDeleted(
+        uri=uri, collection=collection, sequence=now), key=f"{uri}@{now}") for uri in deleted])
     deadline = time.monotonic() + timeout
     while True:
-        status = httpx.get(f"{broker_url}/status", timeout=5).json()
+        try:
+            status = httpx.get(f"{broker_url}/status", timeout=5).json()
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"lost the dev broker at {broker_url}: {exc}", hint="is `ragfn dev` still running?") from exc
         if on_progress:
             on_progress(f"{status['in_flight']} deliveries in flight", status["delivered"], 0)
         if status["in_flight"] == 0:

@@ -137,8 +137,9 @@ class ChromaIndex:
 
     def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors already stored for these chunk texts, so unchanged chunks are never embedded twice."""
-        if not hashes or collection not in self.collections():
-            return {}
+        name = f"ragfn-{check_collection_name(collection)}"
+        if not hashes or (name not in self._handles and collection not in self.collections()):
+            return {}  # reading must not create the collection
         chunks = self.chunks(collection)
         if (chunks.metadata or {}).get("ragfn:embedder") != embedder:
             return {}
