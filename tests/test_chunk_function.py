@@ -206,3 +206,13 @@ def test_gcs_finalized_event_reads_the_generation_from_storage(sink, monkeypatch
         assert data.chunks[0].heading_path == ["Onboarding"]
     finally:
         server.stop()
+
+
+def test_a_source_can_route_a_bucket_to_a_collection_with_an_extension(sink):
+    record = json.loads((PAYLOADS / "s3_delete.json").read_text())
+    event = CloudEvent({"type": events.S3_NOTIFICATION, "source": "s3", "ragfncollection": "handbook"}, record)
+    headers, body = to_binary(event)
+    response = chunk_client().post("/", headers=dict(headers), data=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (_, tomb), = sink.received
+    assert tomb["type"] == events.DOCUMENT_TOMBSTONED and tomb.get_data()["collection"] == "handbook"
