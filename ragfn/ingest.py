@@ -95,8 +95,10 @@ def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default",
                                   tenant=tenant, groups=tuple(groups), size=None, content_type=None)
             try:
                 ingest_uri(change, runtime, report)
-            except RagfnError as exc:  # one bad file never stops the rest; the report names it
-                report.errors[uri] = str(exc)
+            except RagfnError as exc:
+                if exc.retryable:  # the model, the store or the bucket is unusable: every file would fail alike
+                    raise
+                report.errors[uri] = str(exc)  # one bad file never stops the rest; the report names it
             if report.outcomes.get(uri) == "gone":  # named on the command line, so a typo, not a race
                 del report.outcomes[uri]
                 report.errors[uri] = "no such file or object"

@@ -114,3 +114,13 @@ def test_cli_names_missing_paths_and_fails(settings, tmp_path):
     assert result.returncode == 1
     assert f"file://{tmp_path}/missing.md: no such file" in result.stderr
     assert "documents: 1 indexed, 1 rejected" in result.stdout
+
+
+def test_an_unusable_model_stops_the_run_with_one_clear_error(settings, tmp_path):
+    write(tmp_path / "docs", "a.md", GUIDE)
+    write(tmp_path / "docs", "b.md", GUIDE.replace("Guide", "Other"))
+    broken = settings.model_copy(update={"embed_model_path": tmp_path / "no-model"})
+    with pytest.raises(Exception, match="RAGFN_EMBED_MODEL_PATH") as caught:
+        ingest([str(tmp_path / "docs")], Runtime(broken))
+    assert caught.value.retryable
+    assert "fetch_models" in caught.value.hint
