@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -40,6 +41,7 @@ class FastEmbedder:
         self.cache_dir = cache_dir
         self._model = None
         self._dimensions: int | None = None
+        self._loading = threading.Lock()
         self._lengths = None  # a tokenizer for sorting and batching by length
 
     @classmethod
@@ -52,17 +54,23 @@ class FastEmbedder:
     def warm_up(self) -> None:
         if self._model is not None:
             return
+        with self._loading:  # functions-framework serves requests on several threads
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
         from fastembed import TextEmbedding
 
         try:
-            self._model = TextEmbedding(self.name, cache_dir=self.cache_dir, threads=self.threads,
-                                        specific_model_path=self.model_path)
+            model = TextEmbedding(self.name, cache_dir=self.cache_dir, threads=self.threads,
+                                  specific_model_path=self.model_path)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"cannot load embedding model {self.name!r}: {exc}",
                               hint="set RAGFN_EMBED_MODEL_PATH to a local ONNX folder "
                                    "(python scripts/fetch_models.py builds one) or allow the download") from exc
-        self._dimensions = int(next(iter(self._model.embed(["dimension probe"]))).shape[0])
-        self._lengths = _length_tokenizer(self._model)
+        self._dimensions = int(next(iter(model.embed(["dimension probe"]))).shape[0])
+        self._lengths = _length_tokenizer(model)
+        self._model = model  # last: other threads test it without the lock
 
     @property
     def dimensions(self) -> int:
