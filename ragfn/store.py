@@ -13,6 +13,7 @@ one document at the same instant can race; the next commit or delete of that doc
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -59,12 +60,15 @@ class ChromaIndex:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client = None
+        self._connecting = threading.Lock()
         self._handles: dict[str, object] = {}  # Chroma collection handles by Chroma name: one lookup each
 
     @property
     def client(self):
         if self._client is None:
-            self._client = self._connect()
+            with self._connecting:  # several request threads may arrive first together
+                if self._client is None:
+                    self._client = self._connect()
         return self._client
 
     def _connect(self):
