@@ -1,29 +1,21 @@
-"""Ranking metrics over judged result lists: recall@k, MRR@k and nDCG@k with binary relevance.
-
-Every function takes `relevant_ranks`: one list per query, where `relevant_ranks[q][i]` is True when the item at
-rank i + 1 of query q's results is relevant (`ragfn.evalset.judge` produces them). Each returns the mean over
-queries; a query whose list is empty or holds no relevant item scores 0. Asking for the mean of no queries is a
-ValueError rather than a silent 0, because it always means the evaluation went wrong.
-
-Relevance is binary and the unit of relevance is the *gold passage*, not the chunk: the FAQ set has one gold
-section per query, and several chunks of that section in the results are several views of one relevant item.
-So, by default (`n_relevant=1`):
-- recall@k is 1 for a query when any relevant item is in its top k (so it equals hit rate / success@k);
-- MRR@k is 1/rank of the first relevant item within the top k;
-- nDCG@k assumes one relevant item: the ideal DCG is 1 (that item at rank 1), and only the first relevant hit
-  earns gain (1/log2(rank + 1)); later hits are duplicates of the same passage and earn nothing, so nDCG stays in
-  [0, 1] and equals 1/log2(1 + first relevant rank).
-For result lists whose items are distinct relevant things (e.g. documents with several gold documents each), pass
-`n_relevant`, the number of gold items per query (one int for all, or one per query): recall@k becomes the
-fraction of them found in the top k, and nDCG's ideal ranking puts min(n_relevant, k) of them first, with the
-first n_relevant hits earning gain. The caller must then judge each gold item at most once per result list.
-"""
+"""Ranking metrics over judged result lists: recall@k, MRR@k and nDCG@k with binary relevance."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+# Every function takes `relevant_ranks`: one list per query, where `relevant_ranks[q][i]` is True when the item at
+# rank i + 1 of query q's results is relevant (`ragfn.evalset.judge` produces them), and returns the mean over
+# queries. A query whose list is empty or holds no relevant item scores 0; the mean of no queries is a ValueError
+# rather than a silent 0, because it always means the evaluation went wrong.
+#
+# Relevance is binary and its unit is the *gold passage*, not the chunk: the FAQ set has one gold section per query,
+# and several chunks of it in the results are several views of one relevant item. So by default (n_relevant=1)
+# recall@k is 1 when any relevant item is in the top k (hit rate), MRR@k is 1/rank of the first one, and nDCG@k
+# assumes one relevant item (see ndcg_at). For lists whose relevant items are distinct gold items, pass
+# n_relevant, the number of gold items per query (one int, or one per query); the caller must then judge each gold
+# item at most once per list.
 Judged = Sequence[Sequence[bool]]
 Counts = int | Sequence[int]
 
@@ -48,10 +40,12 @@ def first_relevant(ranked: Sequence[bool]) -> int | None:
 
 
 def recall_at(k: int, relevant_ranks: Judged, n_relevant: Counts = 1) -> float:
-    """Mean over queries of (relevant items in the top k, at most n_relevant) / n_relevant."""
+    """Mean over queries of (relevant items in the top k, at most n_relevant) / n_relevant: with one gold passage
+    per query, the fraction of queries with a relevant item in their top k."""
     _check_k(k)
     counts = _gold_counts(relevant_ranks, n_relevant)
-    return sum(min(sum(map(bool, ranked[:k])), n) / n for ranked, n in zip(relevant_ranks, counts)) / len(counts)
+    found = [min(sum(map(bool, ranked[:k])), n) / n for ranked, n in zip(relevant_ranks, counts, strict=True)]
+    return sum(found) / len(found)
 
 
 def mrr_at(k: int, relevant_ranks: Judged) -> float:
@@ -63,11 +57,15 @@ def mrr_at(k: int, relevant_ranks: Judged) -> float:
 
 
 def ndcg_at(k: int, relevant_ranks: Judged, n_relevant: Counts = 1) -> float:
-    """Mean normalised discounted cumulative gain at k, binary gains, log2 discount (see the module docstring)."""
+    """Mean normalised discounted cumulative gain at k, with binary gains and a log2 discount.
+
+    The ideal ranking puts min(n_relevant, k) relevant items first, and only the first n_relevant hits earn gain:
+    with the default of one gold passage per query the ideal DCG is 1 and nDCG = 1/log2(1 + first relevant rank);
+    later chunks of the same passage are duplicates and earn nothing, so nDCG stays within [0, 1]."""
     _check_k(k)
     counts = _gold_counts(relevant_ranks, n_relevant)
     total = 0.0
-    for ranked, n in zip(relevant_ranks, counts):
+    for ranked, n in zip(relevant_ranks, counts, strict=True):
         hits = [rank for rank, relevant in enumerate(ranked[:k], 1) if relevant][:n]  # duplicates earn nothing
         ideal = sum(1 / math.log2(rank + 1) for rank in range(1, min(n, k) + 1))
         total += sum(1 / math.log2(rank + 1) for rank in hits) / ideal
