@@ -1,0 +1,62 @@
+"""Dense search over the Chroma index, with tenant and ACL-group filters applied inside the search itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ragfn.embedding import Embedder
+from ragfn.errors import BadEvent
+from ragfn.store import PUBLIC, ChromaIndex
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant and the ACL groups they belong to. Untenanted callers see untenanted documents."""
+
+    tenant: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def where(self) -> dict:
+        """A Chroma filter: the caller's tenant, and a document group the caller has (or the public group)."""
+        readable = [{"groups": {"$contains": group}} for group in sorted({PUBLIC, *self.groups})]
+        return {"$and": [{"tenant": self.tenant or ""}, readable[0] if len(readable) == 1 else {"$or": readable}]}
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    source: str
+    text: str
+    score: float  # cosine similarity for dense hits
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict:
+        return {"chunk_id": self.chunk_id, "source": self.source, "text": self.text, "score": round(self.score, 6)}
+
+
+class DenseRetriever:
+    """Embeds the question and asks Chroma for the nearest chunks the caller may read.
+
+    >>> retriever = DenseRetriever(ChromaIndex(settings), FastEmbedder.from_settings(settings))
+    >>> [hit.source for hit in retriever.search("How do I sort a list?", caller=Caller("acme", ("eng",)))]
+    """
+
+    def __init__(self, index: ChromaIndex, embedder: Embedder) -> None:
+        self.index = index
+        self.embedder = embedder
+
+    def search(self, question: str, *, collection: str = "default", top_k: int = 10,
+               caller: Caller = Caller()) -> list[Hit]:
+        if not question.strip():
+            raise BadEvent("the question is empty")
+        if not 1 <= top_k <= 1000:
+            raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
+        if collection not in self.index.collections():
+            return []
+        vector = self.embedder.embed([question])[0]
+        found = self.index.chunks(collection).query(query_embeddings=[vector], n_results=top_k,
+                                                    where=caller.where(),
+                                                    include=["documents", "metadatas", "distances"])
+        return [Hit(chunk_id=i, source=m["source"], text=d, score=1.0 - float(dist), metadata=m)
+                for i, d, m, dist in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
+                                         found["distances"][0], strict=True)]

@@ -1,0 +1,55 @@
+"""Dense search against real Chroma (embedded and `chroma run`): tenants and ACL groups are filtered inside."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragfn.errors import BadEvent
+from ragfn.ingest import ingest
+from ragfn.runtime import Runtime
+from ragfn.search import Caller, DenseRetriever
+
+pytestmark = pytest.mark.integration
+
+SECRET = "# Payroll\n\nThe salary review happens every March. Managers submit raises to HR by the tenth.\n"
+PUBLIC_DOC = "# Holidays\n\nThe office closes on public holidays. Remote work is allowed on bridge days.\n"
+
+
+@pytest.fixture
+def corpus(index_settings, unique_collection, tmp_path):
+    runtime = Runtime(index_settings)
+    for tenant in ("acme", "globex"):
+        folder = tmp_path / tenant
+        folder.mkdir()
+        (folder / "payroll.md").write_text(SECRET.replace("March", "March" if tenant == "acme" else "May"))
+        (folder / "holidays.md").write_text(PUBLIC_DOC)
+        ingest([str(folder / "payroll.md")], runtime, collection=unique_collection, tenant=tenant, groups=("hr",))
+        ingest([str(folder / "holidays.md")], runtime, collection=unique_collection, tenant=tenant)
+    return DenseRetriever(runtime.index, runtime.embedder), unique_collection, tmp_path
+
+
+def test_a_tenant_never_sees_another_tenants_chunks(corpus):
+    retriever, collection, root = corpus
+    for tenant in ("acme", "globex"):
+        hits = retriever.search("When is the salary review?", collection=collection, top_k=50,
+                                caller=Caller(tenant, ("hr",)))
+        assert hits and all(hit.source.startswith(f"file://{root}/{tenant}/") for hit in hits)
+        assert hits[0].source.endswith("payroll.md") and hits[0].score > 0.3
+
+
+def test_acl_groups_filter_inside_the_search_not_after_it(corpus):
+    retriever, collection, _ = corpus
+    # the payroll chunk is the best match, yet a caller outside "hr" gets only what they may read, at any depth
+    hits = retriever.search("When is the salary review?", collection=collection, top_k=50,
+                            caller=Caller("acme", ("eng",)))
+    assert hits and all(hit.source.endswith("holidays.md") for hit in hits)
+    assert retriever.search("salary", collection=collection, caller=Caller(None, ("hr",))) == []
+
+
+def test_bad_searches_are_clear(corpus):
+    retriever, collection, _ = corpus
+    with pytest.raises(BadEvent, match="empty"):
+        retriever.search("   ", collection=collection)
+    with pytest.raises(BadEvent, match="top_k"):
+        retriever.search("x", collection=collection, top_k=0)
+    assert retriever.search("anything", collection="nothing-here") == []
