@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -27,6 +28,7 @@ from ragfn.vectors import decode_vector
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 PUBLIC = "*"  # the ACL group of a document readable by its whole tenant
+GENERATION_ID = "~generation"  # a ledger record no document URI can collide with
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,22 @@ class ChromaIndex:
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
         found = self._ledger(collection).get(include=["metadatas"])
         for document_id, meta in zip(found["ids"], found["metadatas"], strict=True):
+            if document_id == GENERATION_ID:
+                continue
             yield LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
                               meta.get("tenant") or None)
 
     def _record(self, collection: str, entry: LedgerEntry) -> None:
         meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
                 "chunks": entry.chunks, "tenant": entry.tenant or ""}
-        self._ledger(collection).upsert(ids=[entry.document_id], embeddings=[[1.0]], metadatas=[meta])
+        # the generation changes with every commit and delete, so readers that cache (BM25) know to refresh
+        self._ledger(collection).upsert(ids=[entry.document_id, GENERATION_ID], embeddings=[[1.0], [1.0]],
+                                        metadatas=[meta, {"token": uuid.uuid4().hex}])
+
+    def generation(self, collection: str) -> str | None:
+        """A token that changes whenever a document of the collection is committed or deleted."""
+        found = self._ledger(collection).get(ids=[GENERATION_ID], include=["metadatas"])
+        return found["metadatas"][0]["token"] if found["ids"] else None
 
     # -- writes ----------------------------------------------------------------------------------------------
 

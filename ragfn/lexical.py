@@ -1,0 +1,126 @@
+"""BM25 over a collection's chunk texts, built from Chroma itself so that every replica agrees with the index.
+
+Chroma stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
+collection's generation token (bumped by every commit and delete, see ChromaIndex.generation) has changed, checking
+at most every `refresh_seconds`. Scaling: a rebuild reads every chunk text of the collection and holds postings in
+memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per replica; beyond
+that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragfn.errors import BadEvent, Unavailable
+from ragfn.search import Caller, Hit
+from ragfn.store import PUBLIC, ChromaIndex
+
+log = logging.getLogger("ragfn.lexical")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class _Snapshot:
+    generation: str | None
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict]
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (chunk rows, BM25 weights)
+    tenants: np.ndarray  # tenant per row
+    groups: dict[str, np.ndarray]  # ACL group -> rows readable by it
+    checked: float
+
+
+class LexicalRetriever:
+    """BM25 (Okapi, k1/b) with the caller's tenant and groups applied before ranking."""
+
+    def __init__(self, index: ChromaIndex, *, k1: float = 1.2, b: float = 0.75, refresh_seconds: float = 1.0) -> None:
+        self.index = index
+        self.k1, self.b = k1, b
+        self.refresh_seconds = refresh_seconds
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._lock = threading.Lock()
+
+    def search(self, question: str, *, collection: str = "default", top_k: int = 10,
+               caller: Caller = Caller()) -> list[Hit]:
+        terms = tokenize(question)
+        if not terms:
+            raise BadEvent("the question has no words to search for")
+        if not 1 <= top_k <= 1000:
+            raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
+        snapshot = self._snapshot(collection)
+        if snapshot is None or not snapshot.ids:
+            return []
+        scores = np.zeros(len(snapshot.ids), dtype=np.float32)
+        for term, count in Counter(terms).items():
+            if term in snapshot.postings:
+                rows, weights = snapshot.postings[term]
+                scores[rows] += count * weights
+        readable = snapshot.tenants == (caller.tenant or "")
+        allowed = np.zeros(len(snapshot.ids), dtype=bool)
+        for group in {PUBLIC, *caller.groups}:
+            if group in snapshot.groups:
+                allowed[snapshot.groups[group]] = True
+        scores[~(readable & allowed)] = 0.0  # filtered before ranking: a hidden chunk never takes a place
+        candidates = np.flatnonzero(scores > 0)
+        best = candidates[np.argsort(-scores[candidates], kind="stable")[:top_k]]
+        return [Hit(chunk_id=snapshot.ids[i], source=snapshot.metadatas[i]["source"], text=snapshot.texts[i],
+                    score=float(scores[i]), metadata=snapshot.metadatas[i]) for i in best]
+
+    def _snapshot(self, collection: str) -> _Snapshot | None:
+        with self._lock:  # one rebuild at a time; concurrent queries wait for it rather than each rebuilding
+            cached = self._snapshots.get(collection)
+            now = time.monotonic()
+            if cached and now - cached.checked < self.refresh_seconds:
+                return cached
+            try:
+                if collection not in self.index.collections():
+                    return None
+                generation = self.index.generation(collection)
+                if not (cached and cached.generation == generation):
+                    cached = self._snapshots[collection] = self._build(collection, generation)
+            except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
+                if cached is None:
+                    raise Unavailable(f"cannot read collection {collection!r} for lexical search: {exc}") from exc
+                log.warning("lexical search serves a stale snapshot of %s: %s", collection, exc)
+            cached.checked = now
+            return cached
+
+    def _build(self, collection: str, generation: str | None) -> _Snapshot:
+        found = self.index.chunks(collection).get(include=["documents", "metadatas"])
+        ids, texts, metadatas = found["ids"], found["documents"], found["metadatas"]
+        tokens = [tokenize(text) for text in texts]
+        lengths = np.array([len(t) for t in tokens], dtype=np.float32)
+        average = float(lengths.mean()) if len(lengths) else 0.0
+        rows_by_term: dict[str, list[int]] = defaultdict(list)
+        tf_by_term: dict[str, list[int]] = defaultdict(list)
+        for row, words in enumerate(tokens):
+            for term, tf in Counter(words).items():
+                rows_by_term[term].append(row)
+                tf_by_term[term].append(tf)
+        norm = self.k1 * (1 - self.b + self.b * lengths / max(average, 1e-9))
+        postings = {}
+        for term, rows in rows_by_term.items():
+            rows_array = np.array(rows, dtype=np.int64)
+            tf = np.array(tf_by_term[term], dtype=np.float32)
+            idf = math.log(1 + (len(ids) - len(rows) + 0.5) / (len(rows) + 0.5))
+            postings[term] = (rows_array, idf * tf * (self.k1 + 1) / (tf + norm[rows_array]))
+        groups: dict[str, list[int]] = defaultdict(list)
+        for row, meta in enumerate(metadatas):
+            for group in meta.get("groups") or [PUBLIC]:
+                groups[group].append(row)
+        return _Snapshot(generation, ids, texts, metadatas, postings,
+                         np.array([m.get("tenant", "") for m in metadatas], dtype=object),
+                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic())

@@ -1,0 +1,81 @@
+"""BM25 and hybrid retrieval against real Chroma: filters inside the ranking, freshness after updates and deletes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ragfn.errors import BadEvent
+from ragfn.hybrid import HybridRetriever
+from ragfn.ingest import ingest
+from ragfn.lexical import LexicalRetriever, tokenize
+from ragfn.runtime import Runtime
+from ragfn.search import Caller, DenseRetriever
+
+pytestmark = pytest.mark.integration
+
+DOCS = {
+    "zipfile.md": "# zipfile\n\nThe zipfile module reads and writes ZIP archives. Use ZipFile.extractall to unpack.\n",
+    "json.md": "# json\n\nThe json module encodes and decodes JSON. Call json.dumps with indent=2 for pretty output.\n",
+    "secret.md": "# Budget\n\nThe zipfile budget code is QX-7731 and only finance may read it.\n",
+}
+
+
+@pytest.fixture
+def setup(index_settings, unique_collection, tmp_path):
+    runtime = Runtime(index_settings)
+    for name, text in DOCS.items():
+        (tmp_path / name).write_text(text)
+        groups = ("finance",) if name == "secret.md" else ()
+        ingest([str(tmp_path / name)], runtime, collection=unique_collection, tenant="acme", groups=groups)
+    lexical = LexicalRetriever(runtime.index, refresh_seconds=0.0)
+    return runtime, lexical, unique_collection, tmp_path
+
+
+def test_bm25_ranks_exact_terms_and_filters_before_ranking(setup):
+    runtime, lexical, collection, root = setup
+    hits = lexical.search("extractall zipfile", collection=collection, caller=Caller("acme"))
+    assert [h.source.rsplit("/", 1)[-1] for h in hits] == ["zipfile.md"]  # secret.md mentions zipfile too
+    finance = lexical.search("extractall zipfile", collection=collection, caller=Caller("acme", ("finance",)))
+    assert {h.source.rsplit("/", 1)[-1] for h in finance} == {"zipfile.md", "secret.md"}
+    assert lexical.search("QX 7731", collection=collection, caller=Caller("acme")) == []
+    assert lexical.search("json dumps", collection=collection, caller=Caller("globex")) == []
+    assert tokenize("ZipFile.extractall(path)") == ["zipfile", "extractall", "path"]
+
+
+def test_updates_and_deletes_show_up_after_the_generation_changes(setup):
+    runtime, lexical, collection, root = setup
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))
+    (root / "json.md").write_text("# json\n\nThe json module now documents orjson compatibility.\n")
+    ingest([str(root / "json.md")], runtime, collection=collection, tenant="acme")
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme")) == []
+    assert lexical.search("orjson", collection=collection, caller=Caller("acme"))
+    (root / "json.md").unlink()
+    ingest([str(root)], runtime, collection=collection, tenant="acme", prune=True)
+    assert lexical.search("orjson", collection=collection, caller=Caller("acme")) == []
+
+
+def test_a_second_replica_sees_what_the_first_wrote(setup, index_settings):
+    runtime, _, collection, root = setup
+    replica = LexicalRetriever(Runtime(index_settings).index, refresh_seconds=0.2)
+    assert replica.search("orjson", collection=collection, caller=Caller("acme")) == []
+    (root / "new.md").write_text("# new\n\norjson is fast.\n")
+    ingest([str(root / "new.md")], runtime, collection=collection, tenant="acme")
+    time.sleep(0.25)
+    assert [h.source.rsplit("/", 1)[-1] for h in replica.search("orjson", collection=collection,
+                                                                caller=Caller("acme"))] == ["new.md"]
+
+
+def test_hybrid_fuses_both_lists_and_respects_filters(setup):
+    runtime, lexical, collection, _ = setup
+    hybrid = HybridRetriever(DenseRetriever(runtime.index, runtime.embedder), lexical)
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = hybrid.search("how do I unpack a zip archive", mode=mode, collection=collection, top_k=5,
+                             caller=Caller("acme"))
+        assert hits[0].source.endswith("zipfile.md"), mode
+        assert not any(h.source.endswith("secret.md") for h in hits)
+    with pytest.raises(BadEvent, match="mode"):
+        hybrid.search("x", mode="sparse", collection=collection)
+    with pytest.raises(BadEvent, match="no words"):
+        lexical.search("?!", collection=collection)
