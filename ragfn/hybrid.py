@@ -18,8 +18,10 @@ class HybridRetriever:
     calibration against each other; each list is fetched `depth` deep so fusion can promote what one list ranks low.
     """
 
+    # lexical_weight 0.2: on the Python FAQ set (200-token chunks, MiniLM) equal weights fell below dense-only
+    # (nDCG@10 0.643 vs 0.662) while 0.2 beat it on every metric (0.677); to be tuned with the eval notebook.
     def __init__(self, dense: DenseRetriever, lexical: LexicalRetriever, *, dense_weight: float = 1.0,
-                 lexical_weight: float = 1.0, rrf_k: int = 60, depth: int = 50) -> None:
+                 lexical_weight: float = 0.2, rrf_k: int = 60, depth: int = 50) -> None:
         self.dense, self.lexical = dense, lexical
         self.weights = {"dense": dense_weight, "lexical": lexical_weight}
         self.rrf_k, self.depth = rrf_k, depth
