@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ragfn import query_cli
 from ragfn.config import Settings, load_settings
 from ragfn.errors import RagfnError
 
@@ -105,6 +106,13 @@ def _print_report(result: dict) -> None:
         print(f"removed {uri}")
     for name, numbers in result["stats"].items():
         print(f"collection {name}: {numbers['documents']} documents, {numbers['chunks']} chunks")
+
+
+def _query_runtime():
+    return _runtime(_settings())
+
+
+query_cli.register(app, _query_runtime, _fail)
 
 
 @app.command()

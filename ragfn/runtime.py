@@ -34,6 +34,14 @@ class Runtime:
         return ChromaIndex(self.settings)
 
     @cached_property
+    def retriever(self):
+        from ragfn.hybrid import HybridRetriever
+        from ragfn.lexical import LexicalRetriever
+        from ragfn.search import DenseRetriever
+
+        return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index))
+
+    @cached_property
     def token_counter(self):
         from ragfn.chunking import load_token_counter
 
