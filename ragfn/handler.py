@@ -90,8 +90,12 @@ def validate(event: InboundEvent, accepts: Mapping[str, type[BaseModel] | None])
     try:
         return InboundEvent(event.type, event.id, event.time, model.model_validate(event.data), event.attributes)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadEvent(f"invalid {event.type} data: {problems}") from exc
+        raise BadEvent(f"invalid {event.type} data: {problems(exc)}") from exc
+
+
+def problems(exc: ValidationError) -> str:
+    """The first few validation errors as `field.path: message`, for a 400 a person can act on."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
 
 
 def error_response(error: RagfnError, event: InboundEvent | None = None) -> flask.Response:
@@ -128,6 +132,33 @@ class _LazyRuntime:
 Handler = Callable[[InboundEvent, Runtime], StageResult]
 
 
+def _in_span(name: str, parent, kind: trace.SpanKind, attributes: dict, call: Callable[[trace.Span], object]):
+    with tracer().start_as_current_span(f"ragfn.{name}", context=parent, kind=kind) as span:
+        span.set_attributes(attributes | {"ragfn.function": name})
+        try:
+            return call(span)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            raise
+
+
+def _guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], InboundEvent | None]) -> flask.Response:
+    """The one place errors become HTTP answers: RagfnError by its status, anything else a retryable 500."""
+    try:
+        return call()
+    except RagfnError as exc:
+        log.warning("%s: %s", name, exc)
+        return error_response(exc, event())
+    except Exception as exc:  # never let one bad request take the worker down
+        log.exception("%s: unexpected failure", name)
+        return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event())
+
+
+def _ready(name: str) -> flask.Response:
+    return flask.jsonify({"function": name, "ready": True})
+
+
 def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
                    allow_plain_json: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
@@ -137,29 +168,53 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
             if request.method == "GET":  # readiness probe
-                return flask.jsonify({"function": name, "ready": True})
-            event = None
-            try:
-                event = validate(parse_request(request, allow_plain_json=allow_plain_json), accepts)
-                context = runtime.get()  # first: it installs the tracer provider the span below needs
-                with tracer().start_as_current_span(f"ragfn.{name}", context=context_from_event(event.attributes),
-                                                    kind=trace.SpanKind.CONSUMER) as span:
-                    span.set_attributes({"cloudevents.event_id": event.id or "", "cloudevents.event_type":
-                                         event.type or "", "ragfn.function": name})
-                    try:
-                        result = handle(event, context)
-                    except Exception as exc:
-                        span.record_exception(exc)
-                        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-                        raise
+                return _ready(name)
+            parsed: list[InboundEvent] = []
+
+            def run() -> flask.Response:
+                parsed.append(validate(parse_request(request, allow_plain_json=allow_plain_json), accepts))
+                event, context = parsed[0], runtime.get()  # runtime first: it installs the tracer provider
+
+                def call(span: trace.Span) -> flask.Response:
+                    result = handle(event, context)
                     span.set_attribute("ragfn.events_out", len(result.events))
                     return reply(result, as_event=reply_with_event)
-            except RagfnError as exc:
-                log.warning("%s: %s event %s: %s", name, event.type if event else "?", event.id if event else "?", exc)
-                return error_response(exc, event)
-            except Exception as exc:  # never let one bad event take the worker down; 500 makes Knative retry
-                log.exception("%s: unexpected failure", name)
-                return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event)
+
+                return _in_span(name, context_from_event(event.attributes), trace.SpanKind.CONSUMER,
+                                {"cloudevents.event_id": event.id or "", "cloudevents.event_type": event.type or ""},
+                                call)
+
+            return _guarded(name, run, lambda: parsed[0] if parsed else None)
+
+        return view
+
+    return decorate
+
+
+def json_function(name: str, *, request_model: type[BaseModel]):
+    """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans."""
+
+    def decorate(handle: Callable[[BaseModel, Runtime], dict]) -> Callable[[flask.Request], flask.Response]:
+        runtime = _LazyRuntime(f"ragfn-{name}")
+
+        @functions_framework.http
+        @functools.wraps(handle)
+        def view(request: flask.Request) -> flask.Response:
+            if request.method == "GET":
+                return _ready(name)
+
+            def run() -> flask.Response:
+                body = _json(request.get_data(cache=False))
+                try:
+                    parsed = request_model.model_validate(body)
+                except ValidationError as exc:
+                    raise BadEvent(f"invalid request: {problems(exc)}") from exc
+                context = runtime.get()
+                parent = context_from_event({k.lower(): v for k, v in request.headers.items()})
+                result = _in_span(name, parent, trace.SpanKind.SERVER, {}, lambda span: handle(parsed, context))
+                return flask.Response(json.dumps(result), status=200, mimetype="application/json")
+
+            return _guarded(name, run, lambda: None)
 
         return view
 
