@@ -137,10 +137,10 @@ def stats(
 @app.command("dev")
 def dev_command(
     host: str = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="broker port; chunk, embed, index take the next three")] = 8080,
+    port: Annotated[int, typer.Option(help="broker port; the functions take the ports after it")] = 8080,
     chroma_port: Annotated[int, typer.Option(help="port for `chroma run` when RAGFN_CHROMA_URL is unset")] = 8000,
 ) -> None:
-    """Run the ingestion functions as HTTP servers behind the local broker until Ctrl-C."""
+    """Run the functions as HTTP servers behind the local broker until Ctrl-C."""
     from ragfn.dev import DevPorts, run
 
     def ready(state: dict) -> None:

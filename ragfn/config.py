@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     embed_threads: int | None = Field(None, ge=1, description="onnxruntime threads; all cores when unset")
 
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded PersistentClient when unset")
+    redis_url: str | None = Field(None, description="Redis for the semantic cache, e.g. redis://127.0.0.1:6379/0")
+    cache_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic cache hit needs")
+    cache_ttl_seconds: int = Field(86400, ge=1)
 
     chunk_tokens: int = Field(200, ge=16, le=8192, description="target chunk size in embedder tokens")
     chunk_overlap_tokens: int = Field(32, ge=0)

@@ -20,7 +20,15 @@ from ragfn.deadletter import DeadLetterStore
 from ragfn.errors import ConfigError, Unavailable
 from ragfn.triggers import load_triggers
 
-FUNCTIONS = ("chunk", "embed", "index")
+# Service name (as Triggers name it, without "ragfn-") -> (folder under functions/, functions-framework target)
+FUNCTIONS = {
+    "chunk": ("chunk", "handle"),
+    "embed": ("embed", "handle"),
+    "index": ("index", "handle"),
+    "retrieve": ("retrieve", "handle"),
+    "cache-check": ("cache_check", "handle"),
+    "cache-invalidate": ("cache_check", "invalidate"),
+}
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class DevPorts:
     chroma: int
 
     def function(self, name: str) -> int:
-        return self.broker + 1 + FUNCTIONS.index(name)
+        return self.broker + 1 + list(FUNCTIONS).index(name)
 
 
 def repo_root() -> Path:
@@ -93,12 +101,12 @@ def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> t
         wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
     env["RAGFN_CHROMA_URL"] = chroma_url
     urls = {}
-    for name in FUNCTIONS:
+    for name, (folder, target) in FUNCTIONS.items():
         port = ports.function(name)
         urls[f"ragfn-{name}"] = f"http://{host}:{port}"
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "handle", "--source",
-             str(root / "functions" / name / "main.py"), "--host", host, "--port", str(port)],
+            [sys.executable, "-m", "functions_framework", "--target", target, "--source",
+             str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
             env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
     for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
         wait_ready(url, process)

@@ -32,7 +32,7 @@ S3_NOTIFICATION = "com.amazonaws.s3.notification"
 MINIO_NOTIFICATION = "io.min.s3.notification"
 
 STORAGE_TYPES = (GCS_FINALIZED, GCS_DELETED, S3_NOTIFICATION, MINIO_NOTIFICATION)
-TERMINAL_TYPES = (DOCUMENT_INDEXED, DOCUMENT_REMOVED)  # consumed by the semantic cache, not by ingestion
+CACHE_TYPES = (DOCUMENT_INDEXED, DOCUMENT_REMOVED)  # the end of ingestion; the semantic cache evicts on them
 
 
 class _Model(BaseModel):

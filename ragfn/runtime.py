@@ -42,6 +42,18 @@ class Runtime:
         return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index))
 
     @cached_property
+    def cache(self):
+        """The semantic cache on RAGFN_REDIS_URL, or None (cache off) when it is unset."""
+        if not self.settings.redis_url:
+            return None
+        import redis
+
+        from ragfn.cache import RedisCache
+
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return RedisCache(client, threshold=self.settings.cache_threshold, ttl_seconds=self.settings.cache_ttl_seconds)
+
+    @cached_property
     def token_counter(self):
         from ragfn.chunking import load_token_counter
 

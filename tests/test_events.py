@@ -38,10 +38,8 @@ def test_sequence_keys_sort_numerically():
 
 def test_every_consumed_type_has_a_trigger_and_every_trigger_a_known_type():
     triggers = load_triggers(REPO / "eventing" / "triggers")
-    produced = set(events.EVENT_MODELS) | set(events.STORAGE_TYPES)
-    consumed_by_ingestion = produced - set(events.TERMINAL_TYPES)
-    for event_type in consumed_by_ingestion:
+    for event_type in set(events.EVENT_MODELS) | set(events.STORAGE_TYPES):
         assert any(t.matches({"type": event_type}) for t in triggers), f"no trigger routes {event_type}"
-    for event_type in events.TERMINAL_TYPES:
-        assert not any(t.matches({"type": event_type}) for t in triggers), f"{event_type} should be terminal here"
+    for event_type in events.CACHE_TYPES:
+        assert [t.subscriber for t in triggers if t.matches({"type": event_type})] == ["ragfn-cache-invalidate"]
     assert not any(t.matches({"type": "com.example.unknown"}) for t in triggers)
