@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ragfn.embedding import Embedder
-from ragfn.errors import BadEvent
+from ragfn.errors import BadEvent, RagfnError, Unavailable
 from ragfn.store import PUBLIC, ChromaIndex
 
 
@@ -51,12 +51,17 @@ class DenseRetriever:
             raise BadEvent("the question is empty")
         if not 1 <= top_k <= 1000:
             raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
-        if collection not in self.index.collections():
-            return []
         vector = self.embedder.embed([question])[0]
-        found = self.index.chunks(collection).query(query_embeddings=[vector], n_results=top_k,
-                                                    where=caller.where(),
-                                                    include=["documents", "metadatas", "distances"])
+        try:
+            if collection not in self.index.collections():
+                return []
+            found = self.index.chunks(collection).query(query_embeddings=[vector], n_results=top_k,
+                                                        where=caller.where(),
+                                                        include=["documents", "metadatas", "distances"])
+        except RagfnError:
+            raise
+        except Exception as exc:  # chromadb raises its own and httpx's errors when the server is away
+            raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
         return [Hit(chunk_id=i, source=m["source"], text=d, score=1.0 - float(dist), metadata=m)
                 for i, d, m, dist in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
                                          found["distances"][0], strict=True)]
