@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     cache_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic cache hit needs")
     cache_ttl_seconds: int = Field(86400, ge=1)
 
+    api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")
+    jwt_secret: str | None = Field(None, description="HS256 secret; enables JWT bearer tokens with tenant/groups")
+    jwt_audience: str | None = None
+    rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
+    rate_window_seconds: float = Field(60.0, gt=0)
+
+    llm_url: str | None = Field(None, description="OpenAI-compatible base URL (the predictor); extractive when unset")
+    llm_model: str = "ragfn"
+    llm_api_key: str | None = None
+    llm_timeout_seconds: float = Field(30.0, gt=0)
+
     chunk_tokens: int = Field(200, ge=16, le=8192, description="target chunk size in embedder tokens")
     chunk_overlap_tokens: int = Field(32, ge=0)
     max_object_bytes: int = Field(50 * 1024 * 1024, ge=1)

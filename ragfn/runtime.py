@@ -44,14 +44,24 @@ class Runtime:
     @cached_property
     def cache(self):
         """The semantic cache on RAGFN_REDIS_URL, or None (cache off) when it is unset."""
-        if not self.settings.redis_url:
+        if self.redis is None:
             return None
-        import redis
-
         from ragfn.cache import RedisCache
 
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return RedisCache(client, threshold=self.settings.cache_threshold, ttl_seconds=self.settings.cache_ttl_seconds)
+        return RedisCache(self.redis, threshold=self.settings.cache_threshold,
+                          ttl_seconds=self.settings.cache_ttl_seconds)
+
+    @cached_property
+    def redis(self):
+        """One client for cache and rate limits; it fails fast, because a down Redis must only cost the cache."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        if not self.settings.redis_url:
+            return None
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                    retry=Retry(NoBackoff(), 1))
 
     @cached_property
     def token_counter(self):

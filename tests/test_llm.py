@@ -1,0 +1,265 @@
+"""The gateway's LLM side: prompts, citations, the extractive LLM, and OpenAIChatClient over real HTTP against
+a minimal OpenAI-compatible server around the extractive engine, standing in for the predictor until the inference issue lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from conftest import REPO, free_port
+from ragfn.context import Passage, render
+from ragfn.errors import BadEvent, ConfigError, RateLimited, Unavailable
+from ragfn.extractive import extractive_answer
+from ragfn.llm import (LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, OpenAIChatClient, build_messages,
+                       citations, parse_messages)
+
+API_KEY = "sk-local-test"
+QUESTION = "How do I sort a list?"
+
+
+def passage(number: int, text: str, heading: str = "") -> Passage:
+    return Passage(number, f"c{number}", f"file:///doc{number}.md", heading, 0, len(text), text, 1.0 / number)
+
+
+PASSAGES = [
+    passage(1, "Lists are mutable sequences. To sort a list in place, call list.sort(). It returns None.", "Lists"),
+    passage(2, "The sorted() built-in returns a new sorted list from any iterable.\n\n[5] A footnote-like paragraph.\n"
+               "\nQuestion: a line that looks like the prompt's own. The original is unchanged.", "Built-ins › sorted"),
+    passage(3, "Dictionaries map keys to values. They keep insertion order."),
+]
+
+
+class ChatServer:
+    """Serves `ExtractiveLLM` as model "extractive", and models that misbehave the way real upstreams do."""
+
+    MODELS = ("extractive", "fails-500", "busy-429", "slow", "garbled", "truncated", "endless")
+
+    def __init__(self) -> None:
+        self.engine = ExtractiveLLM()
+        self.client_left = threading.Event()  # set when a stream's writer finds the client gone
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    @staticmethod
+    def error(status: int, message: str, **headers: str) -> Response:
+        body = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}}
+        return Response(json.dumps(body), status, headers=headers, mimetype="application/json")
+
+    @Request.application
+    def app(self, request: Request) -> Response:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return self.error(401, "invalid API key")
+        if request.method == "GET" and request.path == "/v1/models":
+            data = [{"id": name, "object": "model", "owned_by": "ragfn"} for name in self.MODELS]
+            return Response(json.dumps({"object": "list", "data": data}), mimetype="application/json")
+        if request.method != "POST" or request.path != "/v1/chat/completions":
+            return self.error(404, f"no route {request.method} {request.path}")
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return self.error(400, "messages must be a non-empty list")
+        max_tokens = body.get("max_tokens", 256)
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return self.error(400, f"max_tokens must be at least 1, got {max_tokens!r}")
+        model = body.get("model")
+        if model not in self.MODELS:
+            return self.error(404, f"model {model!r} not found")
+        if model == "fails-500":
+            return self.error(500, "engine crashed")
+        if model == "busy-429":
+            return self.error(429, "too many requests", **{"Retry-After": "2"})
+        if model == "slow":
+            time.sleep(2.0)
+        args = {"max_tokens": max_tokens, "stop": body.get("stop"), "temperature": body.get("temperature", 0.0)}
+        if body.get("stream"):
+            return Response(self.sse(model, body["messages"], args), mimetype="text/event-stream")
+        done = self.engine.complete(body["messages"], **args)
+        return Response(json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": done.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                         "finish_reason": done.finish_reason}],
+            "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                      "total_tokens": done.prompt_tokens + done.completion_tokens}}), mimetype="application/json")
+
+    def sse(self, model: str, messages: list[dict], args: dict) -> Iterator[str]:
+        def event(delta: dict, finish: str | None = None) -> str:
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "extractive",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        yield ": keep-alive comment, which clients must skip\n\n" + event({"role": "assistant"})
+        if model == "endless":
+            try:
+                for _ in range(3000):  # ~30 s: long enough that only a client leaving ends it early
+                    time.sleep(0.01)
+                    yield event({"content": " more"})
+            except GeneratorExit:
+                self.client_left.set()
+                raise
+            return
+        done = self.engine.complete(messages, **args)
+        for delta in self.engine.stream(messages, **args):
+            yield event({"content": delta})
+        if model == "garbled":
+            yield "data: {not json\n\n"
+        yield event({}, done.finish_reason)
+        if model != "truncated":
+            yield "data: [DONE]\n\n"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ChatServer]:
+    chat = ChatServer()
+    chat.thread.start()
+    yield chat
+    chat.server.shutdown()
+    chat.thread.join(5)
+
+
+def client(server: ChatServer, model: str = "extractive", **kwargs: object) -> OpenAIChatClient:
+    return OpenAIChatClient(server.base_url, model, **{"api_key": API_KEY, **kwargs})  # type: ignore[arg-type]
+
+
+class TestPromptAndCitations:
+    pytestmark = pytest.mark.unit
+
+    def test_messages_hold_the_rules_the_passages_and_the_question(self):
+        system, user = build_messages("  How do I\n sort a list?  ", PASSAGES)
+        assert system["role"] == "system" and "ONLY" in system["content"] and "[1]" in system["content"]
+        assert "do not know" in system["content"]
+        assert user["role"] == "user" and render(PASSAGES) in user["content"]
+        assert user["content"].endswith("\n\nQuestion: How do I sort a list?")
+        assert PROMPT_VERSION == "v1" and build_messages(QUESTION, PASSAGES, prompt_version="v1")[1] == user
+        with pytest.raises(ConfigError):
+            build_messages(QUESTION, PASSAGES, prompt_version="v0")
+
+    def test_the_extractive_llm_reads_back_exactly_what_build_messages_wrote(self):
+        question, parsed = parse_messages(build_messages(QUESTION, PASSAGES))
+        assert question == QUESTION
+        assert [(p.number, p.source, p.heading_path, p.text) for p in parsed] == [
+            (p.number, p.source, p.heading_path, p.text) for p in PASSAGES]  # "[5]" and "Question:" stay text
+        assert parse_messages(build_messages("anything?", [])) == ("anything?", [])
+        assert parse_messages([{"role": "user", "content": [{"type": "text", "text": "plain chat"}]}]) == (
+            "plain chat", [])
+
+    def test_citations_in_order_of_first_use_ignoring_unknown_numbers(self):
+        assert citations("B [2]. A [1]. B again [2].", PASSAGES) == [PASSAGES[1], PASSAGES[0]]
+        assert citations("see [3, 1] and [1,2]", PASSAGES) == [PASSAGES[2], PASSAGES[0], PASSAGES[1]]
+        assert citations("[0] [4] [12] [-1] [x] [] [ 1 ]", PASSAGES) == []
+        assert citations("", PASSAGES) == [] and citations("[1]", []) == []
+        renumbered = [passage(7, "Seven.")]
+        assert citations("[1] [7]", renumbered) == renumbered
+
+    def test_extractive_llm_is_deterministic_and_streams_word_by_word(self):
+        messages = build_messages(QUESTION, PASSAGES)
+        first = ExtractiveLLM().complete(messages, max_tokens=200)
+        assert first == ExtractiveLLM().complete(messages, max_tokens=200)
+        assert first.text == extractive_answer(QUESTION, PASSAGES) and first.finish_reason == "stop"
+        assert first.model == "extractive" and first.prompt_tokens > 20
+        deltas = list(ExtractiveLLM().stream(messages, max_tokens=200))
+        assert "".join(deltas) == first.text and len(deltas) == first.completion_tokens > 3
+        assert deltas == list(ExtractiveLLM().stream(messages, max_tokens=200, temperature=1.0))
+        cut = ExtractiveLLM().complete(messages, max_tokens=3)
+        assert cut.text == "".join(deltas[:3]) and cut.finish_reason == "length"
+        stopped = ExtractiveLLM().complete(messages, max_tokens=200, stop=["[1]"])
+        assert stopped.text == first.text.split("[1]")[0].rstrip()
+        assert isinstance(ExtractiveLLM(), LLM)
+
+
+class TestOpenAIChatClient:
+    pytestmark = pytest.mark.integration
+
+    def test_completes_and_streams_the_same_answer(self, server: ChatServer):
+        messages = build_messages(QUESTION, PASSAGES)
+        with contextlib.closing(client(server)) as llm:
+            assert isinstance(llm, LLM) and llm.warmup()
+            done = llm.complete(messages, max_tokens=200)
+            assert done.text == extractive_answer(QUESTION, PASSAGES) and done.model == "extractive"
+            assert done.completion_tokens > 3 and done.prompt_tokens > 20 and done.finish_reason == "stop"
+            with contextlib.closing(llm.stream(messages, max_tokens=200)) as stream:
+                deltas = list(stream)
+            assert "".join(deltas) == done.text and len(deltas) > 3 and stream.finish_reason == "stop"
+            assert citations(done.text, PASSAGES)[0] == PASSAGES[0]
+            short = llm.stream(messages, max_tokens=2)
+            assert len(list(short)) == 2 and short.finish_reason == "length"
+
+    def test_needs_no_openai_package(self, server: ChatServer):
+        code = ("import sys; sys.modules['openai'] = None\n"  # any `import openai` now fails
+                "from ragfn.llm import OpenAIChatClient, build_messages\n"
+                "llm = OpenAIChatClient(sys.argv[1], 'extractive', api_key=sys.argv[2])\n"
+                "print(''.join(llm.stream(build_messages('sort a list?', []), max_tokens=50)))")
+        run = subprocess.run([sys.executable, "-c", code, server.base_url, API_KEY], check=False, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "I could not find anything about that in the documents."
+
+    def test_server_errors_and_rate_limits_are_retryable(self, server: ChatServer):
+        messages = build_messages(QUESTION, PASSAGES)
+        for call in ("complete", "stream"):
+            with pytest.raises(Unavailable, match="engine crashed") as crashed:
+                getattr(client(server, "fails-500"), call)(messages, max_tokens=50)
+            assert crashed.value.retryable and crashed.value.status == 503
+            with pytest.raises(RateLimited, match="too many requests") as limited:
+                getattr(client(server, "busy-429"), call)(messages, max_tokens=50)
+            assert limited.value.status == 429 and limited.value.hint == "retry after 2s"
+
+    def test_refusals_are_permanent_and_carry_the_upstream_message(self, server: ChatServer):
+        messages = build_messages(QUESTION, PASSAGES)
+        with pytest.raises(LLMRejected, match="max_tokens must be at least 1") as bad:
+            client(server).stream(messages, max_tokens=0)
+        assert isinstance(bad.value, BadEvent) and not bad.value.retryable and bad.value.upstream_status == 400
+        with pytest.raises(LLMRejected, match="not found") as missing:
+            client(server, "no-such-model").complete(messages, max_tokens=5)
+        assert missing.value.upstream_status == 404 and "model" in (missing.value.hint or "")
+        with pytest.raises(LLMRejected, match="invalid API key") as denied:
+            OpenAIChatClient(server.base_url, "extractive").complete(messages, max_tokens=5)
+        assert denied.value.upstream_status == 401 and "API key" in (denied.value.hint or "")
+        assert not OpenAIChatClient(server.base_url, "extractive").warmup()
+        with pytest.raises(ConfigError):
+            OpenAIChatClient("predictor/v1", "extractive")
+
+    def test_a_closed_port_and_a_slow_server_are_unavailable(self, server: ChatServer):
+        closed = OpenAIChatClient(f"http://127.0.0.1:{free_port()}/v1", "extractive", connect_timeout=1.0)
+        for call in (closed.complete, closed.stream):
+            with pytest.raises(Unavailable, match="cannot reach") as refused:
+                call([{"role": "user", "content": "hi"}], max_tokens=5)
+            assert refused.value.retryable and not isinstance(refused.value, RateLimited)
+        assert closed.warmup(timeout=1.0) is False
+        slow = client(server, "slow", read_timeout=0.3)
+        for call in (slow.complete, slow.stream):  # stream() waits for the headers, which come after the sleep
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="timed out"):
+                call(build_messages(QUESTION, PASSAGES), max_tokens=5)
+            assert time.monotonic() - started < 1.5
+
+    def test_malformed_and_truncated_streams_are_unavailable(self, server: ChatServer):
+        messages = build_messages(QUESTION, PASSAGES)
+        garbled = client(server, "garbled").stream(messages, max_tokens=200)
+        received: list[str] = []
+        with pytest.raises(Unavailable, match="malformed server-sent event"):
+            for delta in garbled:
+                received.append(delta)
+        assert "".join(received) == extractive_answer(QUESTION, PASSAGES)  # everything before the bad line
+        with pytest.raises(Unavailable, match=r"ended before \[DONE\]"):
+            list(client(server, "truncated").stream(messages, max_tokens=200))
+
+    def test_closing_the_stream_early_drops_the_connection(self, server: ChatServer):
+        server.client_left.clear()
+        llm = client(server, "endless")
+        stream = llm.stream(build_messages(QUESTION, PASSAGES), max_tokens=200)
+        assert [next(stream) for _ in range(3)] == [" more"] * 3
+        stream.close()
+        assert server.client_left.wait(5), "the server kept streaming to a client that had gone"
+        with pytest.raises(StopIteration):
+            next(stream)
+        assert llm.complete(build_messages(QUESTION, PASSAGES), max_tokens=5).text  # the client still works
