@@ -36,7 +36,13 @@ def extractive_answer(question: str, passages: list[Passage], *, max_sentences: 
         words = set(tokenize(sentence))
         score = sum(idf.get(t, 0.0) for t in terms & words)
         scored.append((score, -rank, number, position, sentence))
-    best = [row for row in sorted(scored, reverse=True)[:max_sentences] if row[0] > 0]
+    best, seen = [], set()
+    for row in sorted(scored, reverse=True):
+        if row[0] > 0 and row[4] not in seen:  # overlapping chunks repeat sentences; say each once
+            best.append(row)
+            seen.add(row[4])
+        if len(best) == max_sentences:
+            break
     if not best:  # nothing overlaps: fall back to the opening of the best-ranked passage, still cited
         first = passages[0]
         return f"{sentences(first.text)[0]} [{first.number}]"

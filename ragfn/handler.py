@@ -56,7 +56,7 @@ def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundE
         if not allow_plain_json:
             raise BadEvent("request is not a CloudEvent", hint="send ce-* headers (binary mode) or "
                            "Content-Type: application/cloudevents+json (structured mode)")
-        return InboundEvent(None, None, None, _json(body), {})
+        return InboundEvent(None, None, None, decode_json(body), {})
     try:
         event = from_http(headers, body)
     except (ce_errors.GenericException, ValueError, TypeError) as exc:
@@ -64,7 +64,7 @@ def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundE
     attributes = dict(event.get_attributes())
     data = event.get_data()
     if isinstance(data, (bytes, str)) and data:
-        data = _json(data)  # binary mode with a content type that cloudevents did not decode
+        data = decode_json(data)  # binary mode with a content type that cloudevents did not decode
     time = None
     if attributes.get("time"):
         try:
@@ -74,7 +74,7 @@ def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundE
     return InboundEvent(str(attributes["type"]), str(attributes["id"]), time, data, attributes)
 
 
-def _json(body: bytes | str) -> object:
+def decode_json(body: bytes | str) -> object:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -112,7 +112,7 @@ def reply(result: StageResult, *, as_event: bool) -> flask.Response:
     return flask.Response(json.dumps(result.summary), status=200, mimetype="application/json")
 
 
-class _LazyRuntime:
+class LazyRuntime:
     """Builds the function's Runtime on the first request, never at import."""
 
     def __init__(self, service: str) -> None:
@@ -143,7 +143,7 @@ def _in_span(name: str, parent, kind: trace.SpanKind, attributes: dict, call: Ca
             raise
 
 
-def _guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], InboundEvent | None]) -> flask.Response:
+def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], InboundEvent | None]) -> flask.Response:
     """The one place errors become HTTP answers: RagfnError by its status, anything else a retryable 500."""
     try:
         return call()
@@ -162,7 +162,7 @@ def _ready(name: str) -> flask.Response:
 def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
                    allow_plain_json: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
-        runtime = _LazyRuntime(f"ragfn-{name}")
+        runtime = LazyRuntime(f"ragfn-{name}")
 
         @functions_framework.http
         @functools.wraps(handle)
@@ -184,7 +184,7 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
                                 {"cloudevents.event_id": event.id or "", "cloudevents.event_type": event.type or ""},
                                 call)
 
-            return _guarded(name, run, lambda: parsed[0] if parsed else None)
+            return guarded(name, run, lambda: parsed[0] if parsed else None)
 
         return view
 
@@ -195,7 +195,7 @@ def json_function(name: str, *, request_model: type[BaseModel]):
     """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans."""
 
     def decorate(handle: Callable[[BaseModel, Runtime], dict]) -> Callable[[flask.Request], flask.Response]:
-        runtime = _LazyRuntime(f"ragfn-{name}")
+        runtime = LazyRuntime(f"ragfn-{name}")
 
         @functions_framework.http
         @functools.wraps(handle)
@@ -204,7 +204,7 @@ def json_function(name: str, *, request_model: type[BaseModel]):
                 return _ready(name)
 
             def run() -> flask.Response:
-                body = _json(request.get_data(cache=False))
+                body = decode_json(request.get_data(cache=False))
                 try:
                     parsed = request_model.model_validate(body)
                 except ValidationError as exc:
@@ -214,7 +214,7 @@ def json_function(name: str, *, request_model: type[BaseModel]):
                 result = _in_span(name, parent, trace.SpanKind.SERVER, {}, lambda span: handle(parsed, context))
                 return flask.Response(json.dumps(result), status=200, mimetype="application/json")
 
-            return _guarded(name, run, lambda: None)
+            return guarded(name, run, lambda: None)
 
         return view
 

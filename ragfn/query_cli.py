@@ -67,6 +67,37 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         except RagfnError as exc:
             fail(exc)
 
+    @app.command()
+    def ask(
+        question: Annotated[str, typer.Argument(help="the question")],
+        collection: str = "default",
+        top_k: Annotated[int, typer.Option("--top-k")] = 8,
+        mode: ModeOption = "hybrid",
+        tenant: Optional[str] = None,
+        groups: Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")] = "",
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Answer a question from the indexed documents, with citations (cache, retrieval, LLM, fallbacks)."""
+        from ragfn.gateway import AskRequest
+
+        try:
+            request = AskRequest(question=question, collection=collection, top_k=top_k, mode=mode)
+            result = runtime_for().gateway.ask(request, _caller(tenant, groups))
+        except RagfnError as exc:
+            fail(exc)
+        except ValueError as exc:  # pydantic's validation of the request
+            fail(BadEvent(f"invalid question or options: {exc}"))
+        if as_json:
+            result["citations"] = [{"source": c["source"], "chunk_id": c["chunk_id"], "text": c["text"]}
+                                   for c in result["citations"]]
+            print(json.dumps(result))
+            return
+        print(result["answer"])
+        for citation in result["citations"]:
+            print(f"  [{citation['n']}] {citation['source']}")
+        flags = [f"cache {result['cache']}"] + ([f"degraded: {result['degraded']}"] if result["degraded"] else [])
+        print(f"  ({', '.join(flags)}; {sum(result['timings_ms'].values()):.0f} ms)")
+
     @app.command("eval")
     def evaluate(
         queries: Annotated[Path, typer.Option(help="labelled JSONL from scripts/build_eval.py")],

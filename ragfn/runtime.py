@@ -64,6 +64,22 @@ class Runtime:
                                     retry=Retry(NoBackoff(), 1))
 
     @cached_property
+    def llm(self):
+        """The predictor over the OpenAI protocol when RAGFN_LLM_URL is set, else the extractive engine."""
+        from ragfn.llm import ExtractiveLLM, OpenAIChatClient
+
+        if not self.settings.llm_url:
+            return ExtractiveLLM()
+        return OpenAIChatClient(self.settings.llm_url, self.settings.llm_model, api_key=self.settings.llm_api_key,
+                                read_timeout=self.settings.llm_timeout_seconds)
+
+    @cached_property
+    def gateway(self):
+        from ragfn.gateway import Gateway
+
+        return Gateway(self, self.llm)
+
+    @cached_property
     def token_counter(self):
         from ragfn.chunking import load_token_counter
 

@@ -89,3 +89,16 @@ def test_eval_reports_every_metric_for_every_mode(indexed, tmp_path):
     assert report["queries"] == 1
     for mode in ("dense", "lexical", "hybrid"):
         assert report["modes"][mode] == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "MRR@10": 1.0, "nDCG@10": 1.0}
+
+
+def test_ask_prints_the_documented_json(indexed, tmp_path):
+    settings, docs = indexed
+    result = ragfn(settings, "ask", "How do I sort a list?", "--tenant", "acme", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"answer", "citations", "cache", "degraded", "timings_ms"}
+    assert answer["cache"] == "off" and answer["degraded"] is None and "[1]" in answer["answer"]
+    assert answer["citations"][0] == {"source": f"file://{docs}/lists.md", "chunk_id": answer["citations"][0][
+        "chunk_id"], "text": FAQ["lists.md"].split("\n\n", 1)[1].strip()}
+    empty = ragfn(settings, "ask", "", cwd=tmp_path)
+    assert empty.returncode == 2 and "question" in empty.stderr

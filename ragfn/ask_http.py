@@ -1,0 +1,90 @@
+"""The ask gateway over HTTP: authentication, per-tenant rate limits, JSON or server-sent events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import flask
+from pydantic import ValidationError
+
+from ragfn.auth import ApiKeys, Unauthorized, authorize
+from ragfn.errors import BadEvent, ConfigError, RagfnError
+from ragfn.gateway import AskRequest
+from ragfn.handler import LazyRuntime, decode_json, error_response, guarded, problems
+from ragfn.runtime import Runtime
+from ragfn.search import Caller
+
+
+def sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+class AskService:
+    """Holds what outlives a request (keys, limiter); built lazily with the runtime on the first request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        if settings.api_keys_file is None and settings.jwt_secret is None:
+            raise ConfigError("the ask gateway has no credentials to check",
+                              hint="set RAGFN_API_KEYS_FILE (sha256 of each key -> tenant, groups) or RAGFN_JWT_SECRET")
+        keys = ApiKeys.from_file(settings.api_keys_file, jwt_secret=settings.jwt_secret,
+                                 jwt_audience=settings.jwt_audience) if settings.api_keys_file else ApiKeys(
+            {}, jwt_secret=settings.jwt_secret, jwt_audience=settings.jwt_audience)
+        self.runtime, self.keys = runtime, keys
+        self.limiter = None
+        if runtime.redis is not None:
+            from ragfn.ratelimit import RateLimiter
+
+            self.limiter = RateLimiter(runtime.redis, limit=settings.rate_limit,
+                                       window_seconds=settings.rate_window_seconds)
+
+    def respond(self, request: flask.Request) -> flask.Response:
+        identity = self.keys.authenticate(request.headers)
+        decision = self.limiter.enforce(identity.tenant) if self.limiter else None
+        try:
+            ask = AskRequest.model_validate(decode_json(request.get_data(cache=False)))
+        except ValidationError as exc:
+            raise BadEvent(f"invalid request: {problems(exc)}") from exc
+        identity = authorize(identity)
+        caller = Caller(identity.tenant, identity.groups)
+        headers = self.limiter.headers(decision) if decision else {}
+        gateway = self.runtime.gateway
+        if not ask.stream:
+            return flask.Response(json.dumps(gateway.ask(ask, caller)), mimetype="application/json", headers=headers)
+        events = gateway.stream(ask, caller)
+
+        def body() -> Iterator[str]:
+            try:
+                for name, data in events:
+                    yield sse(name, data)
+            except RagfnError as exc:  # headers are gone; the error travels as an event
+                yield sse("error", exc.to_dict())
+            finally:
+                events.close()
+
+        return flask.Response(flask.stream_with_context(body()), mimetype="text/event-stream",
+                              headers=headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def ask_view():
+    lazy = LazyRuntime("ragfn-ask")
+    services: list[AskService] = []
+
+    def view(request: flask.Request) -> flask.Response:
+        if request.method == "GET":
+            return flask.jsonify({"function": "ask", "ready": True})
+        if request.path.rstrip("/") not in ("/v1/ask", ""):
+            return error_response(BadEvent(f"no route {request.path}", hint="POST /v1/ask"))
+
+        def run() -> flask.Response:
+            if not services:
+                services.append(AskService(lazy.get()))
+            return services[0].respond(request)
+
+        response = guarded("ask", run, lambda: None)
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = Unauthorized.challenge
+        return response
+
+    return view

@@ -1,0 +1,113 @@
+"""The ask gateway through functions-framework's test client: auth, answers with citations, cache, SSE, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from functions_framework import create_app
+
+from ragfn.ingest import ingest
+from ragfn.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://127.0.0.1:6379/12"
+KEYS = {"key-acme": {"tenant": "acme", "groups": ["eng"], "name": "acme-app"},
+        "key-globex": {"tenant": "globex", "groups": ["eng"], "name": "globex-app"}}
+DOC = "# Lists\n\nTo sort a list in place, call list.sort(). The sorted() built-in returns a new list.\n"
+
+
+@pytest.fixture
+def gateway(ragfn_env, tmp_path, monkeypatch):
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({hashlib.sha256(k.encode()).hexdigest(): v for k, v in KEYS.items()}))
+    monkeypatch.setenv("RAGFN_API_KEYS_FILE", str(keys_file))
+    runtime = Runtime(ragfn_env)
+    for tenant in ("acme", "globex"):
+        (tmp_path / tenant).mkdir()
+        (tmp_path / tenant / "lists.md").write_text(DOC if tenant == "acme" else DOC.replace("sort", "order"))
+        ingest([str(tmp_path / tenant / "lists.md")], runtime, tenant=tenant)
+
+    def client(**env: str):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return create_app(target="handle", source=str(REPO / "functions" / "ask" / "main.py"),
+                          signature_type="http").test_client()
+
+    server = redis.Redis.from_url(REDIS_URL)
+    server.flushdb()
+    yield client, tmp_path
+    server.flushdb()
+
+
+def ask(client, question: str, key: str = "key-acme", **extra):
+    return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_answers_with_citations_and_no_cache_without_redis(gateway):
+    client, root = gateway
+    body = ask(client(), "How do I sort a list?").get_json()
+    assert "[1]" in body["answer"] and body["cache"] == "off" and body["degraded"] is None
+    assert body["citations"][0]["source"] == f"file://{root}/acme/lists.md"
+    assert {"retrieve", "generate"} <= set(body["timings_ms"])
+
+
+def test_cache_hits_stay_inside_a_tenant(gateway):
+    client, root = gateway
+    app = client(RAGFN_REDIS_URL=REDIS_URL)
+    assert ask(app, "How do I sort a list?").get_json()["cache"] == "miss"
+    second = ask(app, "how do I sort a list").get_json()
+    assert second["cache"] == "hit" and second["citations"][0]["source"].endswith("acme/lists.md")
+    other = ask(app, "How do I sort a list?", key="key-globex").get_json()
+    assert other["cache"] == "miss" and all("globex" in c["source"] for c in other["citations"])
+
+
+def test_streaming_sends_tokens_then_citations_then_a_final_record(gateway):
+    client, _ = gateway
+    response = ask(client(), "How do I sort a list?", stream=True)
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    events = [block.split("\n", 1) for block in response.get_data(as_text=True).strip().split("\n\n")]
+    names = [name.removeprefix("event: ") for name, _ in events]
+    assert names[0] == "token" and names[-2:] == ["citations", "final"]
+    text = "".join(json.loads(data.removeprefix("data: ")) for name, data in events if name == "event: token")
+    assert "[1]" in text
+    final = json.loads(events[-1][1].removeprefix("data: "))
+    assert final["degraded"] is None and final["cache"] == "off"
+
+
+def test_degrades_when_the_llm_and_redis_are_down(gateway):
+    client, _ = gateway
+    app = client(RAGFN_LLM_URL="http://127.0.0.1:1/v1", RAGFN_REDIS_URL="redis://127.0.0.1:1/0")
+    body = ask(app, "How do I sort a list?").get_json()
+    assert body["degraded"] == "cache-unavailable+llm-unavailable"
+    assert "[1]" in body["answer"] and body["citations"]
+    streamed = ask(app, "How do I sort a list?", stream=True).get_data(as_text=True)
+    assert "event: status" in streamed and "llm-unavailable" in streamed
+
+
+def test_auth_and_bad_requests(gateway):
+    client, _ = gateway
+    app = client()
+    missing = app.post("/v1/ask", json={"question": "q"})
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert ask(app, "q", key="wrong").status_code == 401
+    for body, field in [({"question": ""}, "question"), ({"question": "x" * 5000}, "question"),
+                        ({"question": 7}, "question"), ({"question": "q", "top_k": 0}, "top_k"),
+                        ({"question": "q", "admin": True}, "admin")]:
+        response = app.post("/v1/ask", json=body, headers={"X-API-Key": "key-acme"})
+        assert response.status_code == 400 and field in response.get_json()["message"], body
+    binary = app.post("/v1/ask", data=b"\x00\xff", headers={"X-API-Key": "key-acme"})
+    assert binary.status_code == 400
+    assert app.post("/v2/other", json={}, headers={"X-API-Key": "key-acme"}).status_code == 400
+
+
+def test_per_tenant_rate_limit(gateway):
+    client, _ = gateway
+    app = client(RAGFN_REDIS_URL=REDIS_URL, RAGFN_RATE_LIMIT="2", RAGFN_RATE_WINDOW_SECONDS="60")
+    statuses = [ask(app, "How do I sort a list?").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert ask(app, "How do I sort a list?", key="key-globex").status_code == 200  # another tenant's budget
