@@ -111,3 +111,33 @@ def test_per_tenant_rate_limit(gateway):
     statuses = [ask(app, "How do I sort a list?").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
     assert ask(app, "How do I sort a list?", key="key-globex").status_code == 200  # another tenant's budget
+
+
+def test_vector_store_down_answers_from_the_lexical_snapshot(ragfn_env, tmp_path, monkeypatch):
+    """A `chroma run` server of this test's own, stopped between two questions."""
+    import subprocess
+    import sys
+
+    from conftest import free_port, wait_http
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("chroma")), "run", "--path", str(tmp_path / "db"),
+                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", process=server)
+        settings = ragfn_env.model_copy(update={"chroma_url": f"http://127.0.0.1:{port}"})
+        runtime = Runtime(settings)
+        (tmp_path / "lists.md").write_text(DOC)
+        ingest([str(tmp_path / "lists.md")], runtime, tenant="acme")
+        from ragfn.gateway import AskRequest
+        from ragfn.search import Caller
+
+        request, caller = AskRequest(question="How do I sort a list?"), Caller("acme", ("eng",))
+        assert runtime.gateway.ask(request, caller)["degraded"] is None  # builds the lexical snapshot too
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    degraded = runtime.gateway.ask(request, caller)
+    assert degraded["degraded"] == "vector-store-unavailable"
+    assert degraded["citations"][0]["source"] == f"file://{tmp_path}/lists.md" and "[1]" in degraded["answer"]
