@@ -14,6 +14,9 @@ from ragfn.hybrid import MODES
 from ragfn.search import Caller
 
 ModeOption = Annotated[str, typer.Option(help="dense | lexical | hybrid")]
+TenantOption = Annotated[Optional[str], typer.Option(help="the caller's tenant")]
+GroupsOption = Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _caller(tenant: str | None, groups: str) -> Caller:
@@ -45,9 +48,9 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         collection: str = "default",
         top_k: Annotated[int, typer.Option("--top-k")] = 10,
         mode: ModeOption = "hybrid",
-        tenant: Optional[str] = None,
-        groups: Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")] = "",
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
     ) -> None:
         """Top chunks for a question (or for every line of --queries), as the retrieve function ranks them."""
         try:
@@ -73,9 +76,9 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         collection: str = "default",
         top_k: Annotated[int, typer.Option("--top-k")] = 8,
         mode: ModeOption = "hybrid",
-        tenant: Optional[str] = None,
-        groups: Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")] = "",
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
     ) -> None:
         """Answer a question from the indexed documents, with citations (cache, retrieval, LLM, fallbacks)."""
         from ragfn.gateway import AskRequest
@@ -103,9 +106,9 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         queries: Annotated[Path, typer.Option(help="labelled JSONL from scripts/build_eval.py")],
         collection: str = "default",
         modes: Annotated[str, typer.Option(help="comma-separated modes to compare")] = ",".join(MODES),
-        tenant: Optional[str] = None,
-        groups: Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")] = "",
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
     ) -> None:
         """R@1, R@5, R@10, MRR@10 and nDCG@10 of each retrieval mode on a labelled query set."""
         from ragfn.evalset import judge, load_queries
