@@ -43,9 +43,16 @@ class Runtime:
 
     @cached_property
     def cache(self):
-        """The semantic cache on RAGFN_REDIS_URL, or None (cache off) when it is unset."""
+        """The semantic cache on RAGFN_REDIS_URL, or in this process's memory when it is unset."""
         if self.redis is None:
-            return None
+            from ragfn.memory_cache import MemoryCache
+
+            def versions_of(cited: list[tuple[str, str]]) -> list[str | None]:
+                entries = [self.index.ledger_entry(collection, document) for collection, document in cited]
+                return [f"{e.state}:{e.version}" if e else None for e in entries]
+
+            return MemoryCache(threshold=self.settings.cache_threshold, ttl_seconds=self.settings.cache_ttl_seconds,
+                               versions_of=versions_of)
         from ragfn.cache import RedisCache
 
         return RedisCache(self.redis, threshold=self.settings.cache_threshold,

@@ -48,12 +48,14 @@ def ask(client, question: str, key: str = "key-acme", **extra):
     return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})
 
 
-def test_answers_with_citations_and_no_cache_without_redis(gateway):
+def test_answers_with_citations_and_an_in_process_cache_without_redis(gateway):
     client, root = gateway
-    body = ask(client(), "How do I sort a list?").get_json()
-    assert "[1]" in body["answer"] and body["cache"] == "off" and body["degraded"] is None
+    app = client()
+    body = ask(app, "How do I sort a list?").get_json()
+    assert "[1]" in body["answer"] and body["cache"] == "miss" and body["degraded"] is None
     assert body["citations"][0]["source"] == f"file://{root}/acme/lists.md"
     assert {"retrieve", "generate"} <= set(body["timings_ms"])
+    assert ask(app, "How do I sort a list?").get_json()["cache"] == "hit"  # the same process remembers
 
 
 def test_cache_hits_stay_inside_a_tenant(gateway):
@@ -76,7 +78,7 @@ def test_streaming_sends_tokens_then_citations_then_a_final_record(gateway):
     text = "".join(json.loads(data.removeprefix("data: ")) for name, data in events if name == "event: token")
     assert "[1]" in text
     final = json.loads(events[-1][1].removeprefix("data: "))
-    assert final["degraded"] is None and final["cache"] == "off"
+    assert final["degraded"] is None and final["cache"] == "miss"
 
 
 def test_degrades_when_the_llm_and_redis_are_down(gateway):
@@ -138,6 +140,22 @@ def test_vector_store_down_answers_from_the_lexical_snapshot(ragfn_env, tmp_path
     finally:
         server.terminate()
         server.wait(timeout=10)
-    degraded = runtime.gateway.ask(request, caller)
+    degraded = runtime.gateway.ask(AskRequest(question="What does sorted() return?"), caller)
     assert degraded["degraded"] == "vector-store-unavailable"
     assert degraded["citations"][0]["source"] == f"file://{tmp_path}/lists.md" and "[1]" in degraded["answer"]
+
+
+def test_in_process_cache_never_serves_an_answer_about_a_changed_document(ragfn_env, tmp_path):
+    from ragfn.gateway import AskRequest
+    from ragfn.search import Caller
+
+    runtime = Runtime(ragfn_env)
+    (tmp_path / "lists.md").write_text(DOC)
+    ingest([str(tmp_path / "lists.md")], runtime, tenant="acme")
+    request, caller = AskRequest(question="How do I sort a list?"), Caller("acme", ("eng",))
+    assert runtime.gateway.ask(request, caller)["cache"] == "miss"
+    assert runtime.gateway.ask(request, caller)["cache"] == "hit"
+    (tmp_path / "lists.md").write_text(DOC.replace("list.sort()", "list.sort(key=...)"))
+    ingest([str(tmp_path / "lists.md")], Runtime(ragfn_env), tenant="acme")  # another process re-indexes
+    again = runtime.gateway.ask(request, caller)
+    assert again["cache"] == "miss" and "key=..." in " ".join(c["text"] for c in again["citations"])

@@ -32,7 +32,7 @@ class CacheRequest(BaseModel):
 
 @json_function("cache-check", request_model=CacheRequest)
 def handle(request: CacheRequest, runtime: Runtime) -> dict:
-    if runtime.cache is None:
+    if runtime.redis is None:  # other processes (the invalidate target) could not evict an in-memory entry
         return {"cache": "off"}
     scope = CacheScope(request.tenant, tuple(request.groups), request.collection, runtime.embedder.name,
                        request.model, request.prompt_version)
@@ -55,6 +55,6 @@ def handle(request: CacheRequest, runtime: Runtime) -> dict:
 @cloud_function("cache-invalidate", accepts={events.DOCUMENT_INDEXED: DocumentIndexed,
                                              events.DOCUMENT_REMOVED: DocumentRemoved}, reply_with_event=False)
 def invalidate(event: InboundEvent, runtime: Runtime) -> StageResult:
-    if runtime.cache is None:
+    if runtime.redis is None:
         return StageResult([], {"cache": "off", "evicted": 0})
     return StageResult([], {"evicted": runtime.cache.invalidate(event.data.collection, event.data.document_id)})
