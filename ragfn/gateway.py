@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,7 @@ class Prepared:
     degraded: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     scope: CacheScope | None = None
+    vector: np.ndarray | None = None  # the question's embedding, once computed: lookup and store share it
 
 
 def _citation_json(passage: Passage) -> dict:
@@ -77,7 +79,7 @@ class Gateway:
                                         self.runtime.embedder.name, self.llm.name, PROMPT_VERSION)
             try:
                 prepared.hit = self.breakers["cache"].call(
-                    cache.lookup, request.question, prepared.scope, lambda q: self.runtime.embedder.embed([q])[0])
+                    cache.lookup, request.question, prepared.scope, lambda q: self._vector(prepared, q))
                 prepared.cache = "hit" if prepared.hit else "miss"
             except Unavailable:
                 prepared.degraded.append("cache-unavailable")
@@ -159,11 +161,15 @@ class Gateway:
         answer = {"answer": text, "citations": cited}
         documents = sorted({(request.collection, c["source"]) for c in cited})
         try:
-            vector = self.runtime.embedder.embed([request.question])[0]
-            self.breakers["cache"].call(self.runtime.cache.store, request.question, vector, prepared.scope, answer,
-                                        documents)
+            self.breakers["cache"].call(self.runtime.cache.store, request.question,
+                                        self._vector(prepared, request.question), prepared.scope, answer, documents)
         except Unavailable:
             prepared.degraded.append("cache-unavailable")
+
+    def _vector(self, prepared: Prepared, question: str) -> np.ndarray:
+        if prepared.vector is None:
+            prepared.vector = self.runtime.embedder.embed([question])[0]
+        return prepared.vector
 
     def _final(self, prepared: Prepared) -> dict:
         return {"cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,

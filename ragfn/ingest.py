@@ -111,7 +111,7 @@ def ingest(targets: list[str], runtime: Runtime, *, collection: str = "default",
 
 def missing_documents(roots: list[str], present: set[str], runtime: Runtime, collection: str) -> list[str]:
     """Indexed documents under `roots` that were not found this time."""
-    if not roots or collection not in runtime.index.collections():
+    if not roots or not runtime.index.exists(collection):
         return []
     return [entry.document_id for entry in runtime.index.ledger(collection) if entry.state == "indexed"
             and any(entry.document_id.startswith(root) for root in roots) and entry.document_id not in present]

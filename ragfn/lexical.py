@@ -86,7 +86,7 @@ class LexicalRetriever:
             if cached and now - cached.checked < self.refresh_seconds:
                 return cached
             try:
-                if collection not in self.index.collections():
+                if not self.index.exists(collection):
                     return None
                 generation = self.index.generation(collection)
                 if not (cached and cached.generation == generation):

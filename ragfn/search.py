@@ -53,7 +53,7 @@ class DenseRetriever:
             raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
         vector = self.embedder.embed([question])[0]
         try:
-            if collection not in self.index.collections():
+            if not self.index.exists(collection):
                 return []
             found = self.index.chunks(collection).query(query_embeddings=[vector], n_results=top_k,
                                                         where=caller.where(),

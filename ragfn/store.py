@@ -114,6 +114,10 @@ class ChromaIndex:
                                                                        embedding_function=None)
         return self._handles[name]
 
+    def exists(self, collection: str) -> bool:
+        """Whether the collection holds anything yet; reads must not create it. Cheap once a handle is cached."""
+        return f"ragfn-{check_collection_name(collection)}" in self._handles or collection in self.collections()
+
     def collections(self) -> list[str]:
         names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
         return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
@@ -152,9 +156,8 @@ class ChromaIndex:
 
     def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors already stored for these chunk texts, so unchanged chunks are never embedded twice."""
-        name = f"ragfn-{check_collection_name(collection)}"
-        if not hashes or (name not in self._handles and collection not in self.collections()):
-            return {}  # reading must not create the collection
+        if not hashes or not self.exists(collection):
+            return {}
         chunks = self.chunks(collection)
         if (chunks.metadata or {}).get("ragfn:embedder") != embedder:
             return {}
