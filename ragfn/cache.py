@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ragfn.cache_guard import conflicting
 from ragfn.errors import Unavailable
 
-_NEGATIONS = {"not", "no", "never", "none", "nothing", "cannot", "without", "neither", "nor", "nobody", "nowhere"}
-_WORDS = re.compile(r"[\w']+")
-_NUMBERS = re.compile(r"\d+(?:[.,]\d+)*")
+# Sentence punctuation only: a "." or "," between digits (3.11, 1,000) and every operator or sign stay, so "C" and
+# "C++", "-22" and "22", "x == y" and "x != y" never share the exact tier, which the guard does not check.
+_PUNCTUATION = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[?!](?!=)|[;:\"'`()\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -55,25 +56,8 @@ class CacheHit:
 
 
 def normalise(question: str) -> str:
-    return " ".join(_WORDS.findall(question.lower()))
-
-
-def conflicting(asked: str, cached: str) -> str | None:
-    """Why two similar questions must not share an answer: a negation, a number or a named thing differs."""
-    def features(text: str) -> tuple[bool, set[str], set[str]]:
-        words = _WORDS.findall(text)
-        negated = any(w.lower() in _NEGATIONS or w.lower().endswith("n't") for w in words)
-        names = {w for w in words[1:] if w[:1].isupper()}  # capitalised beyond the first word: a product, a place
-        return negated, set(_NUMBERS.findall(text)), names
-
-    (neg_a, num_a, names_a), (neg_b, num_b, names_b) = features(asked), features(cached)
-    if neg_a != neg_b:
-        return "negation"
-    if num_a != num_b:
-        return "number"
-    if names_a != names_b:
-        return "entity"
-    return None
+    """The exact tier's key: case, spacing and sentence punctuation do not count; words, numbers and symbols do."""
+    return " ".join(_PUNCTUATION.sub(" ", question.lower()).split())
 
 
 class RedisCache:
