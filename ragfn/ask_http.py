@@ -14,6 +14,7 @@ from ragfn.gateway import AskRequest
 from ragfn.handler import LazyRuntime, decode_json, error_response, guarded, problems
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
+from ragfn.telemetry import context_from_headers
 
 
 def sse(event: str, data: object) -> str:
@@ -50,9 +51,11 @@ class AskService:
         caller = Caller(identity.tenant, identity.groups)
         headers = self.limiter.headers(decision) if decision else {}
         gateway = self.runtime.gateway
+        parent = context_from_headers(request.headers)  # a UI or proxy that traces: the answer joins its trace
         if not ask.stream:
-            return flask.Response(json.dumps(gateway.ask(ask, caller)), mimetype="application/json", headers=headers)
-        events = gateway.stream(ask, caller)
+            return flask.Response(json.dumps(gateway.ask(ask, caller, parent=parent)), mimetype="application/json",
+                                  headers=headers)
+        events = gateway.stream(ask, caller, parent=parent)  # its span ends with the last event, not here
 
         def body() -> Iterator[str]:
             try:

@@ -94,13 +94,18 @@ def load_token_counter(model_dir: Path | None) -> TokenCounter:
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    chunk_tokens: int = 200
-    overlap_tokens: int = 32
+    chunk_tokens: int = 96  # the same defaults as Settings
+    overlap_tokens: int = 16
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 8 or not 0 <= self.overlap_tokens < self.chunk_tokens:
             raise ConfigError(f"bad chunking config {self}",
                               hint="need chunk_tokens >= 8 and 0 <= overlap_tokens < chunk_tokens")
+
+    @property
+    def key(self) -> str:
+        """What the ledger records, so a change of settings re-chunks documents whose content did not change."""
+        return f"{self.chunk_tokens}/{self.overlap_tokens}"
 
 
 class _Unit(NamedTuple):

@@ -68,6 +68,7 @@ class DocumentVersion(_Model):
     groups: list[str] = Field(default_factory=list)
     content_type: str | None = None
     size: int = Field(0, ge=0)
+    chunking: str | None = Field(None, description="the chunking config the chunks were cut with, e.g. 96/16")
 
 
 class Chunk(_Model):

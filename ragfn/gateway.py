@@ -1,30 +1,44 @@
 """The ask gateway's logic: cache, then retrieve, then generate; it degrades instead of failing.
 
-    vector store down -> lexical results only          degraded: "vector-store-unavailable"
-    LLM down or cold  -> the extractive engine         degraded: "llm-unavailable"
-    Redis down        -> no cache                      degraded: "cache-unavailable"
-Every dependency sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
+    vector store down     -> lexical results only           degraded: "vector-store-unavailable"
+    retrieve service down -> no passages, no LLM call        degraded: "retrieve-unavailable"
+    LLM down or cold      -> the extractive engine           degraded: "llm-unavailable"
+    Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
+Retrieval and the cache run in this process or as remote functions (`ragfn.stages`, `ragfn.remote`); each, and
+the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
+
+One trace per question (remote spans in brackets; `ragfn.ask` carries the rag.* attributes and ends last,
+after the final server-sent event when streaming):
+    ragfn.ask ─┬─ ragfn.ask.cache_lookup ── [ragfn.cache-check]
+               ├─ ragfn.ask.retrieve ────── [ragfn.retrieve]
+               ├─ ragfn.ask.llm ─────────── [predictor]
+               └─ ragfn.ask.cache_store ─── [ragfn.cache-check]
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragfn.breaker import CircuitBreaker
-from ragfn.cache import CacheHit, CacheScope
-from ragfn.context import Passage, assemble_context
-from ragfn.errors import Unavailable
+from ragfn.cache import CacheHit
+from ragfn.context import Passage
+from ragfn.errors import RagfnError, Unavailable
 from ragfn.llm import LLM, PROMPT_VERSION, ExtractiveLLM, build_messages, citations
 from ragfn.runtime import Runtime
-from ragfn.search import Caller
-from ragfn.telemetry import tracer
+from ragfn.search import Caller, Hit
+from ragfn.stages import AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, gateway_breaker
+from ragfn.telemetry import iterate_in_span, tracer
+
+NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
+                "Please try again in a moment.")
+TOP_SCORES = 5  # how many retrieval scores a trace keeps
 
 
 class AskRequest(BaseModel):
@@ -44,13 +58,16 @@ class Prepared:
     """Everything before generation: a cache hit, or the passages and the messages for the LLM."""
 
     hit: CacheHit | None = None
+    hits: list[Hit] = field(default_factory=list)
     passages: list[Passage] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
+    retrieved: bool = False  # False when retrieval failed outright: there is nothing to answer from
     cache: str = "off"  # hit | miss | off
     degraded: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    scope: CacheScope | None = None
-    vector: np.ndarray | None = None  # the question's embedding, once computed: lookup and store share it
+    key: AnswerKey | None = None
+    lookup: Lookup | None = None  # set on a miss only: what the answer may be stored under
+    cited: int = 0
 
 
 def _citation_json(passage: Passage) -> dict:
@@ -58,89 +75,141 @@ def _citation_json(passage: Passage) -> dict:
             "heading_path": passage.heading_path, "start": passage.start, "end": passage.end}
 
 
+def _failed(span: trace.Span, exc: BaseException, reason: str) -> None:
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+    span.set_attribute("rag.fallback.reason", reason)
+
+
 class Gateway:
-    def __init__(self, runtime: Runtime, llm: LLM, *, fallback: LLM | None = None) -> None:
+    def __init__(self, runtime: Runtime, llm: LLM, *, fallback: LLM | None = None,
+                 retrieval: Retrieval | None = None, cache: AnswerCache | None = None) -> None:
         self.runtime = runtime
         self.llm = llm
         self.fallback = fallback or ExtractiveLLM()
-        self.breakers = {name: CircuitBreaker(name, failure_threshold=3, reset_seconds=10.0)
-                         for name in ("cache", "vector-store", "llm")}
+        self.retrieval = retrieval or runtime.retrieval
+        self.cache = cache or runtime.answer_cache
+        self.llm_remote = hasattr(llm, "base_url")  # an HTTP client (the predictor), not an in-process engine
+        self.breakers = {"llm": gateway_breaker("llm"), self.cache.breaker.name: self.cache.breaker,
+                         self.retrieval.breaker.name: self.retrieval.breaker}
 
     def _timed(self, prepared: Prepared, stage: str, started: float) -> None:
         prepared.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 2)
 
-    def prepare(self, request: AskRequest, caller: Caller) -> Prepared:
-        prepared = Prepared()
-        span = trace.get_current_span()
-        cache = self.runtime.cache
-        if cache is not None:
-            started = time.perf_counter()
-            prepared.scope = CacheScope(caller.tenant, caller.groups, request.collection,
-                                        self.runtime.embedder.name, self.llm.name, PROMPT_VERSION)
+    @contextmanager
+    def _stage(self, name: str, remote: bool, **attributes: object) -> Iterator[trace.Span]:
+        kind = trace.SpanKind.CLIENT if remote else trace.SpanKind.INTERNAL
+        with tracer().start_as_current_span(name, kind=kind, attributes={"rag.remote": remote, **attributes}) as span:
+            yield span
+
+    def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
+        prepared = prepared if prepared is not None else Prepared()
+        key = AnswerKey(caller, request.collection, self.llm.name, PROMPT_VERSION)
+        started = time.perf_counter()
+        with self._stage("ragfn.ask.cache_lookup", self.cache.remote) as span:
             try:
-                prepared.hit = self.breakers["cache"].call(
-                    cache.lookup, request.question, prepared.scope, lambda q: self._vector(prepared, q))
-                prepared.cache = "hit" if prepared.hit else "miss"
-            except Unavailable:
+                lookup = self.cache.lookup(request.question, key)
+            except RagfnError as exc:  # whatever the cache's trouble, the answer must not depend on it
+                _failed(span, exc, "cache-unavailable")
                 prepared.degraded.append("cache-unavailable")
-                prepared.scope = None
-            self._timed(prepared, "cache", started)
-        span.set_attribute("ragfn.cache.hit", prepared.cache == "hit")
+                lookup = Lookup("off")
+            span.set_attribute("rag.cache", lookup.status)
+        prepared.cache, prepared.hit = lookup.status, lookup.hit
+        if lookup.status == "miss":
+            prepared.key, prepared.lookup = key, lookup
+        self._timed(prepared, "cache", started)
         if prepared.hit:
             return prepared
         started = time.perf_counter()
-        search = self.runtime.retriever.search
-        try:
-            hits = self.breakers["vector-store"].call(search, request.question, mode=request.mode,
-                                                      collection=request.collection, top_k=request.top_k,
-                                                      caller=caller)
-        except Unavailable:
-            prepared.degraded.append("vector-store-unavailable")
-            hits = search(request.question, mode="lexical", collection=request.collection, top_k=request.top_k,
-                          caller=caller) if request.mode != "lexical" else []
+        query = RetrievalQuery(request.question, caller, request.collection, request.top_k, request.mode,
+                               request.budget_tokens)
+        with self._stage("ragfn.ask.retrieve", self.retrieval.remote, **{"rag.retrieval.mode": request.mode}) as span:
+            try:
+                retrieved = self.retrieval.retrieve(query)
+            except Unavailable as exc:
+                _failed(span, exc, "retrieve-unavailable")
+                prepared.degraded.append("retrieve-unavailable")
+            else:
+                prepared.retrieved, prepared.hits, prepared.passages = True, retrieved.hits, retrieved.passages
+                prepared.degraded.extend(retrieved.degraded)
+                span.set_attributes(self._retrieval_attributes(prepared))
+                if retrieved.degraded:
+                    span.set_attribute("rag.fallback.reason", "+".join(retrieved.degraded))
         self._timed(prepared, "retrieve", started)
-        span.set_attributes({"ragfn.retrieval.count": len(hits),
-                             "ragfn.retrieval.top_score": hits[0].score if hits else 0.0})
-        prepared.passages = assemble_context(hits, request.budget_tokens)
         prepared.messages = build_messages(request.question, prepared.passages)
         return prepared
 
-    def ask(self, request: AskRequest, caller: Caller) -> dict:
-        with tracer().start_as_current_span("ragfn.ask") as span:
-            prepared = self.prepare(request, caller)
-            if prepared.hit:
-                return self._result(prepared, prepared.hit.answer["answer"], prepared.hit.answer["citations"])
-            started = time.perf_counter()
+    def ask(self, request: AskRequest, caller: Caller, *, parent: otel_context.Context | None = None) -> dict:
+        """The whole answer as one JSON object; `parent` is the caller's trace context (e.g. from traceparent)."""
+        with tracer().start_as_current_span("ragfn.ask", context=parent, kind=trace.SpanKind.SERVER,
+                                            attributes={"rag.stream": False}) as span:
+            prepared = Prepared()
             try:
-                completion = self.breakers["llm"].call(self.llm.complete, prepared.messages,
-                                                       max_tokens=request.max_tokens)
-            except Unavailable:
-                prepared.degraded.append("llm-unavailable")
-                completion = self.fallback.complete(prepared.messages, max_tokens=request.max_tokens)
-            self._timed(prepared, "generate", started)
-            cited = [_citation_json(p) for p in citations(completion.text, prepared.passages)]
-            partial = completion.finish_reason == "length"
-            self._store(request, prepared, completion.text, cited, partial)
-            span.set_attribute("ragfn.fallback.reason", ",".join(prepared.degraded))
-            return self._result(prepared, completion.text, cited)
+                self.prepare(request, caller, prepared)
+                if prepared.hit:
+                    return self._result(prepared, prepared.hit.answer["answer"], prepared.hit.answer["citations"])
+                if not prepared.retrieved:
+                    return self._result(prepared, NO_RETRIEVAL, [])
+                started = time.perf_counter()
+                with self._stage("ragfn.ask.llm", self.llm_remote, **{"rag.llm.model": self.llm.name}) as llm_span:
+                    try:
+                        completion = self.breakers["llm"].call(self.llm.complete, prepared.messages,
+                                                               max_tokens=request.max_tokens)
+                    except Unavailable as exc:
+                        self._fall_back(llm_span, exc, prepared)
+                        completion = self.fallback.complete(prepared.messages, max_tokens=request.max_tokens)
+                self._timed(prepared, "generate", started)
+                cited = [_citation_json(p) for p in citations(completion.text, prepared.passages)]
+                self._store(request, prepared, completion.text, cited, completion.finish_reason == "length")
+                return self._result(prepared, completion.text, cited)
+            finally:
+                self._annotate(span, prepared)
 
-    def stream(self, request: AskRequest, caller: Caller) -> Iterator[tuple[str, object]]:
-        """("token", text)*, ("citations", [...]), ("final", {...}): the server-sent events of one answer."""
-        with tracer().start_as_current_span("ragfn.ask", attributes={"ragfn.stream": True}):
-            prepared = self.prepare(request, caller)
+    def stream(self, request: AskRequest, caller: Caller, *,
+               parent: otel_context.Context | None = None) -> Iterator[tuple[str, object]]:
+        """("token", text)*, ("citations", [...]), ("final", {...}): the server-sent events of one answer.
+
+        Its `ragfn.ask` span stays open until the last event was taken (or the iterator closed)."""
+        return iterate_in_span("ragfn.ask", lambda span: self._stream(request, caller, span), parent=parent,
+                               kind=trace.SpanKind.SERVER, attributes={"rag.stream": True})
+
+    def _stream(self, request: AskRequest, caller: Caller, span: trace.Span) -> Iterator[tuple[str, object]]:
+        prepared = Prepared()
+        try:
+            self.prepare(request, caller, prepared)
             if prepared.hit:
                 yield "token", prepared.hit.answer["answer"]
                 yield "citations", prepared.hit.answer["citations"]
                 yield "final", self._final(prepared)
                 return
+            if not prepared.retrieved:
+                yield "status", {"degraded": "retrieve-unavailable", "message": "document search is unavailable"}
+                yield "token", NO_RETRIEVAL
+                yield "citations", []
+                yield "final", self._final(prepared)
+                return
             started = time.perf_counter()
-            try:
-                deltas = self.breakers["llm"].call(self.llm.stream, prepared.messages, max_tokens=request.max_tokens)
-            except Unavailable:
-                prepared.degraded.append("llm-unavailable")
+            yield from self._generate(request, prepared, started)
+        finally:
+            self._annotate(span, prepared)
+
+    def _generate(self, request: AskRequest, prepared: Prepared, started: float) -> Iterator[tuple[str, object]]:
+        # Not current across yields (see iterate_in_span): made current only while the request goes out.
+        llm_span = tracer().start_span("ragfn.ask.llm", kind=trace.SpanKind.CLIENT if self.llm_remote else
+                                       trace.SpanKind.INTERNAL,
+                                       attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
+        fell_back = False
+        try:
+            with trace.use_span(llm_span):
+                try:
+                    deltas = self.breakers["llm"].call(self.llm.stream, prepared.messages,
+                                                       max_tokens=request.max_tokens)
+                except Unavailable as exc:
+                    self._fall_back(llm_span, exc, prepared)
+                    deltas, fell_back = self.fallback.stream(prepared.messages, max_tokens=request.max_tokens), True
+            if fell_back:
                 yield "status", {"degraded": "llm-unavailable", "message": "the model is warming up or down; "
                                  "answering from the passages"}
-                deltas = self.fallback.stream(prepared.messages, max_tokens=request.max_tokens)
             parts = []
             try:
                 for delta in deltas:
@@ -148,28 +217,56 @@ class Gateway:
                     yield "token", delta
             finally:
                 getattr(deltas, "close", lambda: None)()  # a client that went away cancels the upstream stream
-            self._timed(prepared, "generate", started)
-            text = "".join(parts)
-            cited = [_citation_json(p) for p in citations(text, prepared.passages)]
-            yield "citations", cited
-            self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
-            yield "final", self._final(prepared)
+        except Exception as exc:
+            llm_span.record_exception(exc)
+            llm_span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            llm_span.end()
+        self._timed(prepared, "generate", started)
+        text = "".join(parts)
+        cited = [_citation_json(p) for p in citations(text, prepared.passages)]
+        yield "citations", cited
+        self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
+        yield "final", self._final(prepared)
+
+    def _fall_back(self, span: trace.Span, exc: Unavailable, prepared: Prepared) -> None:
+        _failed(span, exc, "llm-unavailable")
+        span.set_attribute("rag.llm.engine", self.fallback.name)
+        prepared.degraded.append("llm-unavailable")
 
     def _store(self, request: AskRequest, prepared: Prepared, text: str, cited: list[dict], partial: bool) -> None:
-        if prepared.scope is None or prepared.degraded or partial or not cited:
+        prepared.cited = len(cited)
+        if prepared.lookup is None or prepared.key is None or prepared.degraded or partial or not cited:
             return  # only complete, cited, non-degraded answers are worth repeating
+        started = time.perf_counter()
         answer = {"answer": text, "citations": cited}
-        documents = sorted({(request.collection, c["source"]) for c in cited})
-        try:
-            self.breakers["cache"].call(self.runtime.cache.store, request.question,
-                                        self._vector(prepared, request.question), prepared.scope, answer, documents)
-        except Unavailable:
-            prepared.degraded.append("cache-unavailable")
+        documents = sorted({c["source"] for c in cited})
+        with self._stage("ragfn.ask.cache_store", self.cache.remote) as span:
+            try:
+                span.set_attribute("rag.cache.stored", self.cache.store(request.question, prepared.key, answer,
+                                                                        documents, prepared.lookup))
+            except RagfnError as exc:
+                _failed(span, exc, "cache-unavailable")
+                prepared.degraded.append("cache-unavailable")
+        self._timed(prepared, "cache_store", started)
 
-    def _vector(self, prepared: Prepared, question: str) -> np.ndarray:
-        if prepared.vector is None:
-            prepared.vector = self.runtime.embedder.embed([question])[0]
-        return prepared.vector
+    @staticmethod
+    def _retrieval_attributes(prepared: Prepared) -> dict:
+        return {"rag.retrieval.count": len(prepared.hits),
+                "rag.retrieval.top_scores": [round(hit.score, 4) for hit in prepared.hits[:TOP_SCORES]],
+                "rag.retrieval.passages": len(prepared.passages)}
+
+    def _annotate(self, span: trace.Span, prepared: Prepared) -> None:
+        """The RAG attributes of the whole answer, on the `ragfn.ask` span, however the request ended."""
+        attributes = {"rag.cache": prepared.cache, "rag.degraded": bool(prepared.degraded),
+                      "rag.citations": prepared.cited, **self._retrieval_attributes(prepared),
+                      **{f"rag.timing.{stage}_ms": ms for stage, ms in prepared.timings_ms.items()}}
+        if prepared.hit:
+            attributes |= {"rag.cache.tier": prepared.hit.tier, "rag.citations": len(prepared.hit.answer["citations"])}
+        if prepared.degraded:
+            attributes["rag.fallback.reason"] = "+".join(prepared.degraded)
+        span.set_attributes(attributes)
 
     def _final(self, prepared: Prepared) -> dict:
         return {"cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,

@@ -25,10 +25,33 @@ from ragfn.store import PUBLIC, ChromaIndex
 
 log = logging.getLogger("ragfn.lexical")
 _WORD = re.compile(r"\w+", re.UNICODE)
+# Function words a question is phrased with ("how do I ... in the ...?"): dropped from queries, where they only add
+# noise to BM25, but kept in the index so a question made of nothing else still finds something.
+STOPWORDS = frozenset(
+    "a about an and are as at be been but by can could did do does for from had has have how i if in into is it its"
+    " me my of on or our should so such than that the their them then there these they this to was we were what"
+    " when where which who whom why will with would you your".split())
+_stemmers = threading.local()  # a PyStemmer object must not be shared between threads
+
+
+def _stem(words: list[str]) -> list[str]:
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    return stemmer.stemWords(words)
 
 
 def tokenize(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """Lower-cased, Snowball-stemmed words, so "assignment" in a question matches "assign" and "assigned"."""
+    return _stem(_WORD.findall(text.lower()))
+
+
+def query_terms(question: str) -> list[str]:
+    """A question's search terms: its stemmed content words, or all its words when it has nothing but stopwords."""
+    words = _WORD.findall(question.lower())
+    return _stem([w for w in words if w not in STOPWORDS] or words)
 
 
 @dataclass
@@ -55,7 +78,7 @@ class LexicalRetriever:
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
                caller: Caller = Caller()) -> list[Hit]:
-        terms = tokenize(question)
+        terms = query_terms(question)
         if not terms:
             raise BadEvent("the question has no words to search for")
         if not 1 <= top_k <= 1000:

@@ -57,18 +57,25 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         content_type=change.content_type or stored.content_type, size=stored.size,
     )
     summary |= {"version": version}
-    entry = runtime.index.ledger_entry(document.collection, document.document_id)
-    if entry and entry.state == "indexed" and entry.version == version:
-        return StageResult([], summary | {"status": "unchanged"})
-    if entry and entry.is_newer_than(document.sequence, version):
-        return StageResult([], summary | {"status": "stale", "detail": f"index holds newer {entry.version}"})
-
     # imported here: loaders need the "chunk" extra, which the embed and index images do not install
     from ragfn.chunking import ChunkingConfig, chunk_document
     from ragfn.loaders import load_document
 
-    loaded = load_document(stored.data, name=change.uri, content_type=document.content_type)
     config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)
+    document = document.model_copy(update={"chunking": config.key})
+    entry = runtime.index.ledger_entry(document.collection, document.document_id)
+    if entry and entry.state == "indexed" and entry.version == version:
+        if entry.chunking == config.key:
+            return StageResult([], summary | {"status": "unchanged"})
+        # the same version cut another way (the chunk settings changed): a newer sequence makes it replace
+        # the old chunks like any new version would
+        sequence = max(document.sequence, events.sequence_key(int(entry.sequence, 16) + 1))
+        document = document.model_copy(update={"sequence": sequence})
+        summary |= {"rechunked": entry.chunking or "unrecorded"}
+    if entry and entry.is_newer_than(document.sequence, version):
+        return StageResult([], summary | {"status": "stale", "detail": f"index holds newer {entry.version}"})
+
+    loaded = load_document(stored.data, name=change.uri, content_type=document.content_type)
     chunks = with_occurrences(chunk_document(loaded, config, runtime.token_counter))
     if not chunks:
         raise UnsupportedContent(f"{change.uri} has no text to index")

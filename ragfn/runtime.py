@@ -37,9 +37,57 @@ class Runtime:
     def retriever(self):
         from ragfn.hybrid import HybridRetriever
         from ragfn.lexical import LexicalRetriever
+        from ragfn.rerank import CrossEncoderReranker
         from ragfn.search import DenseRetriever
 
-        return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index))
+        settings = self.settings
+        return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index),
+                               fusion=settings.fusion, lexical_weight=settings.lexical_weight,
+                               reranker=CrossEncoderReranker.from_settings(settings),
+                               rerank_depth=settings.rerank_depth)
+
+    @cached_property
+    def http(self):
+        """One pooled HTTP client for the services this process calls; each request carries `traceparent`."""
+        import httpx
+
+        from ragfn.telemetry import traced_http_client
+
+        # retries=1 repeats a failed connect only (never a request that reached the server)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        return traced_http_client(transport=httpx.HTTPTransport(retries=1, limits=limits))
+
+    @cached_property
+    def local_retrieval(self):
+        """Retrieval in this process; the retrieve function serves this, whatever RAGFN_RETRIEVE_URL says."""
+        from ragfn.stages import LocalRetrieval
+
+        return LocalRetrieval(self.retriever)
+
+    @cached_property
+    def retrieval(self):
+        """The gateway's retrieval: the retrieve function at RAGFN_RETRIEVE_URL, else in this process."""
+        if not self.settings.retrieve_url:
+            return self.local_retrieval
+        from ragfn.remote import HttpRetrieval
+
+        return HttpRetrieval(self.settings.retrieve_url, self.http,
+                             timeout_seconds=self.settings.retrieve_timeout_seconds)
+
+    @cached_property
+    def local_answer_cache(self):
+        from ragfn.stages import LocalAnswerCache
+
+        return LocalAnswerCache(self.cache, self.embedder)
+
+    @cached_property
+    def answer_cache(self):
+        """The gateway's cache: the cache-check function at RAGFN_CACHE_URL, else `cache` in this process."""
+        if not self.settings.cache_url:
+            return self.local_answer_cache
+        from ragfn.remote import HttpAnswerCache
+
+        return HttpAnswerCache(self.settings.cache_url, self.http, timeout_seconds=self.settings.cache_timeout_seconds)
 
     @cached_property
     def cache(self):
@@ -56,7 +104,7 @@ class Runtime:
         from ragfn.cache import RedisCache
 
         return RedisCache(self.redis, threshold=self.settings.cache_threshold,
-                          ttl_seconds=self.settings.cache_ttl_seconds)
+                          ttl_seconds=self.settings.cache_ttl_seconds, prefix=self.settings.cache_prefix)
 
     @cached_property
     def redis(self):
@@ -78,7 +126,7 @@ class Runtime:
         if not self.settings.llm_url:
             return ExtractiveLLM()
         return OpenAIChatClient(self.settings.llm_url, self.settings.llm_model, api_key=self.settings.llm_api_key,
-                                read_timeout=self.settings.llm_timeout_seconds)
+                                read_timeout=self.settings.llm_timeout_seconds, http=self.http)
 
     @cached_property
     def gateway(self):

@@ -39,9 +39,15 @@ class LedgerEntry:
     state: str  # "indexed" | "deleted"
     chunks: int
     tenant: str | None
+    chunking: str = ""  # the chunking the indexed chunks were cut with ("" before it was recorded)
 
     def is_newer_than(self, sequence: str, version: str) -> bool:
         return (self.sequence, self.version) > (sequence, version)
+
+
+def _entry(document_id: str, meta: dict) -> LedgerEntry:
+    return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
+                       meta.get("tenant") or None, meta.get("chunking") or "")
 
 
 def check_collection_name(name: str) -> str:
@@ -128,21 +134,18 @@ class ChromaIndex:
         found = self._ledger(collection).get(ids=[document_id], include=["metadatas"])
         if not found["ids"]:
             return None
-        meta = found["metadatas"][0]
-        return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
-                           meta.get("tenant") or None)
+        return _entry(document_id, found["metadatas"][0])
 
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
         found = self._ledger(collection).get(include=["metadatas"])
         for document_id, meta in zip(found["ids"], found["metadatas"], strict=True):
             if document_id == GENERATION_ID:
                 continue
-            yield LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
-                              meta.get("tenant") or None)
+            yield _entry(document_id, meta)
 
     def _record(self, collection: str, entry: LedgerEntry) -> None:
         meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
-                "chunks": entry.chunks, "tenant": entry.tenant or ""}
+                "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
         # the generation changes with every commit and delete, so readers that cache (BM25) know to refresh
         self._ledger(collection).upsert(ids=[entry.document_id, GENERATION_ID], embeddings=[[1.0], [1.0]],
                                         metadatas=[meta, {"token": uuid.uuid4().hex}])
@@ -187,7 +190,9 @@ class ChromaIndex:
         if relabel:  # same text, same vector: only the version label and the position move
             chunks.update(ids=[ids[k] for k in relabel],
                           metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in relabel])
-        present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]}, include=[])
+        # the exact label: a re-chunk of the same version (new chunking, newer sequence) must not count old rows
+        present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version},
+                                             {"sequence": doc.sequence}]}, include=[])
         if len(present["ids"]) < batch.total_chunks:
             return None
         return self._commit(doc, batch.total_chunks)
@@ -204,7 +209,7 @@ class ChromaIndex:
         if stale:
             chunks.delete(ids=stale)
         self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
-                                                 doc.tenant))
+                                                 doc.tenant, doc.chunking or ""))
         replaced = [entry.version] if entry and entry.state == "indexed" and entry.version != doc.version else []
         return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
                                sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)

@@ -159,3 +159,36 @@ def test_in_process_cache_never_serves_an_answer_about_a_changed_document(ragfn_
     ingest([str(tmp_path / "lists.md")], Runtime(ragfn_env), tenant="acme")  # another process re-indexes
     again = runtime.gateway.ask(request, caller)
     assert again["cache"] == "miss" and "key=..." in " ".join(c["text"] for c in again["citations"])
+
+
+def test_a_streamed_answer_is_one_trace_whose_ask_span_ends_with_the_stream(gateway, spans):
+    client, _ = gateway
+    response = ask(client(), "How do I sort a list?", stream=True)
+    assert response.get_data(as_text=True).rstrip().endswith("}")
+    finished = {span.name: span for span in spans.get_finished_spans() if span.name.startswith("ragfn.ask")}
+    root = finished["ragfn.ask"]
+    assert {"ragfn.ask.cache_lookup", "ragfn.ask.retrieve", "ragfn.ask.llm", "ragfn.ask.cache_store"} <= set(finished)
+    assert all(s.context.trace_id == root.context.trace_id and s.end_time <= root.end_time
+               for s in finished.values())
+    assert all(s.parent.span_id == root.context.span_id for name, s in finished.items() if name != "ragfn.ask")
+    attributes = root.attributes
+    assert attributes["rag.stream"] is True and attributes["rag.cache"] == "miss"
+    assert attributes["rag.degraded"] is False
+    assert attributes["rag.retrieval.count"] >= 1 and len(attributes["rag.retrieval.top_scores"]) >= 1
+    assert attributes["rag.timing.generate_ms"] >= 0 and "rag.fallback.reason" not in attributes
+
+
+def test_an_abandoned_stream_ends_its_spans(ragfn_env, tmp_path, spans):
+    from ragfn.gateway import AskRequest
+    from ragfn.search import Caller
+
+    runtime = Runtime(ragfn_env)
+    (tmp_path / "lists.md").write_text(DOC)
+    ingest([str(tmp_path / "lists.md")], runtime, tenant="acme")
+    events = runtime.gateway.stream(AskRequest(question="How do I sort a list?", stream=True), Caller("acme"))
+    assert next(events)[0] == "token"
+    events.close()  # the client went away after the first token
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    assert finished["ragfn.ask"].attributes["rag.cancelled"] is True
+    assert finished["ragfn.ask.llm"].end_time <= finished["ragfn.ask"].end_time
+    assert "ragfn.ask.cache_store" not in finished  # a cut-short answer is never cached

@@ -124,3 +124,23 @@ def test_an_unusable_model_stops_the_run_with_one_clear_error(settings, tmp_path
         ingest([str(tmp_path / "docs")], Runtime(broken))
     assert caught.value.retryable
     assert "fetch_models" in caught.value.hint
+
+
+def test_changed_chunk_settings_rechunk_unchanged_files_and_leave_no_old_chunks(settings, tmp_path):
+    paragraphs = [f"Paragraph {n} says that step {n} of the install copies file number {n} into place."
+                  for n in range(40)]
+    write(tmp_path / "docs", "notes.txt", "\n\n".join(paragraphs) + "\n")
+    runtime = Runtime(settings.model_copy(update={"chunk_tokens": 200, "chunk_overlap_tokens": 32}))
+    first = ingest([str(tmp_path / "docs")], runtime, collection="rechunk")
+    assert first.counts() == {"indexed": 1}
+    before = runtime.index.chunks("rechunk").get(include=["metadatas"])
+    assert {m["end"] - m["start"] for m in before["metadatas"]}  # some chunks, whatever their sizes
+
+    smaller = Runtime(settings.model_copy(update={"chunk_tokens": 24, "chunk_overlap_tokens": 0}))
+    second = ingest([str(tmp_path / "docs")], smaller, collection="rechunk")
+    assert second.counts() == {"indexed": 1}  # not "unchanged": the content is, the chunking is not
+    after = smaller.index.chunks("rechunk").get(include=["metadatas", "documents"])
+    entry = smaller.index.ledger_entry("rechunk", next(iter(second.outcomes)))
+    assert entry.chunking == "24/0" and entry.chunks == len(after["ids"]) > len(before["ids"])
+    assert all(smaller.token_counter.count(text) <= 24 for text in after["documents"])  # no 200-token leftovers
+    assert ingest([str(tmp_path / "docs")], smaller, collection="rechunk").counts() == {"unchanged": 1}

@@ -9,7 +9,7 @@ import pytest
 from ragfn.errors import BadEvent
 from ragfn.hybrid import HybridRetriever
 from ragfn.ingest import ingest
-from ragfn.lexical import LexicalRetriever, tokenize
+from ragfn.lexical import LexicalRetriever, query_terms, tokenize
 from ragfn.runtime import Runtime
 from ragfn.search import Caller, DenseRetriever
 
@@ -41,7 +41,18 @@ def test_bm25_ranks_exact_terms_and_filters_before_ranking(setup):
     assert {h.source.rsplit("/", 1)[-1] for h in finance} == {"zipfile.md", "secret.md"}
     assert lexical.search("QX 7731", collection=collection, caller=Caller("acme")) == []
     assert lexical.search("json dumps", collection=collection, caller=Caller("globex")) == []
-    assert tokenize("ZipFile.extractall(path)") == ["zipfile", "extractall", "path"]
+    assert tokenize("ZipFile.extractall(path)") == ["zipfil", "extractal", "path"]
+
+
+def test_stems_match_inflections_and_function_words_do_not_count(setup):
+    runtime, lexical, collection, root = setup
+    # "encoding" and "decoded" find the json document's "encodes and decodes"; "How do I" adds nothing.
+    hits = lexical.search("How do I get encoding and decoded output?", collection=collection, caller=Caller("acme"))
+    assert hits[0].source.endswith("json.md")
+    assert query_terms("How do I unpack the archives?") == ["unpack", "archiv"]
+    # a question made only of stopwords still searches (with them), instead of being refused
+    assert query_terms("What is it?") == ["what", "is", "it"]
+    assert lexical.search("Which is the one?", collection=collection, caller=Caller("acme")) is not None
 
 
 def test_updates_and_deletes_show_up_after_the_generation_changes(setup):
@@ -79,3 +90,24 @@ def test_hybrid_fuses_both_lists_and_respects_filters(setup):
         hybrid.search("x", mode="sparse", collection=collection)
     with pytest.raises(BadEvent, match="no words"):
         lexical.search("?!", collection=collection)
+
+
+@pytest.mark.parametrize("fusion", ["scores", "rrf"])
+def test_each_fusion_promotes_a_chunk_both_lists_agree_on(setup, fusion):
+    runtime, lexical, collection, _ = setup
+    hybrid = HybridRetriever(DenseRetriever(runtime.index, runtime.embedder), lexical, fusion=fusion)
+    hits = hybrid.search("json dumps indent", collection=collection, top_k=3, caller=Caller("acme"))
+    assert hits[0].source.endswith("json.md")
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # with the lexical weight at 0 the fused order is the dense order
+    dense_only = HybridRetriever(DenseRetriever(runtime.index, runtime.embedder), lexical, fusion=fusion,
+                                 lexical_weight=0.0)
+    question = "what reads compressed archives"
+    assert [h.chunk_id for h in dense_only.search(question, collection=collection, caller=Caller("acme"))][:2] == \
+        [h.chunk_id for h in dense_only.dense.search(question, collection=collection, caller=Caller("acme"))][:2]
+
+
+def test_an_unknown_fusion_is_refused(setup):
+    runtime, lexical, _, _ = setup
+    with pytest.raises(BadEvent, match="fusion"):
+        HybridRetriever(DenseRetriever(runtime.index, runtime.embedder), lexical, fusion="max")

@@ -1,19 +1,29 @@
 """cache-check: `handle` answers lookups and stores over JSON; `invalidate` evicts on document.indexed/removed.
 
-Both targets run from this file: `--target handle` is the query-path service, `--target invalidate` the Trigger
-subscriber. They share nothing but Redis, so they scale apart.
+Both targets run from this file: `--target handle` is the query-path service (the gateway's remote cache when
+RAGFN_CACHE_URL points here), `--target invalidate` the Trigger subscriber. They share nothing but Redis, so they
+scale apart.
+
+    {"op": "lookup", "question", "tenant", "groups", "collection", "model", "prompt_version"}
+        -> {"cache": "hit", "tier", "answer", "question", "similarity"} | {"cache": "miss"} | {"cache": "off"}
+    {"op": "store", ..., "answer": {"answer", "citations"}, "cited": [document ids]}
+        -> {"cache": "on", "stored": bool} | {"cache": "off"}
+Redis down is a 503, so the gateway's breaker counts it and the answer goes on without the cache.
 """
 
 from typing import Literal
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragfn import events
-from ragfn.cache import CacheScope
+from ragfn.errors import BadEvent
 from ragfn.events import DocumentIndexed, DocumentRemoved
 from ragfn.handler import InboundEvent, cloud_function, json_function
 from ragfn.publish import StageResult
 from ragfn.runtime import Runtime
+from ragfn.search import Caller
+from ragfn.stages import AnswerKey, Lookup
 
 
 class CacheRequest(BaseModel):
@@ -32,24 +42,27 @@ class CacheRequest(BaseModel):
 
 @json_function("cache-check", request_model=CacheRequest)
 def handle(request: CacheRequest, runtime: Runtime) -> dict:
+    span = trace.get_current_span()  # the function's span, opened by json_function
+    span.set_attribute("rag.cache.op", request.op)
     if runtime.redis is None:  # other processes (the invalidate target) could not evict an in-memory entry
+        span.set_attribute("rag.cache", "off")
         return {"cache": "off"}
-    scope = CacheScope(request.tenant, tuple(request.groups), request.collection, runtime.embedder.name,
-                       request.model, request.prompt_version)
+    if request.op == "store" and request.answer is None:
+        raise BadEvent("op=store needs an answer")
+    cache = runtime.local_answer_cache  # never runtime.answer_cache: that may point back here
+    key = AnswerKey(Caller(request.tenant, tuple(request.groups)), request.collection, request.model,
+                    request.prompt_version)
     if request.op == "store":
-        if request.answer is None:
-            from ragfn.errors import BadEvent
-
-            raise BadEvent("op=store needs an answer")
-        vector = runtime.embedder.embed([request.question])[0]
-        stored = runtime.cache.store(request.question, vector, scope, request.answer,
-                                     [(request.collection, document_id) for document_id in request.cited])
+        stored = cache.store(request.question, key, request.answer, request.cited, Lookup("miss"))
+        span.set_attribute("rag.cache.stored", stored)
         return {"cache": "on", "stored": stored}
-    hit = runtime.cache.lookup(request.question, scope, lambda text: runtime.embedder.embed([text])[0])
-    if hit is None:
+    lookup = cache.lookup(request.question, key)
+    span.set_attribute("rag.cache", lookup.status)
+    if lookup.hit is None:
         return {"cache": "miss"}
-    return {"cache": "hit", "tier": hit.tier, "answer": hit.answer, "question": hit.question,
-            "similarity": round(hit.similarity, 4)}
+    span.set_attributes({"rag.cache.tier": lookup.hit.tier, "rag.cache.similarity": round(lookup.hit.similarity, 4)})
+    return {"cache": "hit", "tier": lookup.hit.tier, "answer": lookup.hit.answer, "question": lookup.hit.question,
+            "similarity": round(lookup.hit.similarity, 4)}
 
 
 @cloud_function("cache-invalidate", accepts={events.DOCUMENT_INDEXED: DocumentIndexed,

@@ -1,14 +1,18 @@
-"""retrieve: a question in, the passages the caller may read out, ranked and cut to a token budget."""
+"""retrieve: a question in, the passages the caller may read out, ranked and cut to a token budget.
+
+With the vector store down it answers from the lexical snapshot and says so: `"degraded": "vector-store-unavailable"`.
+"""
 
 import time
 from typing import Literal
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragfn.context import assemble_context
 from ragfn.handler import json_function
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
+from ragfn.stages import RetrievalQuery
 
 
 class RetrieveRequest(BaseModel):
@@ -26,8 +30,13 @@ class RetrieveRequest(BaseModel):
 @json_function("retrieve", request_model=RetrieveRequest)
 def handle(request: RetrieveRequest, runtime: Runtime) -> dict:
     started = time.perf_counter()
-    hits = runtime.retriever.search(request.question, mode=request.mode, collection=request.collection,
-                                    top_k=request.top_k, caller=Caller(request.tenant, tuple(request.groups)))
-    passages = assemble_context(hits, request.budget_tokens)
-    return {"hits": [hit.to_json() for hit in hits], "passages": [p.to_json() for p in passages],
-            "timings_ms": {"retrieve": round((time.perf_counter() - started) * 1000, 2)}}
+    query = RetrievalQuery(request.question, Caller(request.tenant, tuple(request.groups)), request.collection,
+                           request.top_k, request.mode, request.budget_tokens)
+    retrieved = runtime.local_retrieval.retrieve(query)  # never runtime.retrieval: that may point back here
+    attributes = {"rag.retrieval.mode": request.mode, "rag.retrieval.count": len(retrieved.hits),
+                  "rag.retrieval.top_scores": [round(hit.score, 4) for hit in retrieved.hits[:5]],
+                  "rag.degraded": bool(retrieved.degraded)}
+    if retrieved.degraded:
+        attributes["rag.fallback.reason"] = "+".join(retrieved.degraded)
+    trace.get_current_span().set_attributes(attributes)  # the function's span, opened by json_function
+    return retrieved.to_json() | {"timings_ms": {"retrieve": round((time.perf_counter() - started) * 1000, 2)}}
