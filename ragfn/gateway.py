@@ -121,8 +121,10 @@ class Gateway:
         if prepared.hit:
             return prepared
         started = time.perf_counter()
+        # the cache's embedder is the retriever's in one process, so a miss's vector spares a second embedding
+        vector = lookup.vector if not (self.cache.remote or self.retrieval.remote) else None
         query = RetrievalQuery(request.question, caller, request.collection, request.top_k, request.mode,
-                               request.budget_tokens)
+                               request.budget_tokens, vector)
         with self._stage("ragfn.ask.retrieve", self.retrieval.remote, **{"rag.retrieval.mode": request.mode}) as span:
             try:
                 retrieved = self.retrieval.retrieve(query)

@@ -46,26 +46,29 @@ class HybridRetriever:
         self.rerank_depth = rerank_depth
 
     def search(self, question: str, *, mode: Mode = "hybrid", collection: str = "default", top_k: int = 10,
-               caller: Caller = Caller()) -> list[Hit]:
-        """The top_k chunks the caller may read, best first; reranked when a reranker is configured and loads."""
+               caller: Caller = Caller(), vector: np.ndarray | None = None) -> list[Hit]:
+        """The top_k chunks the caller may read, best first; reranked when a reranker is configured and loads.
+        `vector` is the question's embedding when the caller has it already (the gateway, after a cache miss)."""
         if mode not in MODES:
             raise BadEvent(f"unknown retrieval mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
         if self.reranker is None or self.reranker.broken is not None:
-            return self._retrieve(question, mode, collection, top_k, caller)
-        candidates = self._retrieve(question, mode, collection, max(top_k, self.rerank_depth), caller)
+            return self._retrieve(question, mode, collection, top_k, caller, vector)
+        candidates = self._retrieve(question, mode, collection, max(top_k, self.rerank_depth), caller, vector)
         scores = self.reranker.scores(question, [hit.text for hit in candidates]) if candidates else []
         if scores is None:  # the model failed to load just now: keep the retrieval order
             return candidates[:top_k]
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])[:top_k]
         return [replace(candidates[i], score=scores[i]) for i in order]
 
-    def _retrieve(self, question: str, mode: Mode, collection: str, top_k: int, caller: Caller) -> list[Hit]:
+    def _retrieve(self, question: str, mode: Mode, collection: str, top_k: int, caller: Caller,
+                  vector: np.ndarray | None) -> list[Hit]:
         if mode == "dense":
-            return self.dense.search(question, collection=collection, top_k=top_k, caller=caller)
+            return self.dense.search(question, collection=collection, top_k=top_k, caller=caller, vector=vector)
         if mode == "lexical":
             return self.lexical.search(question, collection=collection, top_k=top_k, caller=caller)
         depth = max(self.depth, top_k)
-        lists = {"dense": self.dense.search(question, collection=collection, top_k=depth, caller=caller),
+        lists = {"dense": self.dense.search(question, collection=collection, top_k=depth, caller=caller,
+                                            vector=vector),
                  "lexical": self.lexical.search(question, collection=collection, top_k=depth, caller=caller)}
         fused = self._fuse(lists)
         hits = {hit.chunk_id: hit for ranked in lists.values() for hit in reversed(ranked)}

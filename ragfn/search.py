@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ragfn.embedding import Embedder
 from ragfn.errors import BadEvent, RagfnError, Unavailable
 from ragfn.store import PUBLIC, ChromaIndex
@@ -46,12 +48,14 @@ class DenseRetriever:
         self.embedder = embedder
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
-               caller: Caller = Caller()) -> list[Hit]:
+               caller: Caller = Caller(), vector: np.ndarray | None = None) -> list[Hit]:
+        """`vector`: the question's embedding by this retriever's embedder, when the caller already has it."""
         if not question.strip():
             raise BadEvent("the question is empty")
         if not 1 <= top_k <= 1000:
             raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
-        vector = self.embedder.embed([question])[0]
+        if vector is None:
+            vector = self.embedder.embed([question])[0]
         try:
             if not self.index.exists(collection):
                 return []

@@ -35,6 +35,7 @@ class RetrievalQuery:
     top_k: int = 8
     mode: Mode = "hybrid"
     budget_tokens: int = 1500
+    vector: np.ndarray | None = None  # in-process only: the cache lookup's embedding of the question, reused
 
 
 @dataclass
@@ -71,7 +72,8 @@ class LocalRetrieval:
         degraded: list[str] = []
         kwargs = {"collection": query.collection, "top_k": query.top_k, "caller": query.caller}
         try:
-            hits = self.breaker.call(self.retriever.search, query.question, mode=query.mode, **kwargs)
+            hits = self.breaker.call(self.retriever.search, query.question, mode=query.mode, vector=query.vector,
+                                     **kwargs)
         except Unavailable:
             degraded.append("vector-store-unavailable")
             hits = []
@@ -136,6 +138,8 @@ class LocalAnswerCache:
 
         result.hit = self.breaker.call(self.cache.lookup, question, self.scope(key), embed)
         result.status = "hit" if result.hit else "miss"
+        if result.hit is None and result.vector is None:  # an empty scope needs none, but dense search and store do
+            embed(question)
         return result
 
     def store(self, question: str, key: AnswerKey, answer: dict, documents: list[str], lookup: Lookup) -> bool:

@@ -192,3 +192,21 @@ def test_an_abandoned_stream_ends_its_spans(ragfn_env, tmp_path, spans):
     assert finished["ragfn.ask"].attributes["rag.cancelled"] is True
     assert finished["ragfn.ask.llm"].end_time <= finished["ragfn.ask"].end_time
     assert "ragfn.ask.cache_store" not in finished  # a cut-short answer is never cached
+
+
+def test_a_question_is_embedded_once_per_answer_and_not_at_all_on_an_exact_repeat(ragfn_env, tmp_path):
+    from ragfn.gateway import AskRequest
+    from ragfn.search import Caller
+
+    runtime = Runtime(ragfn_env)
+    (tmp_path / "lists.md").write_text(DOC)
+    ingest([str(tmp_path / "lists.md")], runtime, tenant="acme")
+    embedded: list[str] = []
+    embed = runtime.embedder.embed
+    runtime.embedder.embed = lambda texts: embedded.extend(texts) or embed(texts)  # counts, then really embeds
+    request, caller = AskRequest(question="How do I sort a list?"), Caller("acme", ("eng",))
+    first = runtime.gateway.ask(request, caller)
+    assert first["cache"] == "miss" and first["citations"]
+    assert embedded == ["How do I sort a list?"]  # the cache lookup's vector also served the dense search
+    assert runtime.gateway.ask(AskRequest(question="how do i sort a list"), caller)["cache"] == "hit"
+    assert embedded == ["How do I sort a list?"]  # the exact tier needs no embedding
