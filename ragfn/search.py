@@ -23,6 +23,11 @@ class Caller:
         readable = [{"groups": {"$contains": group}} for group in sorted({PUBLIC, *self.groups})]
         return {"$and": [{"tenant": self.tenant or ""}, readable[0] if len(readable) == 1 else {"$or": readable}]}
 
+    def can_read(self, metadata: dict) -> bool:
+        """The same rule as `where`, for one chunk's metadata."""
+        groups = metadata.get("groups") or [PUBLIC]
+        return metadata.get("tenant", "") == (self.tenant or "") and not {PUBLIC, *self.groups}.isdisjoint(groups)
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -43,9 +48,10 @@ class DenseRetriever:
     >>> [hit.source for hit in retriever.search("How do I sort a list?", caller=Caller("acme", ("eng",)))]
     """
 
-    def __init__(self, index: ChromaIndex, embedder: Embedder) -> None:
+    def __init__(self, index: ChromaIndex, embedder: Embedder, *, overfetch: int = 4) -> None:
         self.index = index
         self.embedder = embedder
+        self.overfetch = overfetch  # unfiltered candidates per wanted hit before the filtered query is needed
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
                caller: Caller = Caller(), vector: np.ndarray | None = None) -> list[Hit]:
@@ -59,13 +65,27 @@ class DenseRetriever:
         try:
             if not self.index.exists(collection):
                 return []
-            found = self.index.chunks(collection).query(query_embeddings=[vector], n_results=top_k,
-                                                        where=caller.where(),
-                                                        include=["documents", "metadatas", "distances"])
+            chunks = self.index.chunks(collection)
+            # Chroma evaluates a `where` on every row before its vector search (about 2 ms per 1000 chunks here,
+            # ~200 ms at 100k), while an unfiltered HNSW query stays near 3 ms. So first ask unfiltered for a few
+            # times top_k and keep what the caller may read; only when that leaves fewer than top_k (the caller
+            # owns a small part of a shared collection) run the filtered query. Either way nothing unreadable is
+            # returned or takes a place, and the readable hits come in the same order.
+            fetch = min(top_k * self.overfetch, 1000)
+            found = self._query(chunks, vector, fetch, None)
+            hits = [hit for hit in found if caller.can_read(hit.metadata)]
+            if len(hits) >= top_k or len(found) < fetch:  # enough, or the collection had no more to give
+                return hits[:top_k]
+            return self._query(chunks, vector, top_k, caller.where())
         except RagfnError:
             raise
         except Exception as exc:  # chromadb raises its own and httpx's errors when the server is away
             raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _query(chunks, vector: np.ndarray, n: int, where: dict | None) -> list[Hit]:
+        found = chunks.query(query_embeddings=[vector], n_results=n, where=where,
+                             include=["documents", "metadatas", "distances"])
         return [Hit(chunk_id=i, source=m["source"], text=d, score=1.0 - float(dist), metadata=m)
                 for i, d, m, dist in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
                                          found["distances"][0], strict=True)]

@@ -53,3 +53,24 @@ def test_bad_searches_are_clear(corpus):
     with pytest.raises(BadEvent, match="top_k"):
         retriever.search("x", collection=collection, top_k=0)
     assert retriever.search("anything", collection="nothing-here") == []
+
+
+def test_a_caller_owning_a_small_part_of_a_shared_collection_still_gets_top_k(index_settings, unique_collection,
+                                                                               tmp_path):
+    # 30 foreign salary chunks sit nearer to the question than the caller's own documents, so the unfiltered
+    # first pass (overfetch 1: top_k candidates) holds nothing readable and the filtered query must answer.
+    runtime = Runtime(index_settings)
+    for n in range(30):
+        (tmp_path / f"salary-{n}.md").write_text(SECRET.replace("March", f"month {n}"))
+    ingest([str(tmp_path)], runtime, collection=unique_collection, tenant="globex")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for n in range(3):
+        (mine / f"holidays-{n}.md").write_text(PUBLIC_DOC.replace("bridge days", f"bridge day {n}"))
+    ingest([str(mine)], runtime, collection=unique_collection, tenant="acme")
+    retriever = DenseRetriever(runtime.index, runtime.embedder, overfetch=1)
+    hits = retriever.search("When is the salary review?", collection=unique_collection, top_k=3,
+                            caller=Caller("acme"))
+    assert len(hits) == 3 and all(hit.source.startswith(f"file://{mine}/") for hit in hits)
+    assert [h.chunk_id for h in hits] == [h.chunk_id for h in DenseRetriever(runtime.index, runtime.embedder).search(
+        "When is the salary review?", collection=unique_collection, top_k=3, caller=Caller("acme"))]
