@@ -21,7 +21,7 @@ import numpy as np
 
 from ragfn.errors import BadEvent, Unavailable
 from ragfn.search import Caller, Hit
-from ragfn.store import PUBLIC, ChromaIndex
+from ragfn.store import PUBLIC, ChromaIndex, read_pages
 
 log = logging.getLogger("ragfn.lexical")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -74,6 +74,8 @@ class LexicalRetriever:
         self.k1, self.b = k1, b
         self.refresh_seconds = refresh_seconds
         self._snapshots: dict[str, _Snapshot] = {}
+        self._failures: dict[str, tuple[float, str]] = {}  # collection -> (when, why) its last build failed
+        self.retry_seconds = 5.0
         self._lock = threading.Lock()
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
@@ -108,6 +110,9 @@ class LexicalRetriever:
             now = time.monotonic()
             if cached and now - cached.checked < self.refresh_seconds:
                 return cached
+            failed = self._failures.get(collection)
+            if cached is None and failed and now - failed[0] < self.retry_seconds:
+                raise Unavailable(failed[1])  # no rebuild per request while the store is failing
             try:
                 if not self.index.exists(collection):
                     return None
@@ -116,14 +121,21 @@ class LexicalRetriever:
                     cached = self._snapshots[collection] = self._build(collection, generation)
             except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
                 if cached is None:
-                    raise Unavailable(f"cannot read collection {collection!r} for lexical search: {exc}") from exc
+                    message = f"cannot read collection {collection!r} for lexical search: {exc}"
+                    self._failures[collection] = (now, message)
+                    raise Unavailable(message) from exc
                 log.warning("lexical search serves a stale snapshot of %s: %s", collection, exc)
             cached.checked = now
             return cached
 
     def _build(self, collection: str, generation: str | None) -> _Snapshot:
-        found = self.index.chunks(collection).get(include=["documents", "metadatas"])
-        ids, texts, metadatas = found["ids"], found["documents"], found["metadatas"]
+        ids, texts, metadatas = [], [], []
+        # Pages can straddle a concurrent commit; `generation` was read before the first page, so the next check
+        # sees the newer token and rebuilds.
+        for page in read_pages(self.index.chunks(collection), ["documents", "metadatas"]):
+            ids += page["ids"]
+            texts += page["documents"]
+            metadatas += page["metadatas"]
         tokens = [tokenize(text) for text in texts]
         lengths = np.array([len(t) for t in tokens], dtype=np.float32)
         average = float(lengths.mean()) if len(lengths) else 0.0

@@ -45,6 +45,19 @@ class LedgerEntry:
         return (self.sequence, self.version) > (sequence, version)
 
 
+def read_pages(collection, include: list[str], page_rows: int = 10_000) -> Iterator[dict]:
+    """Every row of a Chroma collection, `page_rows` at a time. One unbounded `get()` fails past 32,766 rows on
+    embedded Chroma (one SQLite variable per row) and holds a whole large collection twice in memory."""
+    offset = 0
+    while True:
+        page = collection.get(include=include, limit=page_rows, offset=offset)
+        if page["ids"]:
+            yield page
+        if len(page["ids"]) < page_rows:
+            return
+        offset += page_rows
+
+
 def _entry(document_id: str, meta: dict) -> LedgerEntry:
     return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
                        meta.get("tenant") or None, meta.get("chunking") or "")
@@ -137,11 +150,10 @@ class ChromaIndex:
         return _entry(document_id, found["metadatas"][0])
 
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
-        found = self._ledger(collection).get(include=["metadatas"])
-        for document_id, meta in zip(found["ids"], found["metadatas"], strict=True):
-            if document_id == GENERATION_ID:
-                continue
-            yield _entry(document_id, meta)
+        for page in read_pages(self._ledger(collection), ["metadatas"]):
+            for document_id, meta in zip(page["ids"], page["metadatas"], strict=True):
+                if document_id != GENERATION_ID:
+                    yield _entry(document_id, meta)
 
     def _record(self, collection: str, entry: LedgerEntry) -> None:
         meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
