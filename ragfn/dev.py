@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -83,10 +84,35 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> No
     raise Unavailable(f"{url} was not ready within {timeout:.0f}s")
 
 
+def check_ports_free(host: str, ports: list[int]) -> None:
+    """Fail before starting anything when a port is taken, naming it, instead of a function dying half-way up."""
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(port)
+    if busy:
+        raise ConfigError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use",
+                          hint="choose others with --port (the functions take the next 6) and --chroma-port")
+
+
 def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
     root = repo_root()
+    check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS)]
+                     + ([] if settings.chroma_url else [ports.chroma]))
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
+    try:
+        return processes, _launch(settings, root, host, ports, log_dir, processes)
+    except BaseException:  # a service that failed to come up must not leave the others running
+        stop_all(processes)
+        raise
+
+
+def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir: Path,
+            processes: list[subprocess.Popen]) -> dict:
     broker_url = f"http://{host}:{ports.broker}"
     env = dict(os.environ, RAGFN_HOME=str(settings.home.resolve()), K_SINK=broker_url,
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
@@ -109,8 +135,22 @@ def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> t
              str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
             env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
     for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
-        wait_ready(url, process)
-    return processes, {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+        try:
+            wait_ready(url, process)
+        except Unavailable as exc:
+            log = log_dir / f"{name.removeprefix('ragfn-')}.log"
+            raise Unavailable(f"{name}: {exc}", hint=f"its log is {log}") from exc
+    return {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print) -> None:
@@ -121,7 +161,11 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
     processes, state = start(settings, host=host, ports=ports, log_dir=log_dir)
     broker = LocalBroker(load_triggers(repo_root() / "eventing" / "triggers"), state["functions"],
                          DeadLetterStore(settings.dead_letter_path))
-    server = broker.serve(host, ports.broker)
+    try:
+        server = broker.serve(host, ports.broker)
+    except BaseException:
+        stop_all(processes)
+        raise
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -134,10 +178,4 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
     finally:
         dev_state_path(settings).unlink(missing_ok=True)
         server.shutdown()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -40,6 +42,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports, below Linux's ephemeral range (32768+), where no outgoing
+    connection can take one between this check and the server's bind (`ragfn dev` uses --port and the next 6)."""
+    for base in random.sample(range(20_000, 32_000 - count), 200):
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
 
 
 def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:

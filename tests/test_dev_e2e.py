@@ -17,7 +17,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
 
@@ -38,10 +38,10 @@ def stack(tmp_path_factory, model_dir):
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     for key in ("RAGFN_CHROMA_URL", "K_SINK"):
         env.pop(key, None)
-    port = free_port()
+    port = free_port_block(8)  # the broker, six functions, then Chroma
     log = (root / "dev.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
-                                str(free_port())], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                str(port + 7)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     state_file = root / "home" / "dev.json"
     deadline = time.monotonic() + 120
     while not state_file.exists():
@@ -182,3 +182,19 @@ def test_prune_through_the_broker_removes_deleted_files(stack):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["deleted"] == [f"file://{folder}/drop.md"]
     assert stats(stack)["default"]["documents"] == before - 1
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path, model_dir):
+    import socket
+
+    port = free_port_block(8)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 3))  # the index function's port
+        taken.listen()
+        env = dict(os.environ, RAGFN_HOME=str(tmp_path / "home"), RAGFN_EMBED_MODEL_PATH=str(model_dir))
+        env.pop("RAGFN_CHROMA_URL", None)
+        done = subprocess.run([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
+                               str(port + 7)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"port {port + 3} on 127.0.0.1 already in use" in done.stderr + done.stdout
+    assert not (tmp_path / "home" / "logs" / "chroma.log").exists()  # nothing was started
