@@ -2,9 +2,10 @@
 
 Chroma stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
 collection's generation token (bumped by every commit and delete, see ChromaIndex.generation) has changed, checking
-at most every `refresh_seconds`. Scaling: a rebuild reads every chunk text of the collection and holds postings in
-memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per replica; beyond
-that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
+at most every `refresh_seconds`; a snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a
+background thread while the old one keeps answering. Scaling: a rebuild reads every chunk text of the collection and
+holds postings in memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per
+replica; beyond that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class _Snapshot:
     tenants: np.ndarray  # tenant per row
     groups: dict[str, np.ndarray]  # ACL group -> rows readable by it
     checked: float
+    build_seconds: float = 0.0
 
 
 class LexicalRetriever:
@@ -76,6 +78,10 @@ class LexicalRetriever:
         self._snapshots: dict[str, _Snapshot] = {}
         self._failures: dict[str, tuple[float, str]] = {}  # collection -> (when, why) its last build failed
         self.retry_seconds = 5.0
+        # A snapshot that took longer than this to build is rebuilt in the background while the old one answers
+        # (seconds stale), instead of every query waiting: 15 s at 100k chunks, after each commit.
+        self.background_after_seconds = 1.0
+        self._rebuilding: set[str] = set()
         self._lock = threading.Lock()
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
@@ -117,7 +123,10 @@ class LexicalRetriever:
                 if not self.index.exists(collection):
                     return None
                 generation = self.index.generation(collection)
-                if not (cached and cached.generation == generation):
+                slow = cached is not None and cached.build_seconds > self.background_after_seconds
+                if slow and cached.generation != generation:
+                    self._rebuild_in_background(collection, generation)
+                elif not (cached and cached.generation == generation):
                     cached = self._snapshots[collection] = self._build(collection, generation)
             except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
                 if cached is None:
@@ -128,7 +137,27 @@ class LexicalRetriever:
             cached.checked = now
             return cached
 
+    def _rebuild_in_background(self, collection: str, generation: str | None) -> None:
+        """Called under the lock; at most one rebuild per collection runs at a time."""
+        if collection in self._rebuilding:
+            return
+        self._rebuilding.add(collection)
+
+        def rebuild() -> None:
+            try:
+                snapshot = self._build(collection, generation)
+                with self._lock:
+                    self._snapshots[collection] = snapshot
+            except Exception as exc:  # the stale snapshot keeps answering; the next check tries again
+                log.warning("background rebuild of the BM25 snapshot of %s failed: %s", collection, exc)
+            finally:
+                with self._lock:
+                    self._rebuilding.discard(collection)
+
+        threading.Thread(target=rebuild, name=f"bm25-{collection}", daemon=True).start()
+
     def _build(self, collection: str, generation: str | None) -> _Snapshot:
+        started = time.monotonic()
         ids, texts, metadatas = [], [], []
         # Pages can straddle a concurrent commit; `generation` was read before the first page, so the next check
         # sees the newer token and rebuilds.
@@ -158,4 +187,5 @@ class LexicalRetriever:
                 groups[group].append(row)
         return _Snapshot(generation, ids, texts, metadatas, postings,
                          np.array([m.get("tenant", "") for m in metadatas], dtype=object),
-                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic())
+                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic(),
+                         time.monotonic() - started)

@@ -148,3 +148,20 @@ def test_a_failing_store_is_not_asked_again_on_every_query(index_settings):
     with pytest.raises(Unavailable):
         lexical.search("anything", collection="docs")
     assert asked == ["docs", "docs"]
+
+
+def test_a_slow_snapshot_is_rebuilt_in_the_background_while_the_old_one_answers(setup):
+    runtime, lexical, collection, root = setup
+    lexical.refresh_seconds = 0.0
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))
+    lexical.background_after_seconds = -1.0  # treat every build as slow
+    (root / "json.md").write_text("# json\n\nThe json module now documents orjson compatibility.\n")
+    ingest([str(root / "json.md")], runtime, collection=collection, tenant="acme")
+    # the first query after the commit is answered at once from the old snapshot ...
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))
+    # ... and the new one takes over when its background build is done
+    deadline = time.monotonic() + 30
+    while not lexical.search("orjson", collection=collection, caller=Caller("acme")):
+        assert time.monotonic() < deadline, "the background rebuild never landed"
+        time.sleep(0.05)
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme")) == []
