@@ -11,11 +11,9 @@ import re
 from collections import Counter
 
 from ragfn.context import Passage
-from ragfn.lexical import tokenize
+from ragfn.lexical import query_terms, tokenize
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(\[])|\n\s*\n")
-_STOP = {"a", "an", "the", "is", "are", "was", "be", "to", "of", "in", "on", "for", "and", "or", "it", "i", "do",
-         "does", "how", "what", "why", "when", "can", "you", "my", "with", "this", "that", "there", "as", "at", "by"}
 
 
 def sentences(text: str) -> list[str]:
@@ -24,7 +22,7 @@ def sentences(text: str) -> list[str]:
 
 def extractive_answer(question: str, passages: list[Passage], *, max_sentences: int = 3) -> str:
     """The sentences that share the most (rare) words with the question, in reading order, each cited."""
-    terms = {t for t in tokenize(question) if t not in _STOP}
+    terms = set(query_terms(question))  # stemmed content words, as BM25 sees them
     candidates = [(p.number, i, s) for p in passages for i, s in enumerate(sentences(p.text))]
     if not candidates:
         return "I could not find anything about that in the documents."
