@@ -10,3 +10,4 @@ fi
 [ -x .venv/bin/python ] || uv venv --quiet --python 3.11 .venv
 uv pip install --quiet --python .venv -e ".[${extras}]" "$@"
 .venv/bin/python scripts/fetch_models.py >/dev/null
+.venv/bin/python scripts/fetch_llm.py >/dev/null

