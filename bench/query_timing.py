@@ -47,12 +47,7 @@ def interleaved(systems: dict[str, Callable[[object], object]], items: list, rep
                 break
         if stopped:
             break
-    # the machine is shared: the load average says how busy it was while these samples were taken
-    extra = {"stopped_at_time_budget": stopped, "loadavg_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
-    result = {name: summary(s) | extra for name, s in samples.items()}
-    log(f"   {label}: " + ", ".join(f"{n} p50 {r['p50_ms']:.2f} ms" for n, r in result.items() if r["n"])
-        + f" (load {load:.1f} -> {os.getloadavg()[0]:.1f})" + (" (time budget reached)" if stopped else ""))
-    return result
+    return _summaries(samples, stopped, load, label)
 
 
 def in_blocks(setups: dict[str, Callable[[], None]], call: Callable[[object], object], items: list, reps: int,
@@ -71,6 +66,11 @@ def in_blocks(setups: dict[str, Callable[[], None]], call: Callable[[object], ob
         if time.monotonic() > deadline:
             stopped = rep < reps - 1
             break
+    return _summaries(samples, stopped, load, label)
+
+
+def _summaries(samples: dict[str, list[float]], stopped: bool, load: float, label: str) -> dict[str, dict]:
+    # the machine is shared: the load average says how busy it was while these samples were taken
     extra = {"stopped_at_time_budget": stopped, "loadavg_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
     result = {name: summary(s) | extra for name, s in samples.items()}
     log(f"   {label}: " + ", ".join(f"{n} p50 {r['p50_ms']:.2f} ms" for n, r in result.items() if r["n"])

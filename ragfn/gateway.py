@@ -33,12 +33,12 @@ from ragfn.errors import RagfnError, Unavailable
 from ragfn.llm import LLM, PROMPT_VERSION, ExtractiveLLM, build_messages, citations
 from ragfn.runtime import Runtime
 from ragfn.search import Caller, Hit
-from ragfn.stages import AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, gateway_breaker
+from ragfn.stages import (AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, gateway_breaker,
+                          retrieval_attributes)
 from ragfn.telemetry import iterate_in_span, tracer
 
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
                 "Please try again in a moment.")
-TOP_SCORES = 5  # how many retrieval scores a trace keeps
 
 
 class AskRequest(BaseModel):
@@ -255,9 +255,7 @@ class Gateway:
 
     @staticmethod
     def _retrieval_attributes(prepared: Prepared) -> dict:
-        return {"rag.retrieval.count": len(prepared.hits),
-                "rag.retrieval.top_scores": [round(hit.score, 4) for hit in prepared.hits[:TOP_SCORES]],
-                "rag.retrieval.passages": len(prepared.passages)}
+        return retrieval_attributes(prepared.hits, prepared.passages)
 
     def _annotate(self, span: trace.Span, prepared: Prepared) -> None:
         """The RAG attributes of the whole answer, on the `ragfn.ask` span, however the request ended."""

@@ -71,7 +71,7 @@ class HybridRetriever:
                                             vector=vector),
                  "lexical": self.lexical.search(question, collection=collection, top_k=depth, caller=caller)}
         fused = self._fuse(lists)
-        hits = {hit.chunk_id: hit for ranked in lists.values() for hit in reversed(ranked)}
+        hits = {hit.chunk_id: hit for ranked in lists.values() for hit in ranked}
         order = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], chunk_id))[:top_k]
         return [Hit(chunk_id=i, source=hits[i].source, text=hits[i].text, score=fused[i], metadata=hits[i].metadata)
                 for i in order]

@@ -20,6 +20,14 @@ from ragfn.search import Caller, Hit
 
 Mode = Literal["dense", "lexical", "hybrid"]
 CacheStatus = Literal["hit", "miss", "off"]
+TOP_SCORES = 5  # how many retrieval scores a trace keeps
+
+
+def retrieval_attributes(hits: list[Hit], passages: list[Passage]) -> dict:
+    """The RAG span attributes of one retrieval, wherever it ran (the retrieve function or the gateway)."""
+    return {"rag.retrieval.count": len(hits),
+            "rag.retrieval.top_scores": [round(hit.score, 4) for hit in hits[:TOP_SCORES]],
+            "rag.retrieval.passages": len(passages)}
 
 
 def gateway_breaker(name: str) -> CircuitBreaker:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragfn.handler import json_function
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
-from ragfn.stages import RetrievalQuery
+from ragfn.stages import RetrievalQuery, retrieval_attributes
 
 
 class RetrieveRequest(BaseModel):
@@ -33,9 +33,8 @@ def handle(request: RetrieveRequest, runtime: Runtime) -> dict:
     query = RetrievalQuery(request.question, Caller(request.tenant, tuple(request.groups)), request.collection,
                            request.top_k, request.mode, request.budget_tokens)
     retrieved = runtime.local_retrieval.retrieve(query)  # never runtime.retrieval: that may point back here
-    attributes = {"rag.retrieval.mode": request.mode, "rag.retrieval.count": len(retrieved.hits),
-                  "rag.retrieval.top_scores": [round(hit.score, 4) for hit in retrieved.hits[:5]],
-                  "rag.degraded": bool(retrieved.degraded)}
+    attributes = {"rag.retrieval.mode": request.mode, "rag.degraded": bool(retrieved.degraded),
+                  **retrieval_attributes(retrieved.hits, retrieved.passages)}
     if retrieved.degraded:
         attributes["rag.fallback.reason"] = "+".join(retrieved.degraded)
     trace.get_current_span().set_attributes(attributes)  # the function's span, opened by json_function
