@@ -1,27 +1,32 @@
 """Generation engines: one small protocol, an extractive engine (no model) and llama.cpp (any GGUF, CPU).
 
-An engine turns chat messages into a stream of text pieces. `load()` does the slow part once (the predictor's
-`load()` calls it and reports the time); `stream()` yields `Piece`s and stops early when the caller closes the
-iterator, which is how a client disconnect cancels generation.
+An engine turns chat messages (or a raw prompt) into a stream of text pieces. `load()` does the slow part once (the
+predictor's `load()` calls it, in a thread, and reports the time). A blocking engine has `stream()`, which yields
+`Piece`s and stops early when the caller closes the iterator; an asyncio engine (vLLM) has `astream()` instead, and
+stops when the async iterator is closed. Closing is how a client disconnect cancels generation. `concurrency` is how
+many generations the engine runs at once: the predictor queues requests beyond it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ragfn.errors import ConfigError
+from ragfn.errors import BadEvent, ConfigError
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    messages: list[dict]
+    messages: list[dict] = field(default_factory=list)  # chat messages, or
+    prompt: str | None = None  # a raw text prompt (/v1/completions): no chat template applied
     max_tokens: int = 256
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -33,16 +38,27 @@ class Piece:
 
 class Engine(Protocol):
     name: str
+    concurrency: int
 
     def load(self) -> None: ...
 
     def stream(self, request: GenerationRequest) -> Iterator[Piece]: ...
 
 
+class AsyncEngine(Protocol):
+    name: str
+    concurrency: int
+
+    def load(self) -> None: ...
+
+    def astream(self, request: GenerationRequest) -> AsyncIterator[Piece]: ...
+
+
 class ExtractiveEngine:
     """ragfn's extractive answer, word by word: deterministic, citing the numbered passages in the prompt."""
 
     name = "extractive"
+    concurrency = 8  # pure Python and fast: a few at once keep latency flat without starving the event loop
 
     def load(self) -> None:
         pass
@@ -50,7 +66,8 @@ class ExtractiveEngine:
     def stream(self, request: GenerationRequest) -> Iterator[Piece]:
         from ragfn.llm import ExtractiveLLM
 
-        text = ExtractiveLLM().complete(request.messages, max_tokens=request.max_tokens).text
+        messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
+        text = ExtractiveLLM().complete(messages, max_tokens=request.max_tokens).text
         for stop in request.stop:
             text = text.split(stop, 1)[0]
         words = text.split(" ")
@@ -69,7 +86,9 @@ class LlamaCppEngine:
     def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int | None = None) -> None:
         self.model_path, self.context_tokens, self.threads = Path(model_path), context_tokens, threads
         self.name = self.model_path.stem
+        self.concurrency = 1
         self._llama = None
+        self._template = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -83,22 +102,54 @@ class LlamaCppEngine:
                                 verbose=False)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp cannot load {self.model_path}: {exc}") from exc
+        self._template = self._chat_template()
+
+    def _chat_template(self):
+        """The GGUF's own chat template, as llama-cpp-python builds it, to count prompt tokens the way it renders."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        special = {}
+        for role, token in (("eos_token", self._llama.token_eos()), ("bos_token", self._llama.token_bos())):
+            special[role] = self._llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+        return Jinja2ChatFormatter(template=template, **special)
 
     def stream(self, request: GenerationRequest) -> Iterator[Piece]:
         if self._llama is None:
             raise ConfigError("the llama.cpp engine is not loaded", hint="call load() first")
         with self._lock:
-            chunks = self._llama.create_chat_completion(
-                messages=request.messages, max_tokens=request.max_tokens, temperature=request.temperature,
-                stop=list(request.stop) or None, stream=True)
-            produced = 0
+            options = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                       "stop": list(request.stop) or None, "stream": True}
+            chunks = (self._llama.create_completion(request.prompt, **options) if request.prompt is not None
+                      else self._llama.create_chat_completion(messages=request.messages, **options))
+            parts: list[str] = []
             try:
                 for chunk in chunks:
                     choice = chunk["choices"][0]
-                    text = choice.get("delta", {}).get("content") or ""
-                    produced += bool(text)
-                    finish = choice.get("finish_reason")
-                    if text or finish:
-                        yield Piece(text, finish, {"completion_tokens": produced} if finish else {})
+                    text = (choice["text"] if "text" in choice else choice.get("delta", {}).get("content")) or ""
+                    parts.append(text)
+                    if finish := choice.get("finish_reason"):
+                        yield Piece(text, finish, self._usage(request, "".join(parts), finish))
+                    elif text:
+                        yield Piece(text)
+            except ValueError as exc:  # llama.cpp's "Requested tokens (N) exceed context window of M"
+                raise BadEvent(f"the prompt does not fit the model: {exc}",
+                               hint="shorten it, or raise RAGFN_LLM_CONTEXT_TOKENS") from exc
             finally:
                 chunks.close()  # a closed client stops the generation here, releasing the model
+
+    def _usage(self, request: GenerationRequest, text: str, finish: str) -> dict:
+        """Token counts after the fact (llama-cpp-python streams none), off the time-to-first-token path: the prompt
+        as the GGUF's chat template renders it; the completion as max_tokens when cut there, else its text's tokens."""
+        llama = self._llama
+        if request.prompt is not None:
+            prompt = request.prompt
+        elif self._template is not None:
+            prompt = self._template(messages=request.messages).prompt
+        else:
+            prompt = "\n".join(str(m.get("content") or "") for m in request.messages)
+        completion = request.max_tokens if finish == "length" else len(llama.tokenize(text.encode(), add_bos=False))
+        return {"prompt_tokens": len(llama.tokenize(prompt.encode(), add_bos=True, special=True)),
+                "completion_tokens": completion}

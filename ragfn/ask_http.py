@@ -9,9 +9,11 @@ import flask
 from pydantic import ValidationError
 
 from ragfn.auth import ApiKeys, Unauthorized, authorize
-from ragfn.errors import BadEvent, ConfigError, RagfnError
+from ragfn.config import load_settings
+from ragfn.errors import BadEvent, ConfigError, RagfnError, problems
 from ragfn.gateway import AskRequest
-from ragfn.handler import LazyRuntime, decode_json, error_response, guarded, problems
+from ragfn.handler import LazyRuntime, decode_json, error_response, guarded
+from ragfn.keepalive import KeepAlive
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
 from ragfn.telemetry import context_from_headers
@@ -70,15 +72,35 @@ class AskService:
                               headers=headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def warmup(runtime: Runtime) -> flask.Response:
+    """A chat opened, or the keep-alive PingSource fired: wake the predictor in the background, answer at once.
+
+    No credentials needed: it reveals only whether the model is warm, and starts at most one warm-up at a time."""
+    warmth = runtime.warmth
+    if warmth is None:
+        return flask.jsonify({"llm": runtime.llm.name, "state": "ready", "warming": False})
+    warmth.ping()
+    return flask.Response(json.dumps({"llm": runtime.settings.llm_url, **warmth.describe()}), status=202,
+                          mimetype="application/json")
+
+
 def ask_view():
     lazy = LazyRuntime("ragfn-ask")
     services: list[AskService] = []
+    try:
+        schedule = load_settings().keepalive_schedule
+    except ConfigError:
+        schedule = None  # the first request reports what is wrong with the settings
+    if schedule:  # the laptop's keep-alive; in a cluster the PingSource in eventing/sources does this
+        KeepAlive(schedule, lambda: warmup(lazy.get())).start()
 
     def view(request: flask.Request) -> flask.Response:
+        if request.path.rstrip("/") == "/v1/warmup":
+            return guarded("ask", lambda: warmup(lazy.get()), lambda: None)
         if request.method == "GET":
             return flask.jsonify({"function": "ask", "ready": True})
         if request.path.rstrip("/") not in ("/v1/ask", ""):
-            return error_response(BadEvent(f"no route {request.path}", hint="POST /v1/ask"))
+            return error_response(BadEvent(f"no route {request.path}", hint="POST /v1/ask or /v1/warmup"))
 
         def run() -> flask.Response:
             if not services:

@@ -39,9 +39,17 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(60.0, gt=0)
 
     llm_url: str | None = Field(None, description="OpenAI-compatible base URL (the predictor); extractive when unset")
-    llm_model: str = "ragfn"
+    llm_served_name: str = Field("ragfn", description="the model name the predictor serves (its --model_name)")
     llm_api_key: str | None = None
     llm_timeout_seconds: float = Field(30.0, gt=0)
+    llm_cold_wait_seconds: float = Field(1.0, ge=0, description="how long a question waits for a cold predictor "
+                                         "before the extractive engine answers it (marked cold-start)")
+    llm_fresh_seconds: float = Field(60.0, gt=0, description="trust the predictor's last answer this long; then "
+                                     "probe first (Knative may have scaled it to zero)")
+    llm_warmup_give_up_seconds: float = Field(600.0, gt=0, description="a cold predictor that is not ready after "
+                                              "this long is reported down (llm-unavailable), not warming up")
+    keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
+                                           "pings from the gateway; the cluster uses a PingSource instead")
 
     retrieve_url: str | None = Field(None, description="the retrieve function's URL; retrieval in-process when unset")
     retrieve_timeout_seconds: float = Field(10.0, gt=0, description="the gateway's limit for one retrieve call")

@@ -66,6 +66,11 @@ class RateLimited(Unavailable):
     status = 429
 
 
+def problems(exc) -> str:
+    """The first few of a pydantic ValidationError's errors as `field.path: message`, for a 400 a person can act on."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
+
+
 def is_retryable_status(status: int) -> bool:
     """Knative's delivery spec: retry 404, 408, 409, 429 and 5xx; everything else is final."""
     return status in (404, 408, 409, 429) or status >= 500

@@ -2,7 +2,8 @@
 
     vector store down     -> lexical results only           degraded: "vector-store-unavailable"
     retrieve service down -> no passages, no LLM call        degraded: "retrieve-unavailable"
-    LLM down or cold      -> the extractive engine           degraded: "llm-unavailable"
+    LLM cold or loading   -> the extractive engine           degraded: "cold-start" (a warm-up runs meanwhile)
+    LLM down (a call failed, or warm-ups gave up) -> the extractive engine   degraded: "llm-unavailable"
     Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
 Retrieval and the cache run in this process or as remote functions (`ragfn.stages`, `ragfn.remote`); each, and
 the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
@@ -36,7 +37,10 @@ from ragfn.search import Caller, Hit
 from ragfn.stages import (AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, gateway_breaker,
                           retrieval_attributes)
 from ragfn.telemetry import iterate_in_span, tracer
+from ragfn.warmup import PredictorWarmth
 
+COLD_START = {"degraded": "cold-start", "message": "the model is warming up; answering from the passages meanwhile"}
+LLM_DOWN = {"degraded": "llm-unavailable", "message": "the model is unavailable; answering from the passages"}
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
                 "Please try again in a moment.")
 
@@ -83,9 +87,11 @@ def _failed(span: trace.Span, exc: BaseException, reason: str) -> None:
 
 class Gateway:
     def __init__(self, runtime: Runtime, llm: LLM, *, fallback: LLM | None = None,
-                 retrieval: Retrieval | None = None, cache: AnswerCache | None = None) -> None:
+                 retrieval: Retrieval | None = None, cache: AnswerCache | None = None,
+                 warmth: PredictorWarmth | None = None, cold_wait_seconds: float = 1.0) -> None:
         self.runtime = runtime
         self.llm = llm
+        self.warmth, self.cold_wait_seconds = warmth, cold_wait_seconds
         self.fallback = fallback or ExtractiveLLM()
         self.retrieval = retrieval or runtime.retrieval
         self.cache = cache or runtime.answer_cache
@@ -154,12 +160,7 @@ class Gateway:
                     return self._result(prepared, NO_RETRIEVAL, [])
                 started = time.perf_counter()
                 with self._stage("ragfn.ask.llm", self.llm_remote, **{"rag.llm.model": self.llm.name}) as llm_span:
-                    try:
-                        completion = self.breakers["llm"].call(self.llm.complete, prepared.messages,
-                                                               max_tokens=request.max_tokens)
-                    except Unavailable as exc:
-                        self._fall_back(llm_span, exc, prepared)
-                        completion = self.fallback.complete(prepared.messages, max_tokens=request.max_tokens)
+                    completion, _ = self._call_llm(llm_span, prepared, "complete", request.max_tokens)
                 self._timed(prepared, "generate", started)
                 cited = [_citation_json(p) for p in citations(completion.text, prepared.passages)]
                 self._store(request, prepared, completion.text, cited, completion.finish_reason == "length")
@@ -200,23 +201,20 @@ class Gateway:
         llm_span = tracer().start_span("ragfn.ask.llm", kind=trace.SpanKind.CLIENT if self.llm_remote else
                                        trace.SpanKind.INTERNAL,
                                        attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
-        fell_back = False
         try:
             with trace.use_span(llm_span):
-                try:
-                    deltas = self.breakers["llm"].call(self.llm.stream, prepared.messages,
-                                                       max_tokens=request.max_tokens)
-                except Unavailable as exc:
-                    self._fall_back(llm_span, exc, prepared)
-                    deltas, fell_back = self.fallback.stream(prepared.messages, max_tokens=request.max_tokens), True
-            if fell_back:
-                yield "status", {"degraded": "llm-unavailable", "message": "the model is warming up or down; "
-                                 "answering from the passages"}
+                deltas, status = self._call_llm(llm_span, prepared, "stream", request.max_tokens)
+            if status:
+                yield "status", status
             parts = []
             try:
                 for delta in deltas:
                     parts.append(delta)
                     yield "token", delta
+            except Unavailable:
+                if self.warmth:
+                    self.warmth.failed()
+                raise
             finally:
                 getattr(deltas, "close", lambda: None)()  # a client that went away cancels the upstream stream
         except Exception as exc:
@@ -232,10 +230,27 @@ class Gateway:
         self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
         yield "final", self._final(prepared)
 
-    def _fall_back(self, span: trace.Span, exc: Unavailable, prepared: Prepared) -> None:
-        _failed(span, exc, "llm-unavailable")
+    def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int):
+        """The LLM's `complete` or `stream`, or the fallback's with the status to show: cold-start when the predictor
+        is still warming up (nobody waits for a model to load), llm-unavailable when a call to it failed."""
+        if self.warmth is not None and not self.warmth.ready(self.cold_wait_seconds):
+            status = LLM_DOWN if self.warmth.gave_up else COLD_START
+            span.set_attribute("rag.fallback.reason", status["degraded"])
+        else:
+            try:
+                result = self.breakers["llm"].call(getattr(self.llm, method), prepared.messages, max_tokens=max_tokens)
+            except Unavailable as exc:
+                if self.warmth is not None:
+                    self.warmth.failed()
+                _failed(span, exc, "llm-unavailable")
+                status = LLM_DOWN
+            else:
+                if self.warmth is not None:
+                    self.warmth.seen_ready()
+                return result, None
         span.set_attribute("rag.llm.engine", self.fallback.name)
-        prepared.degraded.append("llm-unavailable")
+        prepared.degraded.append(status["degraded"])
+        return getattr(self.fallback, method)(prepared.messages, max_tokens=max_tokens), status
 
     def _store(self, request: AskRequest, prepared: Prepared, text: str, cited: list[dict], partial: bool) -> None:
         prepared.cited = len(cited)

@@ -27,7 +27,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from ragfn.config import load_settings
-from ragfn.errors import BadEvent, RagfnError
+from ragfn.errors import BadEvent, RagfnError, problems
 from ragfn.publish import StageResult
 from ragfn.runtime import Runtime
 from ragfn.telemetry import configure_tracing, context_from_event, tracer
@@ -91,11 +91,6 @@ def validate(event: InboundEvent, accepts: Mapping[str, type[BaseModel] | None])
         return InboundEvent(event.type, event.id, event.time, model.model_validate(event.data), event.attributes)
     except ValidationError as exc:
         raise BadEvent(f"invalid {event.type} data: {problems(exc)}") from exc
-
-
-def problems(exc: ValidationError) -> str:
-    """The first few validation errors as `field.path: message`, for a 400 a person can act on."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
 
 
 def error_response(error: RagfnError, event: InboundEvent | None = None) -> flask.Response:

@@ -67,7 +67,7 @@ class OpenAIChatClient(LLM):
             raise ConfigError(f"LLM base URL {base_url!r} is not http(s)", hint="e.g. http://predictor/v1")
         self.base_url = base_url.rstrip("/")
         self.model = self.name = model
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # connect fails fast (nothing listening); read is the longest silence tolerated between two stream chunks
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._http = http or httpx.Client()  # a shared client keeps connections to the predictor alive
@@ -91,22 +91,26 @@ class OpenAIChatClient(LLM):
         response = self._post(messages, max_tokens, stop, temperature, stream=True)
         return TextStream(response, self.base_url)
 
-    def warmup(self, timeout: float | None = None) -> bool:
-        """Wake a scaled-to-zero predictor; True when it answered `GET /models` with 200. Never raises."""
-        try:
-            response = self._http.get(f"{self.base_url}/models", headers=self._headers,
-                                      timeout=self._timeout if timeout is None else httpx.Timeout(timeout))
-            return response.status_code == 200
-        except Exception:  # noqa: BLE001 - a failed warm-up only means the first real request will wait
-            return False
+    def stream_prompt(self, prompt: str, *, max_tokens: int, stop: list[str] | None = None,
+                      temperature: float = 0.0) -> TextStream:
+        """A raw text completion (`/completions`, no chat template), streamed like `stream`."""
+        response = self._post(None, max_tokens, stop, temperature, stream=True, prompt=prompt)
+        return TextStream(response, self.base_url)
 
-    def _post(self, messages: list[dict], max_tokens: int, stop: list[str] | None, temperature: float,
-              stream: bool) -> httpx.Response:
-        url = f"{self.base_url}/chat/completions"
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                "stream": stream, **({"stop": stop} if stop else {})}
+    def warmup(self, timeout: float = 5.0) -> bool:
+        """Wake a scaled-to-zero server; True when it is ready (`ragfn.warmup.probe`). Never raises."""
+        from ragfn.warmup import probe
+
+        return probe(self._http, self.base_url, wait=0, timeout=timeout, headers=self.headers) == "ready"
+
+    def _post(self, messages: list[dict] | None, max_tokens: int, stop: list[str] | None, temperature: float,
+              stream: bool, prompt: str | None = None) -> httpx.Response:
+        url = f"{self.base_url}/{'chat/completions' if prompt is None else 'completions'}"
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature, "stream": stream,
+                **({"messages": messages} if prompt is None else {"prompt": prompt}), **({"stop": stop} if stop else {}),
+                **({"stream_options": {"include_usage": True}} if stream else {})}
         try:
-            request = self._http.build_request("POST", url, json=body, headers=self._headers, timeout=self._timeout)
+            request = self._http.build_request("POST", url, json=body, headers=self.headers, timeout=self._timeout)
             response = self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _transport_error(exc, url) from exc
@@ -140,6 +144,7 @@ class TextStream(Iterator[str]):
         self._response, self._source = response, source
         self._deltas = self._parse()
         self.finish_reason: str | None = None  # "length": cut by max_tokens
+        self.usage: dict = {}  # the server's token counts, when it sends them (stream_options.include_usage)
 
     def __next__(self) -> str:
         try:
@@ -164,9 +169,11 @@ class TextStream(Iterator[str]):
                     chunk = json.loads(data)
                     if isinstance(chunk, dict) and chunk.get("error"):  # failures after the 200 come as an event
                         raise Unavailable(f"LLM at {self._source} failed mid-stream: {chunk['error']}")
+                    self.usage = chunk.get("usage") or self.usage
                     for choice in chunk["choices"]:  # [] in usage-only chunks
                         self.finish_reason = choice.get("finish_reason") or self.finish_reason
-                        if content := (choice.get("delta") or {}).get("content"):
+                        # chat chunks carry delta.content, text completions carry text
+                        if content := choice.get("text") or (choice.get("delta") or {}).get("content"):
                             yield content
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise Unavailable(f"malformed server-sent event from {self._source}: {data[:200]!r}") from exc

@@ -125,14 +125,27 @@ class Runtime:
 
         if not self.settings.llm_url:
             return ExtractiveLLM()
-        return OpenAIChatClient(self.settings.llm_url, self.settings.llm_model, api_key=self.settings.llm_api_key,
-                                read_timeout=self.settings.llm_timeout_seconds, http=self.http)
+        return OpenAIChatClient(self.settings.llm_url, self.settings.llm_served_name,
+                                api_key=self.settings.llm_api_key, read_timeout=self.settings.llm_timeout_seconds,
+                                http=self.http)
+
+    @cached_property
+    def warmth(self):
+        """The gateway's view of a remote predictor's warmth; None for the in-process extractive engine."""
+        from ragfn.warmup import PredictorWarmth
+
+        if not self.settings.llm_url:
+            return None
+        llm = self.llm
+        return PredictorWarmth(self.http, llm.base_url, headers=llm.headers,
+                               fresh_seconds=self.settings.llm_fresh_seconds,
+                               give_up_seconds=self.settings.llm_warmup_give_up_seconds)
 
     @cached_property
     def gateway(self):
         from ragfn.gateway import Gateway
 
-        return Gateway(self, self.llm)
+        return Gateway(self, self.llm, warmth=self.warmth, cold_wait_seconds=self.settings.llm_cold_wait_seconds)
 
     @cached_property
     def token_counter(self):

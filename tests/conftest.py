@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import random
 import socket
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -143,3 +146,99 @@ def unique_collection(request: pytest.FixtureRequest) -> str:
     import hashlib
 
     return "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+
+
+class PredictorProcess:
+    """`python -m inference` as a real KServe ModelServer on a free port; its log is kept for failures."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], *, model_name: str = "smollm",
+                 port: int | None = None) -> None:
+        self.port, self.model_name = port or free_port_block(1), model_name
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_dir / f"predictor-{self.port}.log"
+        self.env, self.process = env, None
+
+    def start(self, wait: bool = True) -> PredictorProcess:
+        import os
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFN_LLM_")} | self.env
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "inference", "--http_port", str(self.port), "--model_name", self.model_name],
+            cwd=REPO, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"predictor exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.post(f"{self.base_url}/warmup", params={"wait": 5}, timeout=10).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"predictor not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def llamacpp_env(gguf: Path, **extra: str) -> dict[str, str]:
+    return {"RAGFN_LLM_ENGINE": "llamacpp", "RAGFN_LLM_MODEL": str(gguf), "RAGFN_LLM_THREADS": "2", **extra}
+
+
+@pytest.fixture(scope="session")
+def predictor(gguf_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2 through KServe's ModelServer, one generation at a time (the llama.cpp default)."""
+    server = PredictorProcess(tmp_path_factory.mktemp("predictor"), llamacpp_env(gguf_model)).start()
+    yield server
+    server.stop()
+
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+KEYS = {"key-acme": {"tenant": "acme", "groups": ["eng"], "name": "acme-app"},
+        "key-globex": {"tenant": "globex", "groups": ["eng"], "name": "globex-app"}}
+DOC = "# Lists\n\nTo sort a list in place, call list.sort(). The sorted() built-in returns a new list.\n"
+
+
+@pytest.fixture
+def gateway(ragfn_env, tmp_path, monkeypatch):
+    """The ask function (functions-framework test client) over two tenants' copies of one document."""
+    from ragfn.ingest import ingest
+    from ragfn.runtime import Runtime
+
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({hashlib.sha256(k.encode()).hexdigest(): v for k, v in KEYS.items()}))
+    monkeypatch.setenv("RAGFN_API_KEYS_FILE", str(keys_file))
+    runtime = Runtime(ragfn_env)
+    for tenant in ("acme", "globex"):
+        (tmp_path / tenant).mkdir()
+        (tmp_path / tenant / "lists.md").write_text(DOC if tenant == "acme" else DOC.replace("sort", "order"))
+        ingest([str(tmp_path / tenant / "lists.md")], runtime, tenant=tenant)
+
+    def client(**env: str):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        from functions_framework import create_app
+
+        return create_app(target="handle", source=str(REPO / "functions" / "ask" / "main.py"),
+                          signature_type="http").test_client()
+
+    server = redis.Redis.from_url(REDIS_URL)
+    server.flushdb()
+    yield client, tmp_path
+    server.flushdb()
+
+
+def ask(client, question: str, key: str = "key-acme", **extra):
+    return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})

@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
-import redis
-from functions_framework import create_app
 
+from conftest import DOC, REDIS_URL, ask
 from ragfn.ingest import ingest
 from ragfn.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/12"
-KEYS = {"key-acme": {"tenant": "acme", "groups": ["eng"], "name": "acme-app"},
-        "key-globex": {"tenant": "globex", "groups": ["eng"], "name": "globex-app"}}
-DOC = "# Lists\n\nTo sort a list in place, call list.sort(). The sorted() built-in returns a new list.\n"
-
-
-@pytest.fixture
-def gateway(ragfn_env, tmp_path, monkeypatch):
-    keys_file = tmp_path / "keys.json"
-    keys_file.write_text(json.dumps({hashlib.sha256(k.encode()).hexdigest(): v for k, v in KEYS.items()}))
-    monkeypatch.setenv("RAGFN_API_KEYS_FILE", str(keys_file))
-    runtime = Runtime(ragfn_env)
-    for tenant in ("acme", "globex"):
-        (tmp_path / tenant).mkdir()
-        (tmp_path / tenant / "lists.md").write_text(DOC if tenant == "acme" else DOC.replace("sort", "order"))
-        ingest([str(tmp_path / tenant / "lists.md")], runtime, tenant=tenant)
-
-    def client(**env: str):
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        return create_app(target="handle", source=str(REPO / "functions" / "ask" / "main.py"),
-                          signature_type="http").test_client()
-
-    server = redis.Redis.from_url(REDIS_URL)
-    server.flushdb()
-    yield client, tmp_path
-    server.flushdb()
-
-
-def ask(client, question: str, key: str = "key-acme", **extra):
-    return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})
 
 
 def test_answers_with_citations_and_an_in_process_cache_without_redis(gateway):
@@ -83,10 +51,15 @@ def test_streaming_sends_tokens_then_citations_then_a_final_record(gateway):
 
 def test_degrades_when_the_llm_and_redis_are_down(gateway):
     client, _ = gateway
-    app = client(RAGFN_LLM_URL="http://127.0.0.1:1/v1", RAGFN_REDIS_URL="redis://127.0.0.1:1/0")
+    # nothing answers at the LLM URL: first it counts as starting (cold-start), then, given up on, as down
+    app = client(RAGFN_LLM_URL="http://127.0.0.1:1/v1", RAGFN_REDIS_URL="redis://127.0.0.1:1/0",
+                 RAGFN_LLM_COLD_WAIT_SECONDS="0.2", RAGFN_LLM_WARMUP_GIVE_UP_SECONDS="1")
     body = ask(app, "How do I sort a list?").get_json()
-    assert body["degraded"] == "cache-unavailable+llm-unavailable"
+    assert body["degraded"] == "cache-unavailable+cold-start"
     assert "[1]" in body["answer"] and body["citations"]
+    streamed = ask(app, "How do I sort a list?", stream=True).get_data(as_text=True)
+    assert "event: status" in streamed and "warming up" in streamed
+    time.sleep(1.5)
     streamed = ask(app, "How do I sort a list?", stream=True).get_data(as_text=True)
     assert "event: status" in streamed and "llm-unavailable" in streamed
 

@@ -118,7 +118,7 @@ def cluster(tmp_path_factory, model_dir, chroma_server):
     ask = Service("ask", "ask", base | {
         "RAGFN_HOME": str(root / "ask"), "RAGFN_API_KEYS_FILE": str(keys), "RAGFN_RETRIEVE_URL": retrieve.url,
         "RAGFN_CACHE_URL": cache.url, "RAGFN_RETRIEVE_TIMEOUT_SECONDS": "30", "RAGFN_CACHE_TIMEOUT_SECONDS": "20",
-        "RAGFN_LLM_URL": chat.base_url, "RAGFN_LLM_MODEL": "extractive", "RAGFN_LLM_API_KEY": API_KEY}, root)
+        "RAGFN_LLM_URL": chat.base_url, "RAGFN_LLM_SERVED_NAME": "extractive", "RAGFN_LLM_API_KEY": API_KEY}, root)
     services = {"retrieve": retrieve, "cache": cache, "ask": ask}
     try:
         for service in services.values():

@@ -1,0 +1,124 @@
+"""Cold starts and keep-alive: the gateway with the predictor down, then up; warm-up pings; the keep-alive timer."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import PredictorProcess, ask, free_port_block, llamacpp_env
+from ragfn.errors import ConfigError
+from ragfn.keepalive import KeepAlive, parse_schedule
+from ragfn.llm import citations, parse_messages
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "How do I sort a list?"
+
+
+def events(response) -> list[tuple[str, object]]:
+    blocks = response.get_data(as_text=True).strip().split("\n\n")
+    return [(name.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
+            for name, data in (block.split("\n", 1) for block in blocks)]
+
+
+@pytest.mark.integration
+def test_the_gateway_answers_while_the_predictor_is_down_and_uses_it_once_up(gateway, gguf_model, tmp_path):
+    client, _ = gateway
+    predictor = PredictorProcess(tmp_path, llamacpp_env(gguf_model), port=free_port_block(1))
+    app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm", RAGFN_LLM_COLD_WAIT_SECONDS="0.3")
+    try:
+        cold = events(ask(app, QUESTION, stream=True))
+        assert cold[0] == ("status", {"degraded": "cold-start",
+                                      "message": "the model is warming up; answering from the passages meanwhile"})
+        assert cold[-1][0] == "final" and cold[-1][1]["degraded"] == "cold-start"
+        assert "[1]" in "".join(data for name, data in cold if name == "token")  # the extractive answer cites
+        assert ask(app, QUESTION).get_json()["degraded"] == "cold-start"  # and is not cached as if it were whole
+
+        predictor.start()  # the gateway's background warm-up notices it on its own
+        deadline = time.monotonic() + 30
+        while (warm := events(ask(app, QUESTION, stream=True)))[-1][1]["degraded"] is not None:
+            assert time.monotonic() < deadline, predictor.log()
+            time.sleep(0.3)
+        assert [name for name, _ in warm][-2:] == ["citations", "final"] and "status" not in dict(warm)
+        text = "".join(data for name, data in warm if name == "token")
+        # the predictor's own greedy answer to the gateway's prompt, token for token, and its [n] mapped to sources
+        messages = _prompt()
+        direct = httpx.post(f"{predictor.base_url}/chat/completions", timeout=60, json={
+            "messages": messages, "max_tokens": 256, "temperature": 0}).json()["choices"][0]["message"]["content"]
+        assert text == direct and len([name for name, _ in warm if name == "token"]) > 3
+        passages = parse_messages(messages)[1]
+        assert [c["n"] for c in dict(warm)["citations"]] == [p.number for p in citations(text, passages)]
+    finally:
+        predictor.stop()
+
+
+def _prompt() -> list[dict]:
+    """The messages the gateway sends for QUESTION: rebuilt from what it retrieves (the same runtime settings)."""
+    from ragfn.config import load_settings
+    from ragfn.gateway import AskRequest
+    from ragfn.runtime import Runtime
+    from ragfn.search import Caller
+
+    runtime = Runtime(load_settings())
+    prepared = runtime.gateway.prepare(AskRequest(question=QUESTION, top_k=8), Caller("acme", ("eng",)))
+    return prepared.messages
+
+
+@pytest.mark.integration
+def test_a_warmup_ping_wakes_the_predictor_without_waiting(gateway, gguf_model, tmp_path):
+    client, _ = gateway
+    predictor = PredictorProcess(tmp_path, llamacpp_env(gguf_model), port=free_port_block(1))
+    app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm")
+    try:
+        started = time.monotonic()
+        answer = app.post("/v1/warmup")  # what the chat UI sends when a session opens; no credentials needed
+        assert answer.status_code == 202 and time.monotonic() - started < 1
+        assert answer.get_json()["warming"] is True
+        assert app.post("/v1/warmup").get_json()["warming"] is True  # one warm-up at a time
+        predictor.start()
+        deadline = time.monotonic() + 30
+        while app.get("/v1/warmup").get_json()["state"] != "ready":
+            assert time.monotonic() < deadline, predictor.log()
+            time.sleep(0.2)
+        assert ask(app, QUESTION).get_json()["degraded"] is None
+    finally:
+        predictor.stop()
+
+
+@pytest.mark.integration
+def test_warmup_without_a_predictor_reports_the_in_process_engine(gateway):
+    client, _ = gateway
+    body = client().post("/v1/warmup").get_json()
+    assert body == {"llm": "extractive", "state": "ready", "warming": False}
+
+
+@pytest.mark.unit
+def test_the_keepalive_timer_pings_at_the_scheduled_times():
+    pings: list[float] = []
+    # a clock 0.3 s before the top of a minute, so "every minute" fires once, 0.3 s from now
+    base = datetime(2026, 11, 23, 9, 59, 59, 700000)
+    offset = base - datetime.now()
+    timer = KeepAlive("* 9-17 * * 1-5", lambda: pings.append(time.monotonic()),
+                      now=lambda: datetime.now() + offset).start()
+    try:
+        time.sleep(1.2)
+    finally:
+        timer.stop()
+    assert timer.fired == 1 and len(pings) == 1
+    weekend = parse_schedule("*/5 7-19 * * 1-5")(datetime(2026, 11, 21, 12, 0))  # a Saturday
+    assert weekend == datetime(2026, 11, 23, 7, 0)
+
+
+@pytest.mark.unit
+def test_the_pingsource_schedule_is_one_the_local_timer_understands():
+    source = yaml.safe_load((REPO / "eventing" / "sources" / "predictor-keepalive.yaml").read_text())
+    assert source["kind"] == "PingSource" and source["spec"]["sink"]["uri"] == "/v1/warmup"
+    assert parse_schedule(source["spec"]["schedule"])(datetime(2026, 11, 23, 6, 0)) == datetime(2026, 11, 23, 7, 0)
+    with pytest.raises(ConfigError, match="not a cron expression") as bad:
+        parse_schedule("every five minutes")
+    assert "5 fields" in bad.value.hint
