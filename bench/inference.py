@@ -4,9 +4,9 @@ on the same GGUF, the same prompts and the same threads, in the same run.
     .venv/bin/python bench/inference.py [--requests 8] [--max-tokens 64] [--rounds 2]
 
 For each concurrency (1 and 4) it reports time to first token (median, from sending the request to the first
-text) and tokens per second (all completion tokens over the wall time of the batch). Raw llama-cpp-python gets the
-same one-generation-at-a-time lock the engine has (a llama.cpp context is not re-entrant), so at concurrency 4 both
-queue the same way. The two sides run one after the other, never at once, alternating over `--rounds`.
+text) and tokens per second (all completion tokens over the wall time of the batch). Raw llama-cpp-python runs one
+generation at a time on one thread, as the engine does (a llama.cpp context is not re-entrant), so at concurrency 4
+both queue the same way. The two sides run one after the other, never at once, alternating over `--rounds`.
 Targets: at most 5 % fewer tokens per second and at most 10 ms more time to first token.
 """
 
@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,22 +46,28 @@ def prompts(count: int) -> list[list[dict]]:
 
 
 class RawLlama:
+    """llama-cpp-python used well: one model, and every generation on one long-lived thread, in arrival order.
+    (Taking turns on the model from several threads under a lock ran 2.5x slower here: see docs/benchmarks.md.)"""
+
     def __init__(self, model: Path, threads: int) -> None:
         from llama_cpp import Llama
 
         self.llama = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, verbose=False)
-        self.lock = threading.Lock()
+        self.generator = ThreadPoolExecutor(1)
 
     def one(self, messages: list[dict], max_tokens: int) -> tuple[float, int]:
         sent = time.perf_counter()
-        first, tokens = None, 0
-        with self.lock:
-            for chunk in self.llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0,
-                                                           stream=True):
-                if chunk["choices"][0].get("delta", {}).get("content"):
-                    first = first or time.perf_counter()
-                    tokens += 1
+        first, tokens = self.generator.submit(self._generate, messages, max_tokens).result()
         return first - sent, tokens
+
+    def _generate(self, messages: list[dict], max_tokens: int) -> tuple[float, int]:
+        first, tokens = None, 0
+        for chunk in self.llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0,
+                                                       stream=True):
+            if chunk["choices"][0].get("delta", {}).get("content"):
+                first = first or time.perf_counter()
+                tokens += 1
+        return first, tokens
 
 
 class Predictor:

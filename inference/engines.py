@@ -9,6 +9,7 @@ many generations the engine runs at once: the predictor queues requests beyond i
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -67,16 +68,12 @@ class ExtractiveEngine:
         from ragfn.llm import ExtractiveLLM
 
         messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
-        text = ExtractiveLLM().complete(messages, max_tokens=request.max_tokens).text
-        for stop in request.stop:
-            text = text.split(stop, 1)[0]
-        words = text.split(" ")
-        finish = "length" if len(words) > request.max_tokens else "stop"
-        words = words[:request.max_tokens]
-        for i, word in enumerate(words):
-            last = i == len(words) - 1
-            yield Piece(word if i == 0 else " " + word, finish if last else None,
-                        {"prompt_tokens": 0, "completion_tokens": len(words)} if last else {})
+        done = ExtractiveLLM().complete(messages, max_tokens=request.max_tokens, stop=list(request.stop))
+        words = re.findall(r"\s*\S+", done.text) or [""]  # words stand in for tokens: there is no tokenizer
+        for word in words[:-1]:
+            yield Piece(word)
+        yield Piece(words[-1], done.finish_reason,
+                    {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens})
 
 
 class LlamaCppEngine:

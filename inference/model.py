@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import kserve
@@ -47,6 +48,8 @@ class RagfnModel(kserve.Model):
         self.engine = engine
         self.metrics = metrics or PredictorMetrics(name)
         self.admission = Admission(concurrency or engine.concurrency, max_queue, queue_timeout, self.metrics)
+        # as many generation threads as slots, kept for the process's life (see inference/threads.py)
+        self.generators = ThreadPoolExecutor(self.admission.limit, thread_name_prefix="ragfn-generate")
         self.queue_timeout = queue_timeout
         self.load_seconds: float | None = None
         self.load_error: RagfnError | None = None
@@ -129,7 +132,7 @@ class RagfnModel(kserve.Model):
             async with self.admission.slot():
                 await self.wait_loaded(self.queue_timeout)
                 stream = (self.engine.astream(request) if hasattr(self.engine, "astream")
-                          else iterate_in_thread(lambda: self.engine.stream(request)))
+                          else iterate_in_thread(lambda: self.engine.stream(request), self.generators))
                 try:
                     outcome = "cancelled"
                     async for piece in stream:

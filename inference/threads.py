@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
 _END = object()
 
 
-async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Items of `make()`, produced in a thread. Closing this generator (a client disconnect) makes the thread stop
-    after its current item and close the blocking iterator, which is how llama.cpp stops generating.
+async def iterate_in_thread(make: Callable[[], Iterator[T]], executor: Executor) -> AsyncIterator[T]:
+    """Items of `make()`, produced on one of `executor`'s threads. Closing this generator (a client disconnect) makes
+    the thread stop after its current item and close the blocking iterator, which is how llama.cpp stops generating.
 
-    One thread per stream rather than `to_thread` per item: a hop per token would cost a pool round-trip each."""
+    The whole stream runs on one pooled thread rather than a `to_thread` hop per item (a pool round-trip per token).
+    The pool's threads are long-lived on purpose: llama.cpp called from ever-new or alternating OS threads runs
+    up to 2.5x slower here (each calling thread gets its own OpenMP team; see docs/benchmarks.md)."""
     loop = asyncio.get_running_loop()
     items: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
@@ -41,7 +44,7 @@ async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]
         else:
             put(_END)
 
-    threading.Thread(target=produce, name="ragfn-generate", daemon=True).start()
+    executor.submit(produce)
     try:
         while True:
             item, error = await items.get()

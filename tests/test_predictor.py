@@ -128,6 +128,17 @@ def test_a_client_that_disconnects_cancels_its_generation(predictor, client):
     assert time.monotonic() - started < 5
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_cancels_it_too(predictor):
+    before = metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled")
+    with pytest.raises(httpx.ReadTimeout):  # not streaming: the client hangs up while the answer is generated
+        httpx.post(f"{predictor.base_url}/chat/completions", timeout=httpx.Timeout(1.0), json={
+            "max_tokens": 400, "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]})
+    deadline = time.monotonic() + 10
+    while metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled") == before:
+        assert time.monotonic() < deadline, "the abandoned answer kept generating"
+        time.sleep(0.1)
+
+
 def test_metrics_report_latency_speed_and_load_time(predictor, client):
     client.chat.completions.create(model="smollm", messages=QUESTION, max_tokens=16)
     base = predictor.base_url
