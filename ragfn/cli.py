@@ -41,6 +41,8 @@ def _runtime(settings: Settings, *, dev: bool = False):
     if dev or (running and not settings.chroma_url):
         # A running `ragfn dev` serves RAGFN_HOME's Chroma folder; opening it embedded as well could corrupt it.
         settings = settings.model_copy(update={"chroma_url": (running or read_dev_state(settings))["chroma_url"]})
+    if running and running.get("predictor") and not settings.llm_url:  # answer with the dev stack's predictor
+        settings = settings.model_copy(update={"llm_url": running["predictor"]})
     return Runtime(settings)
 
 
@@ -137,16 +139,18 @@ def stats(
 @app.command("dev")
 def dev_command(
     host: str = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="broker port; the functions take the ports after it")] = 8080,
+    port: Annotated[int, typer.Option(help="broker port; the functions and the predictor take the 7 after it")] = 8080,
     chroma_port: Annotated[int, typer.Option(help="port for `chroma run` when RAGFN_CHROMA_URL is unset")] = 8000,
 ) -> None:
-    """Run the functions as HTTP servers behind the local broker until Ctrl-C."""
+    """Run the functions as HTTP servers behind the local broker, and the predictor, until Ctrl-C."""
     from ragfn.dev import DevPorts, run
 
     def ready(state: dict) -> None:
         err.print(f"ragfn dev ready: broker {state['broker']}, chroma {state['chroma_url']}")
         for name, url in state["functions"].items():
             err.print(f"  {name}: {url}")
+        if state.get("predictor"):
+            err.print(f"  predictor ({state['predictor_engine']}): {state['predictor']}")
         sys.stderr.flush()
 
     try:

@@ -1,7 +1,8 @@
-"""`ragfn dev`: chunk, embed and index as real functions-framework servers behind the local broker."""
+"""`ragfn dev`: the functions as real functions-framework servers behind the local broker, and the predictor."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -39,6 +40,10 @@ class DevPorts:
 
     def function(self, name: str) -> int:
         return self.broker + 1 + list(FUNCTIONS).index(name)
+
+    @property
+    def predictor(self) -> int:
+        return self.broker + 1 + len(FUNCTIONS)
 
 
 def repo_root() -> Path:
@@ -95,12 +100,14 @@ def check_ports_free(host: str, ports: list[int]) -> None:
                 busy.append(port)
     if busy:
         raise ConfigError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use",
-                          hint="choose others with --port (the functions take the next 6) and --chroma-port")
+                          hint="choose others with --port (the functions and the predictor take the next 7) "
+                               "and --chroma-port")
 
 
 def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
     root = repo_root()
     check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS)]
+                     + ([ports.predictor] if predictor_available() else [])
                      + ([] if settings.chroma_url else [ports.chroma]))
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
@@ -140,7 +147,39 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
         except Unavailable as exc:
             log = log_dir / f"{name.removeprefix('ragfn-')}.log"
             raise Unavailable(f"{name}: {exc}", hint=f"its log is {log}") from exc
-    return {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+    state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+    if predictor_available():
+        state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, processes)
+    return state
+
+
+def predictor_available() -> bool:
+    return importlib.util.find_spec("kserve") is not None  # ragfn[inference]; dev runs without it, answering extractively
+
+
+def predictor_engine(settings: Settings) -> dict[str, str]:
+    """RAGFN_LLM_ENGINE/MODEL when set; else the first GGUF under $RAGFN_HOME/models (scripts/fetch_llm.py puts
+    SmolLM2 there) on llama.cpp; else the model-free extractive engine."""
+    if os.environ.get("RAGFN_LLM_ENGINE"):
+        return {}
+    ggufs = sorted((settings.home / "models").glob("*.gguf"))
+    if ggufs:
+        return {"RAGFN_LLM_ENGINE": "llamacpp", "RAGFN_LLM_MODEL": str(ggufs[0].resolve())}
+    return {"RAGFN_LLM_ENGINE": "extractive"}
+
+
+def _launch_predictor(settings: Settings, root: Path, host: str, port: int, env: dict, log_dir: Path,
+                      processes: list[subprocess.Popen]) -> dict:
+    engine = predictor_engine(settings)
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "inference", "--http_port", str(port), "--model_name", settings.llm_served_name],
+        env=env | engine, cwd=str(root), stdout=(log_dir / "predictor.log").open("ab"), stderr=subprocess.STDOUT))
+    try:  # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
+        wait_ready(f"http://{host}:{port}/v2/health/live", processes[-1])
+    except Unavailable as exc:
+        raise Unavailable(f"predictor: {exc}", hint=f"its log is {log_dir / 'predictor.log'}") from exc
+    return {"predictor": f"http://{host}:{port}/v1",
+            "predictor_engine": engine.get("RAGFN_LLM_ENGINE", os.environ.get("RAGFN_LLM_ENGINE", ""))}
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:

@@ -38,10 +38,10 @@ def stack(tmp_path_factory, model_dir):
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     for key in ("RAGFN_CHROMA_URL", "K_SINK"):
         env.pop(key, None)
-    port = free_port_block(8)  # the broker, six functions, then Chroma
+    port = free_port_block(9)  # the broker, six functions, the predictor, then Chroma
     log = (root / "dev.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
-                                str(port + 7)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                str(port + 8)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     state_file = root / "home" / "dev.json"
     deadline = time.monotonic() + 120
     while not state_file.exists():
@@ -184,17 +184,32 @@ def test_prune_through_the_broker_removes_deleted_files(stack):
     assert stats(stack)["default"]["documents"] == before - 1
 
 
+def test_ask_answers_through_the_dev_stacks_predictor(stack):
+    docs = stack["root"] / "docs"
+    (docs / "predictor.md").write_text("# Predictor\n\nThe dev stack starts a KServe predictor next to the functions.\n")
+    assert cli(stack, "ingest", "--dev", str(docs / "predictor.md")).returncode == 0
+    wait_idle(stack)
+    predictor = stack["state"]["predictor"]
+    assert stack["state"]["predictor_engine"] == "extractive"  # no GGUF under this RAGFN_HOME/models
+    result = cli(stack, "ask", "What does the dev stack start?", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["degraded"] is None and "KServe predictor" in answer["answer"]
+    metrics = httpx.get(predictor.removesuffix("/v1") + "/metrics").text
+    assert 'ragfn_predictor_requests_total{model="ragfn",outcome="stop"}' in metrics
+
+
 def test_a_taken_port_is_named_before_anything_starts(tmp_path, model_dir):
     import socket
 
-    port = free_port_block(8)
+    port = free_port_block(9)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 3))  # the index function's port
         taken.listen()
         env = dict(os.environ, RAGFN_HOME=str(tmp_path / "home"), RAGFN_EMBED_MODEL_PATH=str(model_dir))
         env.pop("RAGFN_CHROMA_URL", None)
         done = subprocess.run([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
-                               str(port + 7)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+                               str(port + 8)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"port {port + 3} on 127.0.0.1 already in use" in done.stderr + done.stdout
     assert not (tmp_path / "home" / "logs" / "chroma.log").exists()  # nothing was started
