@@ -34,6 +34,26 @@ def metric(base_url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def cancelled(base_url: str) -> float:
+    return metric(base_url, "ragfn_predictor_requests_total", outcome="cancelled")
+
+
+def wait_until_cancelled(base_url: str, before: float, message: str) -> None:
+    deadline = time.monotonic() + 10
+    while cancelled(base_url) == before:
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def read_a_little_and_leave(client: openai.OpenAI, model: str) -> None:
+    """What a closed browser tab does: a long streamed answer, three chunks read, the connection dropped."""
+    stream = client.chat.completions.create(model=model, max_tokens=400, stream=True, messages=[
+        {"role": "user", "content": "Write a very long story about a dragon."}])
+    for _, _chunk in zip(range(3), stream):
+        pass
+    stream.close()
+
+
 def test_lists_its_model_and_is_ready(predictor, client):
     models = client.models.list()
     assert [m.id for m in models.data] == ["smollm"]
@@ -112,16 +132,9 @@ def test_concurrent_requests_queue_behind_the_engine(predictor, client):
 
 
 def test_a_client_that_disconnects_cancels_its_generation(predictor, client):
-    before = metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled")
-    stream = client.chat.completions.create(model="smollm", max_tokens=400, stream=True, messages=[
-        {"role": "user", "content": "Write a very long story about a dragon."}])
-    for _, _chunk in zip(range(3), stream):
-        pass
-    stream.close()
-    deadline = time.monotonic() + 10
-    while metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled") == before:
-        assert time.monotonic() < deadline, "the generation was not cancelled"
-        time.sleep(0.1)
+    before = cancelled(predictor.base_url)
+    read_a_little_and_leave(client, "smollm")
+    wait_until_cancelled(predictor.base_url, before, "the generation was not cancelled")
     assert metric(predictor.base_url, "ragfn_predictor_requests_in_flight") == 0
     started = time.monotonic()  # the model is free again: a short answer does not wait for 400 tokens
     client.chat.completions.create(model="smollm", messages=QUESTION, max_tokens=2)
@@ -129,14 +142,11 @@ def test_a_client_that_disconnects_cancels_its_generation(predictor, client):
 
 
 def test_a_client_that_gives_up_on_a_whole_answer_cancels_it_too(predictor):
-    before = metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled")
+    before = cancelled(predictor.base_url)
     with pytest.raises(httpx.ReadTimeout):  # not streaming: the client hangs up while the answer is generated
         httpx.post(f"{predictor.base_url}/chat/completions", timeout=httpx.Timeout(1.0), json={
             "max_tokens": 400, "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]})
-    deadline = time.monotonic() + 10
-    while metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled") == before:
-        assert time.monotonic() < deadline, "the abandoned answer kept generating"
-        time.sleep(0.1)
+    wait_until_cancelled(predictor.base_url, before, "the abandoned answer kept generating")
 
 
 def test_metrics_report_latency_speed_and_load_time(predictor, client):

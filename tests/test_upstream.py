@@ -16,7 +16,7 @@ from inference.upstream import UpstreamEngine
 from ragfn.context import Passage
 from ragfn.errors import Unavailable
 from ragfn.llm import build_messages
-from test_predictor import QUESTION, metric
+from test_predictor import QUESTION, cancelled, read_a_little_and_leave, wait_until_cancelled
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +51,9 @@ def test_the_proxy_answers_as_its_upstream_does(predictor, proxy):
 
 
 def test_a_client_leaving_the_proxy_cancels_the_upstream_generation(predictor, proxy):
-    before = metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled")
-    client = openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0, timeout=60)
-    stream = client.chat.completions.create(model="proxied", max_tokens=400, stream=True, messages=[
-        {"role": "user", "content": "Write a very long story about a dragon."}])
-    for _, _chunk in zip(range(3), stream):
-        pass
-    stream.close()
-    deadline = time.monotonic() + 10
-    while metric(predictor.base_url, "ragfn_predictor_requests_total", outcome="cancelled") == before:
-        assert time.monotonic() < deadline, "the upstream kept generating for a client that left"
-        time.sleep(0.1)
+    before = cancelled(predictor.base_url)
+    read_a_little_and_leave(openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0), "proxied")
+    wait_until_cancelled(predictor.base_url, before, "the upstream kept generating for a client that left")
 
 
 def test_retries_until_a_late_upstream_comes_up(tmp_path):
