@@ -80,7 +80,7 @@ class LlamaCppEngine:
     """llama-cpp-python on CPU with any chat GGUF. One model, one generation at a time (llama.cpp contexts are not
     re-entrant); the predictor's concurrency limit queues the rest."""
 
-    def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, *, context_tokens: int = 4096, threads: int | None = None) -> None:
         self.model_path, self.context_tokens, self.threads = Path(model_path), context_tokens, threads
         self.name = self.model_path.stem
         self.concurrency = 1

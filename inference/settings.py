@@ -23,7 +23,7 @@ class PredictorSettings(BaseSettings):
     concurrency: int | None = Field(None, ge=1, description="generations at once; the engine's own default if unset")
     max_queue: int = Field(64, ge=0, description="requests that may wait for a slot; more are refused with 503")
     queue_timeout_seconds: float = Field(120.0, gt=0, description="longest wait for a slot (includes model loading)")
-    context_tokens: int = Field(2048, ge=128, description="llama.cpp context window")
+    context_tokens: int = Field(4096, ge=128, description="llama.cpp context window (SmolLM2 was trained on 8192)")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; all cores when unset")
     upstream_url: str | None = Field(None, description="OpenAI-compatible base URL for the openai engine")
     upstream_api_key: str | None = None

@@ -4,6 +4,7 @@
     retrieve service down -> no passages, no LLM call        degraded: "retrieve-unavailable"
     LLM cold or loading   -> the extractive engine           degraded: "cold-start" (a warm-up runs meanwhile)
     LLM down (a call failed, or warm-ups gave up) -> the extractive engine   degraded: "llm-unavailable"
+    LLM refuses the request (4xx: prompt too long, bad key) -> the extractive engine   degraded: "llm-rejected"
     Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
 Retrieval and the cache run in this process or as remote functions (`ragfn.stages`, `ragfn.remote`); each, and
 the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
@@ -18,6 +19,7 @@ after the final server-sent event when streaming):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragfn.cache import CacheHit
 from ragfn.context import Passage
 from ragfn.errors import RagfnError, Unavailable
-from ragfn.llm import LLM, PROMPT_VERSION, ExtractiveLLM, build_messages, citations
+from ragfn.llm import LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, build_messages, citations
 from ragfn.runtime import Runtime
 from ragfn.search import Caller, Hit
 from ragfn.stages import (AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, gateway_breaker,
@@ -39,6 +41,7 @@ from ragfn.stages import (AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQu
 from ragfn.telemetry import iterate_in_span, tracer
 from ragfn.warmup import PredictorWarmth
 
+log = logging.getLogger("ragfn.gateway")
 COLD_START = {"degraded": "cold-start", "message": "the model is warming up; answering from the passages meanwhile"}
 LLM_DOWN = {"degraded": "llm-unavailable", "message": "the model is unavailable; answering from the passages"}
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
@@ -244,6 +247,11 @@ class Gateway:
                     self.warmth.failed()
                 _failed(span, exc, "llm-unavailable")
                 status = LLM_DOWN
+            except LLMRejected as exc:  # e.g. a prompt over the model's context: the question still gets an answer
+                _failed(span, exc, "llm-rejected")
+                log.warning("%s", exc)
+                status = {"degraded": "llm-rejected", "message": f"the model refused the request ({exc.message}); "
+                          "answering from the passages"}
             else:
                 if self.warmth is not None:
                     self.warmth.seen_ready()

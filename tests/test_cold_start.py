@@ -15,6 +15,7 @@ from conftest import PredictorProcess, ask, free_port_block, llamacpp_env
 from ragfn.errors import ConfigError
 from ragfn.keepalive import KeepAlive, parse_schedule
 from ragfn.llm import citations, parse_messages
+from test_predictor import metric
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "How do I sort a list?"
@@ -41,20 +42,25 @@ def test_the_gateway_answers_while_the_predictor_is_down_and_uses_it_once_up(gat
 
         predictor.start()  # the gateway's background warm-up notices it on its own
         deadline = time.monotonic() + 30
-        while (warm := events(ask(app, QUESTION, stream=True)))[-1][1]["degraded"] is not None:
+        while True:
+            generated = finished(predictor.base_url)
+            if (warm := events(ask(app, QUESTION, stream=True)))[-1][1]["degraded"] is None:
+                break
             assert time.monotonic() < deadline, predictor.log()
             time.sleep(0.3)
         assert [name for name, _ in warm][-2:] == ["citations", "final"] and "status" not in dict(warm)
-        text = "".join(data for name, data in warm if name == "token")
-        # the predictor's own greedy answer to the gateway's prompt, token for token, and its [n] mapped to sources
-        messages = _prompt()
-        direct = httpx.post(f"{predictor.base_url}/chat/completions", timeout=60, json={
-            "messages": messages, "max_tokens": 256, "temperature": 0}).json()["choices"][0]["message"]["content"]
-        assert text == direct and len([name for name, _ in warm if name == "token"]) > 3
-        passages = parse_messages(messages)[1]
-        assert [c["n"] for c in dict(warm)["citations"]] == [p.number for p in citations(text, passages)]
+        tokens = [data for name, data in warm if name == "token"]
+        # the model wrote it: the predictor finished one generation for it, streamed through piece by piece
+        assert finished(predictor.base_url) == generated + 1 and len(tokens) > 3
+        assert "".join(tokens) != "".join(data for name, data in cold if name == "token")
+        passages = parse_messages(_prompt())[1]  # its [n] are mapped to the numbered passages' sources
+        assert [c["n"] for c in dict(warm)["citations"]] == [p.number for p in citations("".join(tokens), passages)]
     finally:
         predictor.stop()
+
+
+def finished(base_url: str) -> float:
+    return sum(metric(base_url, "ragfn_predictor_requests_total", outcome=o) for o in ("stop", "length"))
 
 
 def _prompt() -> list[dict]:
@@ -86,6 +92,23 @@ def test_a_warmup_ping_wakes_the_predictor_without_waiting(gateway, gguf_model, 
             assert time.monotonic() < deadline, predictor.log()
             time.sleep(0.2)
         assert ask(app, QUESTION).get_json()["degraded"] is None
+    finally:
+        predictor.stop()
+
+
+@pytest.mark.integration
+def test_a_prompt_over_the_models_context_is_answered_extractively(gateway, gguf_model, tmp_path):
+    client, _ = gateway
+    predictor = PredictorProcess(tmp_path, llamacpp_env(gguf_model, RAGFN_LLM_CONTEXT_TOKENS="128")).start()
+    try:
+        refused = httpx.post(f"{predictor.base_url}/chat/completions", timeout=30,
+                             json={"messages": [{"role": "user", "content": "word " * 400}]})
+        assert refused.status_code == 400 and "does not fit" in refused.json()["error"]["message"]
+        app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm")
+        answer = events(ask(app, QUESTION, stream=True))
+        assert answer[0][0] == "status" and answer[0][1]["degraded"] == "llm-rejected"
+        assert "does not fit" in answer[0][1]["message"] and answer[-1][1]["degraded"] == "llm-rejected"
+        assert "[1]" in "".join(data for name, data in answer if name == "token")
     finally:
         predictor.stop()
 
