@@ -235,7 +235,8 @@ class Gateway:
 
     def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int):
         """The LLM's `complete` or `stream`, or the fallback's with the status to show: cold-start when the predictor
-        is still warming up (nobody waits for a model to load), llm-unavailable when a call to it failed."""
+        is still warming up (nobody waits for a model to load), llm-unavailable when a call to it failed or warm-ups
+        gave up, llm-rejected when it refused the request."""
         if self.warmth is not None and not self.warmth.ready(self.cold_wait_seconds):
             status = LLM_DOWN if self.warmth.gave_up else COLD_START
             span.set_attribute("rag.fallback.reason", status["degraded"])

@@ -32,7 +32,7 @@ def probe(http: httpx.Client, base_url: str, *, wait: float, timeout: float, hea
             response = http.get(f"{base_url}/models", headers=headers, timeout=timeout)
     except httpx.TimeoutException:
         return "loading"  # in Knative, the activator holds requests while a pod starts
-    except httpx.HTTPError:
+    except (httpx.HTTPError, RuntimeError):  # RuntimeError: the client was closed (shutdown) mid-probe
         return "unreachable"
     if response.status_code == 200:
         return "ready"
@@ -53,6 +53,7 @@ class PredictorWarmth:
         self._seen_ready = 0.0
         self._changed = threading.Condition()
         self._warming = False
+        self._warm_started = 0.0
         self.gave_up = False
 
     def ready(self, wait: float = 0.0) -> bool:
@@ -60,7 +61,8 @@ class PredictorWarmth:
         if self._fresh():
             return True
         self.ping()
-        deadline = time.monotonic() + wait
+        # only the first questions of a warm-up wait for it; once it has run `wait` seconds, the predictor is cold
+        deadline = min(time.monotonic(), self._warm_started) + wait
         with self._changed:
             while not self._fresh() and self._warming and (left := deadline - time.monotonic()) > 0:
                 self._changed.wait(left)
@@ -85,7 +87,7 @@ class PredictorWarmth:
         with self._changed:
             if self._warming or self._fresh():
                 return False
-            self._warming = True
+            self._warming, self._warm_started = True, time.monotonic()
         threading.Thread(target=self._warm, name="ragfn-warmup", daemon=True).start()
         return True
 
@@ -99,6 +101,8 @@ class PredictorWarmth:
         started = time.monotonic()
         try:
             while time.monotonic() - started < self.give_up_seconds:
+                if self.http.is_closed:  # the process is shutting its clients down: nobody needs the answer
+                    return
                 result = probe(self.http, self.base_url, wait=self.probe_wait, timeout=5.0, headers=self.headers)
                 if result == "ready":
                     log.info("predictor at %s is ready after %.1fs", self.base_url, time.monotonic() - started)

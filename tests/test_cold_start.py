@@ -145,3 +145,21 @@ def test_the_pingsource_schedule_is_one_the_local_timer_understands():
     with pytest.raises(ConfigError, match="not a cron expression") as bad:
         parse_schedule("every five minutes")
     assert "5 fields" in bad.value.hint
+
+
+@pytest.mark.integration
+def test_only_the_first_questions_of_a_cold_start_wait_for_it():
+    from ragfn.warmup import PredictorWarmth
+
+    with httpx.Client() as http:
+        warmth = PredictorWarmth(http, f"http://127.0.0.1:{free_port_block(1)}/v1", retry_seconds=0.1,
+                                 give_up_seconds=30)
+        started = time.monotonic()
+        assert warmth.ready(wait=0.5) is False and 0.45 < time.monotonic() - started < 2
+        started = time.monotonic()  # the warm-up is still running: the next question does not wait again
+        assert warmth.ready(wait=0.5) is False and time.monotonic() - started < 0.1
+        assert warmth.describe() == {"state": "unreachable", "warming": True, "gave_up": False}
+    deadline = time.monotonic() + 5  # a closed client ends the warm-up quietly
+    while warmth.describe()["warming"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
