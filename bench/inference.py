@@ -13,7 +13,6 @@ Targets: at most 5 % fewer tokens per second and at most 10 ms more time to firs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -56,10 +55,6 @@ class RawLlama:
         self.llama = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, verbose=False)
         self.generator = ThreadPoolExecutor(1)
 
-    def run(self, messages: list[list[dict]], max_tokens: int, concurrency: int) -> list[tuple[float, int]]:
-        with ThreadPoolExecutor(concurrency) as callers:  # `concurrency` requests waiting at once, as on the server
-            return list(callers.map(lambda m: self.one(m, max_tokens), messages))
-
     def one(self, messages: list[dict], max_tokens: int) -> tuple[float, int]:
         sent = time.perf_counter()
         first, tokens = self.generator.submit(self._generate, messages, max_tokens).result()
@@ -76,44 +71,30 @@ class RawLlama:
 
 
 class Predictor:
-    """The predictor over HTTP, read the way a gateway reads it: one asyncio client, `concurrency` streams at once.
-    (One event-loop thread rather than a thread per stream, so the client takes as little CPU as it can from the
-    cores llama.cpp runs on.)"""
-
     def __init__(self, base_url: str) -> None:
         self.url = f"{base_url}/chat/completions"
+        self.http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=16))
 
-    def run(self, messages: list[list[dict]], max_tokens: int, concurrency: int) -> list[tuple[float, int]]:
-        return asyncio.run(self._run(messages, max_tokens, concurrency))
-
-    async def _run(self, messages: list[list[dict]], max_tokens: int, concurrency: int) -> list[tuple[float, int]]:
-        slots = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)) as http:
-            async def one(prompt: list[dict]) -> tuple[float, int]:
-                async with slots:
-                    return await self._one(http, prompt, max_tokens)
-
-            return await asyncio.gather(*map(one, messages))
-
-    async def _one(self, http: httpx.AsyncClient, messages: list[dict], max_tokens: int) -> tuple[float, int]:
+    def one(self, messages: list[dict], max_tokens: int) -> tuple[float, int]:
         sent = time.perf_counter()
         first, usage = None, {}
         body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-        async with http.stream("POST", self.url, json=body) as response:
+        with self.http.stream("POST", self.url, json=body) as response:
             response.raise_for_status()
-            async for line in response.aiter_lines():
+            for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                if first is None and '"content":""' not in line and '"content"' in line:
-                    first = time.perf_counter()
-                if '"usage"' in line:
-                    usage = json.loads(line[6:])["usage"]
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = first or time.perf_counter()
+                usage = chunk.get("usage") or usage
         return first - sent, usage["completion_tokens"]
 
 
 def batch(side, messages: list[list[dict]], max_tokens: int, concurrency: int) -> dict:
     started = time.perf_counter()
-    results = side.run(messages, max_tokens, concurrency)
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda m: side.one(m, max_tokens), messages))
     wall = time.perf_counter() - started
     return {"ttft_ms": [r[0] * 1000 for r in results], "tokens": sum(r[1] for r in results), "wall_s": wall}
 
