@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ragfn import query_cli
 from ragfn.config import Settings, load_settings
+from ragfn.profile import PROFILE_ENV
 from ragfn.errors import RagfnError
 
 app = typer.Typer(help="ragfn: retrieval-augmented generation as small CloudEvents functions.",
@@ -20,6 +22,14 @@ app = typer.Typer(help="ragfn: retrieval-augmented generation as small CloudEven
 dlq = typer.Typer(help="Inspect and replay the local broker's dead letters.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def main(profile: Annotated[Optional[Path], typer.Option(
+        "--profile", help="a TOML file of tuned settings (the notebooks write them); RAGFN_* variables still win",
+        dir_okay=False)] = None) -> None:
+    if profile is not None:
+        os.environ[PROFILE_ENV] = str(profile.resolve())  # `ragfn dev`'s servers inherit it too
 
 
 def _settings(**overrides) -> Settings:

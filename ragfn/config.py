@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ragfn.errors import ConfigError
 
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
                              description="where fan-out events go; Knative's SinkBinding sets K_SINK")
     trace_file: Path | None = Field(None, description="append finished spans as JSON lines (local debugging, tests)")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # precedence: arguments, then RAGFN_* variables, then the profile (RAGFN_PROFILE), then the defaults
+        return init_settings, env_settings, _ProfileSource(settings_cls), dotenv_settings, file_secret_settings
+
     @field_validator("file_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -109,6 +116,19 @@ class Settings(BaseSettings):
             return self.embed_model_path
         candidate = self.home / "models" / self.embed_model.replace("/", "--")
         return candidate if (candidate / "model.onnx").is_file() else None
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """The TOML profile named by RAGFN_PROFILE (`ragfn.profile`), if any."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ reads the whole file at once
+        return None, field_name, False
+
+    def __call__(self) -> dict:
+        from ragfn.profile import PROFILE_ENV, read_profile
+
+        path = os.environ.get(PROFILE_ENV)
+        return read_profile(Path(path)) if path else {}
 
 
 def load_settings(**overrides: object) -> Settings:
