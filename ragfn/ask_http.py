@@ -1,22 +1,31 @@
-"""The ask gateway over HTTP: authentication, per-tenant rate limits, JSON or server-sent events."""
+"""The ask gateway over HTTP: authentication, per-tenant rate limits, JSON or server-sent events; answer feedback."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Literal
 
 import flask
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ragfn.auth import ApiKeys, Unauthorized, authorize
 from ragfn.config import load_settings
-from ragfn.errors import BadEvent, ConfigError, RagfnError, problems
+from ragfn.errors import BadEvent, ConfigError, RagfnError, Unavailable, problems
 from ragfn.gateway import AskRequest
 from ragfn.handler import LazyRuntime, decode_json, error_response, guarded
 from ragfn.keepalive import KeepAlive
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
 from ragfn.telemetry import context_from_headers
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the answer_id of the answer's final record")
+    rating: Literal["up", "down"]
+    comment: str = Field("", max_length=2000)
 
 
 def sse(event: str, data: object) -> str:
@@ -41,6 +50,21 @@ class AskService:
 
             self.limiter = RateLimiter(runtime.redis, limit=settings.rate_limit,
                                        window_seconds=settings.rate_window_seconds)
+
+    def rate(self, request: flask.Request) -> flask.Response:
+        """POST /v1/feedback {"answer_id", "rating": "up"|"down", "comment"?}: the caller's rating of an answer."""
+        identity = self.keys.authenticate(request.headers)
+        decision = self.limiter.enforce(identity.tenant) if self.limiter else None
+        try:
+            rating = FeedbackRequest.model_validate(decode_json(request.get_data(cache=False)))
+        except ValidationError as exc:
+            raise BadEvent(f"invalid feedback: {problems(exc)}") from exc
+        if self.runtime.feedback is None:
+            raise Unavailable("answer feedback is kept in Redis, and this gateway has none",
+                              hint="set RAGFN_REDIS_URL")
+        recorded = self.runtime.feedback.rate(rating.answer_id, identity.tenant, rating.rating, rating.comment)
+        return flask.Response(json.dumps(recorded), mimetype="application/json",
+                              headers=self.limiter.headers(decision) if decision else {})
 
     def respond(self, request: flask.Request) -> flask.Response:
         identity = self.keys.authenticate(request.headers)
@@ -99,13 +123,14 @@ def ask_view():
             return guarded("ask", lambda: warmup(lazy.get()), lambda: None)
         if request.method == "GET":
             return flask.jsonify({"function": "ask", "ready": True})
-        if request.path.rstrip("/") not in ("/v1/ask", ""):
-            return error_response(BadEvent(f"no route {request.path}", hint="POST /v1/ask or /v1/warmup"))
+        path = request.path.rstrip("/")
+        if path not in ("/v1/ask", "/v1/feedback", ""):
+            return error_response(BadEvent(f"no route {request.path}", hint="POST /v1/ask, /v1/feedback or /v1/warmup"))
 
         def run() -> flask.Response:
             if not services:
                 services.append(AskService(lazy.get()))
-            return services[0].respond(request)
+            return services[0].rate(request) if path == "/v1/feedback" else services[0].respond(request)
 
         response = guarded("ask", run, lambda: None)
         if response.status_code == 401:

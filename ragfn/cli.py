@@ -132,18 +132,27 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     dev: Annotated[bool, typer.Option("--dev", help="read the index of a running `ragfn dev`")] = False,
 ) -> None:
-    """Documents and chunks per collection."""
+    """Documents and chunks per collection; answer feedback (thumbs up/down) when RAGFN_REDIS_URL is set."""
     try:
-        collections = _runtime(_settings(), dev=dev).index.stats()
+        runtime = _runtime(_settings(), dev=dev)
+        collections = runtime.index.stats()
     except RagfnError as exc:
         _fail(exc)
+    report: dict = {"collections": collections}
+    if runtime.feedback is not None:
+        try:
+            report["feedback"] = runtime.feedback.counts()
+        except RagfnError as exc:  # the index figures stand on their own
+            err.print(f"[yellow]feedback unavailable:[/yellow] {exc}")
     if as_json:
-        print(json.dumps({"collections": collections}))
+        print(json.dumps(report))
         return
     for name, numbers in collections.items():
         print(f"{name}: {numbers['documents']} documents, {numbers['chunks']} chunks")
     if not collections:
         print("no collections yet: run `ragfn ingest PATH`")
+    if "feedback" in report:
+        print(f"feedback: {report['feedback']['up']} up, {report['feedback']['down']} down")
 
 
 @app.command("dev")

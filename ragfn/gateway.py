@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragfn.cache import CacheHit
 from ragfn.context import Passage
 from ragfn.errors import RagfnError, Unavailable
+from ragfn.feedback import AnsweredQuestion, FeedbackStore
 from ragfn.llm import LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, build_messages, citations
 from ragfn.runtime import Runtime
 from ragfn.search import Caller, Hit
@@ -75,6 +77,9 @@ class Prepared:
     key: AnswerKey | None = None
     lookup: Lookup | None = None  # set on a miss only: what the answer may be stored under
     cited: int = 0
+    answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what feedback names
+    request: AskRequest | None = None
+    caller: Caller | None = None
 
 
 def _citation_json(passage: Passage) -> dict:
@@ -91,10 +96,11 @@ def _failed(span: trace.Span, exc: BaseException, reason: str) -> None:
 class Gateway:
     def __init__(self, runtime: Runtime, llm: LLM, *, fallback: LLM | None = None,
                  retrieval: Retrieval | None = None, cache: AnswerCache | None = None,
-                 warmth: PredictorWarmth | None = None, cold_wait_seconds: float = 1.0) -> None:
+                 warmth: PredictorWarmth | None = None, cold_wait_seconds: float = 1.0,
+                 feedback: FeedbackStore | None = None) -> None:
         self.runtime = runtime
         self.llm = llm
-        self.warmth, self.cold_wait_seconds = warmth, cold_wait_seconds
+        self.warmth, self.cold_wait_seconds, self.feedback = warmth, cold_wait_seconds, feedback
         self.fallback = fallback or ExtractiveLLM()
         self.retrieval = retrieval or runtime.retrieval
         self.cache = cache or runtime.answer_cache
@@ -113,6 +119,7 @@ class Gateway:
 
     def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
         prepared = prepared if prepared is not None else Prepared()
+        prepared.request, prepared.caller = request, caller
         key = AnswerKey(caller, request.collection, self.llm.name, PROMPT_VERSION)
         started = time.perf_counter()
         with self._stage("ragfn.ask.cache_lookup", self.cache.remote) as span:
@@ -186,13 +193,13 @@ class Gateway:
             if prepared.hit:
                 yield "token", prepared.hit.answer["answer"]
                 yield "citations", prepared.hit.answer["citations"]
-                yield "final", self._final(prepared)
+                yield "final", self._final(prepared, prepared.hit.answer["answer"])
                 return
             if not prepared.retrieved:
                 yield "status", {"degraded": "retrieve-unavailable", "message": "document search is unavailable"}
                 yield "token", NO_RETRIEVAL
                 yield "citations", []
-                yield "final", self._final(prepared)
+                yield "final", self._final(prepared, NO_RETRIEVAL)
                 return
             started = time.perf_counter()
             yield from self._generate(request, prepared, started)
@@ -231,7 +238,7 @@ class Gateway:
         cited = [_citation_json(p) for p in citations(text, prepared.passages)]
         yield "citations", cited
         self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
-        yield "final", self._final(prepared)
+        yield "final", self._final(prepared, text)
 
     def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int):
         """The LLM's `complete` or `stream`, or the fallback's with the status to show: cold-start when the predictor
@@ -292,9 +299,19 @@ class Gateway:
             attributes["rag.fallback.reason"] = "+".join(prepared.degraded)
         span.set_attributes(attributes)
 
-    def _final(self, prepared: Prepared) -> dict:
-        return {"cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,
-                "timings_ms": prepared.timings_ms}
+    def _final(self, prepared: Prepared, text: str) -> dict:
+        """The closing record of an answer; the answer is remembered under its id so it can be rated."""
+        final = {"answer_id": prepared.answer_id, "cache": prepared.cache,
+                 "degraded": "+".join(prepared.degraded) or None, "timings_ms": prepared.timings_ms}
+        if self.feedback is not None and prepared.request is not None:
+            try:
+                self.feedback.remember(AnsweredQuestion(
+                    prepared.answer_id, prepared.caller.tenant or "", prepared.request.collection,
+                    prepared.request.question, text, prepared.cache, final["degraded"]))
+            except RagfnError as exc:  # rating is a nicety; the answer stands without it
+                log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)
+                final["answer_id"] = None
+        return final
 
     def _result(self, prepared: Prepared, text: str, cited: list[dict]) -> dict:
-        return {"answer": text, "citations": cited, **self._final(prepared)}
+        return {"answer": text, "citations": cited, **self._final(prepared, text)}

@@ -145,7 +145,15 @@ class Runtime:
     def gateway(self):
         from ragfn.gateway import Gateway
 
-        return Gateway(self, self.llm, warmth=self.warmth, cold_wait_seconds=self.settings.llm_cold_wait_seconds)
+        return Gateway(self, self.llm, warmth=self.warmth, cold_wait_seconds=self.settings.llm_cold_wait_seconds,
+                       feedback=self.feedback)
+
+    @cached_property
+    def feedback(self):
+        """Answer ratings in Redis (RAGFN_REDIS_URL); None without Redis: ratings need a store every replica shares."""
+        from ragfn.feedback import FeedbackStore
+
+        return FeedbackStore(self.redis, prefix=self.settings.cache_prefix) if self.redis is not None else None
 
     @cached_property
     def token_counter(self):

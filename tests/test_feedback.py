@@ -1,0 +1,65 @@
+"""Answer feedback through the ask function: rate your own answers, never another tenant's; counts in `ragfn stats`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from conftest import REDIS_URL, REPO, ask
+
+pytestmark = pytest.mark.integration
+
+
+def rate(app, answer_id, rating="up", key="key-acme", **extra):
+    return app.post("/v1/feedback", json={"answer_id": answer_id, "rating": rating, **extra},
+                    headers={"Authorization": f"Bearer {key}"})
+
+
+def test_an_answer_can_be_rated_once_by_its_own_tenant(gateway, monkeypatch):
+    client, root = gateway
+    monkeypatch.setenv("RAGFN_CACHE_PREFIX", "fbtest")
+    app = client(RAGFN_REDIS_URL=REDIS_URL)
+    answer = ask(app, "How do I sort a list?").get_json()
+    streamed = ask(app, "What does sorted() return?", stream=True).get_data(as_text=True)
+    final = json.loads(streamed.strip().split("\n\n")[-1].split("\n", 1)[1].removeprefix("data: "))
+    assert len(answer["answer_id"]) == 32 and final["answer_id"] != answer["answer_id"]
+
+    first = rate(app, answer["answer_id"], "down", comment="too short")
+    assert first.status_code == 200 and first.get_json()["replaced"] is None
+    again = rate(app, answer["answer_id"], "up")  # a change of mind replaces the rating, not adds one
+    assert again.get_json() == {"answer_id": answer["answer_id"], "rating": "up", "replaced": "down"}
+    assert rate(app, final["answer_id"], "down").status_code == 200
+
+    stolen = rate(app, answer["answer_id"], "down", key="key-globex")
+    assert stolen.status_code == 404 and "no answer" in stolen.get_json()["message"]
+    assert rate(app, "0" * 32).status_code == 404
+    bad = rate(app, answer["answer_id"], "meh")
+    assert bad.status_code == 400 and "rating" in bad.get_json()["message"]
+    assert rate(app, answer["answer_id"], "up", key="nope").status_code == 401
+
+    from ragfn.feedback import FeedbackStore
+
+    store = FeedbackStore(redis.Redis.from_url(REDIS_URL), prefix="fbtest")
+    assert store.counts("acme") == {"up": 1, "down": 1} and store.counts("globex") == {"up": 0, "down": 0}
+    newest = store.recent(tenant="acme")[0]
+    assert newest["question"] == "What does sorted() return?" and newest["rating"] == "down"
+    assert newest["collection"] == "default" and newest["answer"] and newest["cache"] == "miss"
+
+    stats = subprocess.run([sys.executable, "-m", "ragfn", "stats", "--json"], cwd=root, capture_output=True,
+                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                                                        "RAGFN_HOME": str(root / "stats-home"),
+                                                        "RAGFN_REDIS_URL": REDIS_URL, "RAGFN_CACHE_PREFIX": "fbtest"})
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["feedback"] == {"up": 1, "down": 1}
+
+
+def test_without_redis_feedback_is_refused_with_the_reason(gateway):
+    client, _ = gateway
+    app = client()
+    answer = ask(app, "How do I sort a list?").get_json()
+    refused = rate(app, answer["answer_id"])
+    assert refused.status_code == 503 and "RAGFN_REDIS_URL" in refused.get_json()["hint"]
