@@ -51,31 +51,29 @@ class AskService:
             self.limiter = RateLimiter(runtime.redis, limit=settings.rate_limit,
                                        window_seconds=settings.rate_window_seconds)
 
-    def rate(self, request: flask.Request) -> flask.Response:
-        """POST /v1/feedback {"answer_id", "rating": "up"|"down", "comment"?}: the caller's rating of an answer."""
+    def _admit(self, request: flask.Request, schema: type[BaseModel]):
+        """Who is calling (401 otherwise), within their rate limit (429), with a valid body (400)."""
         identity = self.keys.authenticate(request.headers)
         decision = self.limiter.enforce(identity.tenant) if self.limiter else None
         try:
-            rating = FeedbackRequest.model_validate(decode_json(request.get_data(cache=False)))
+            body = schema.model_validate(decode_json(request.get_data(cache=False)))
         except ValidationError as exc:
-            raise BadEvent(f"invalid feedback: {problems(exc)}") from exc
+            raise BadEvent(f"invalid request: {problems(exc)}") from exc
+        return identity, body, self.limiter.headers(decision) if decision else {}
+
+    def rate(self, request: flask.Request) -> flask.Response:
+        """POST /v1/feedback {"answer_id", "rating": "up"|"down", "comment"?}: the caller's rating of an answer."""
+        identity, rating, headers = self._admit(request, FeedbackRequest)
         if self.runtime.feedback is None:
             raise Unavailable("answer feedback is kept in Redis, and this gateway has none",
                               hint="set RAGFN_REDIS_URL")
         recorded = self.runtime.feedback.rate(rating.answer_id, identity.tenant, rating.rating, rating.comment)
-        return flask.Response(json.dumps(recorded), mimetype="application/json",
-                              headers=self.limiter.headers(decision) if decision else {})
+        return flask.Response(json.dumps(recorded), mimetype="application/json", headers=headers)
 
     def respond(self, request: flask.Request) -> flask.Response:
-        identity = self.keys.authenticate(request.headers)
-        decision = self.limiter.enforce(identity.tenant) if self.limiter else None
-        try:
-            ask = AskRequest.model_validate(decode_json(request.get_data(cache=False)))
-        except ValidationError as exc:
-            raise BadEvent(f"invalid request: {problems(exc)}") from exc
+        identity, ask, headers = self._admit(request, AskRequest)
         identity = authorize(identity)
         caller = Caller(identity.tenant, identity.groups)
-        headers = self.limiter.headers(decision) if decision else {}
         gateway = self.runtime.gateway
         parent = context_from_headers(request.headers)  # a UI or proxy that traces: the answer joins its trace
         if not ask.stream:
