@@ -104,9 +104,13 @@ class _Question:
             low = low.replace(phrase, word)
         self.low = _TOKEN.findall(low)
         self.asks = set(re.findall(r"(?:^|[.?!;:])\W*(who|when)\b", low))  # a person or a time, asked for
-        self.none_negates = bool(re.search(r"\bnone\b", text) or re.match(r"\W*None\b", text))  # not "is None"
+        # "none of" / a sentence opening with "None", not the value ("is None")
+        self.none_negates = bool(re.search(r"\bnone\b", text) or re.search(r"(?:^|[.?!:;])\W*None\b", text))
         self.words = set(self.low) | {_canon(w) for w in self.low}
         self.numbers = set(_NUMBER.findall(text)) | {_NUMBER_WORDS[w] for w in self.low if w in _NUMBER_WORDS}
+        # "one" counts as 1 only before a content word ("with one element"), not as a pronoun ("pick one", "one of")
+        self.numbers |= {"1" for w, after in zip(self.low, self.low[1:]) if w == "one" and after not in _IGNORED
+                         and _stem(after) not in _IGNORED}
         self.content: list[str] = []  # in order, canonical
         self.things: list[str] = []  # slot values other than operations, in order: "C from Python" / "Python from C"
         self.slots: dict[str, set[str]] = {}
@@ -136,8 +140,11 @@ class _Question:
                 if self.none_negates:
                     return True
             elif word in _NEGATORS or word.endswith("n't"):
+                # "on the string and not on the list" / "on the string, not on the list" keep the question
+                # positive; "a key not in a dict" (membership) does not
                 contrast = word == "not" and ((i and self.low[i - 1] in {"and", "but"})
-                                              or (i + 1 < len(self.low) and self.low[i + 1] in _PREPOSITIONS))
+                                              or (i + 1 < len(self.low) and self.low[i + 1] in _PREPOSITIONS
+                                                  and self.low[i + 1] in self.low[:i]))
                 if not contrast:  # "on the string and not on the list" keeps the question positive
                     return True
             elif any(word.startswith(p) and len(word) > len(p) + 3 and word[len(p):] in other.words
