@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fetch_corpus import sources_dir
+from offline import offline_model_dir
 
 from ragfn.config import OFFLINE_MODEL, Settings
 from ragfn.errors import RagfnError
@@ -92,9 +93,7 @@ def groups_of(items: list, size: Callable[[object], int], at_least: int) -> list
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.model_dir = Settings(home=HOME, embed_model=OFFLINE_MODEL).resolved_embed_model_path()
-        if self.model_dir is None:
-            sys.exit(f"error: no offline model under {HOME / 'models'}; run `python scripts/fetch_models.py`")
+        self.model_dir = offline_model_dir(HOME)
         self.files = corpus_files(args.subset, args.limit_mb)
         self.corpus_bytes = sum(f.stat().st_size for f in self.files)
         self.times: dict = {}

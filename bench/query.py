@@ -23,11 +23,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from query_cache import gateway, gptcache_peer, redis_db_is_free, thread_probe
+from offline import offline_model_dir
 from query_corpus import Corpus
 from query_report import git_state, table
 from query_timing import Served, interleaved, log, summary
 
-from ragfn.config import OFFLINE_MODEL, Settings
+from ragfn.config import OFFLINE_MODEL
 from ragfn.runtime import Runtime
 from ragfn.search import Caller
 
@@ -39,9 +40,7 @@ QUESTIONS = json.loads((REPO / "bench" / "query_questions.json").read_text())
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.model_dir = Settings(home=HOME, embed_model=OFFLINE_MODEL).resolved_embed_model_path()
-        if self.model_dir is None:
-            sys.exit(f"error: no offline model under {HOME / 'models'}; run `python scripts/fetch_models.py`")
+        self.model_dir = offline_model_dir(HOME)
         self.questions = QUESTIONS["retrieve"][:args.questions]
         self.pairs = QUESTIONS["paraphrases"]
         self.corpus = Corpus(HOME / "bench" / "query", self.model_dir, HOME / "corpora", max(args.sizes))

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fetch_corpus import sources_dir
+from offline import offline_model_dir
 
 # imported now, not lazily by Runtime: other people edit ragfn while a long build runs, and one process must not mix
 # two versions of its modules
@@ -231,7 +232,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     args = parser.parse_args()
     home = REPO / ".ragfn"
-    model = Settings(home=home, embed_model=OFFLINE_MODEL).resolved_embed_model_path()
+    model = offline_model_dir(home)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     corpus = Corpus(home / "bench" / "query", model, home / "corpora", max(sizes))
     for size in sizes:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model = RagfnModel(args.model_name, engine, concurrency=settings.effective_concurrency,
+    model = RagfnModel(args.model_name, engine, concurrency=settings.concurrency,
                        max_queue=settings.max_queue, queue_timeout=settings.queue_timeout_seconds)
     model.load()  # in the background: the server answers /v1/warmup and readiness ("loading") meanwhile
     OpenAIRoutes(model).install(model_server.app)

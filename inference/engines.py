@@ -9,7 +9,6 @@ many generations the engine runs at once: the predictor queues requests beyond i
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,11 +64,11 @@ class ExtractiveEngine:
         pass
 
     def stream(self, request: GenerationRequest) -> Iterator[Piece]:
-        from ragfn.llm import ExtractiveLLM
+        from ragfn.llm import WORD, ExtractiveLLM
 
         messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
         done = ExtractiveLLM().complete(messages, max_tokens=request.max_tokens, stop=list(request.stop))
-        words = re.findall(r"\s*\S+", done.text) or [""]  # words stand in for tokens: there is no tokenizer
+        words = WORD.findall(done.text) or [""]  # words stand in for tokens: there is no tokenizer
         for word in words[:-1]:
             yield Piece(word)
         yield Piece(words[-1], done.finish_reason,

@@ -68,12 +68,6 @@ class RagfnModel(kserve.Model):
         self.ready = True
         return self.ready
 
-    def load_and_wait(self, timeout: float | None = None) -> None:
-        self.load()
-        self._loaded.wait(timeout)
-        if self.load_error:
-            raise self.load_error
-
     def _load_engine(self) -> None:
         started = time.perf_counter()
         try:
@@ -103,8 +97,8 @@ class RagfnModel(kserve.Model):
         return self.state == "ready"
 
     async def wait_loaded(self, timeout: float) -> None:
-        self.load()
-        if not self._loaded.is_set():
+        if not self._loaded.is_set():  # the per-request path once loaded: no lock, no thread
+            self.load()
             if not await asyncio.to_thread(self._loaded.wait, timeout):
                 raise Overloaded(f"the model is still loading after {timeout:g}s", retry_after=5)
         if self.load_error:

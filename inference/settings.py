@@ -10,9 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragfn.errors import ConfigError
 
-DEFAULT_CONCURRENCY = {"llamacpp": 1, "extractive": 8, "openai": 16, "vllm": 64}
-
-
 class PredictorSettings(BaseSettings):
     """Every field is `RAGFN_LLM_<NAME>` in the environment."""
 
@@ -43,14 +40,10 @@ class PredictorSettings(BaseSettings):
                               hint="the upstream's OpenAI base URL, e.g. http://vllm:8000/v1")
         return self
 
-    @property
-    def effective_concurrency(self) -> int:
-        return self.concurrency or DEFAULT_CONCURRENCY[self.engine]
-
 
 def build_engine(settings: PredictorSettings):
-    """The engine `settings` name, not yet loaded (loading is the predictor's `load()`)."""
-    concurrency = settings.effective_concurrency
+    """The engine `settings` name, not yet loaded (loading is the predictor's `load()`). Each engine declares its
+    own concurrency; RAGFN_LLM_CONCURRENCY overrides it in the predictor."""
     if settings.engine == "llamacpp":
         from inference.engines import LlamaCppEngine
 
@@ -67,8 +60,7 @@ def build_engine(settings: PredictorSettings):
         from inference.upstream import UpstreamEngine
 
         return UpstreamEngine(settings.upstream_url, settings.model or "default", api_key=settings.upstream_api_key,
-                              retries=settings.upstream_retries, timeout=settings.upstream_timeout_seconds,
-                              concurrency=concurrency)
+                              retries=settings.upstream_retries, timeout=settings.upstream_timeout_seconds)
     from inference.vllm_engine import VLLMEngine
 
-    return VLLMEngine(settings.model, concurrency=concurrency, engine_args=settings.vllm_args)
+    return VLLMEngine(settings.model, engine_args=settings.vllm_args)

@@ -27,7 +27,7 @@ _QUESTION = "\n\nQuestion: "
 _NO_PASSAGES = "(none)"
 _HEADER = re.compile(r"(?:^|\n\n)\[(\d+)\] ")
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-_WORD = re.compile(r"\s*\S+")
+WORD = re.compile(r"\s*\S+")  # a word with its leading space: what the extractive engine streams as a "token"
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ class ExtractiveLLM(LLM):
         text = extractive_answer(question, passages, max_sentences=self.max_sentences)
         for marker in stop or []:
             text = text.split(marker, 1)[0] if marker else text
-        words = _WORD.findall(text)
+        words = WORD.findall(text)
         finish = "length" if len(words) > max_tokens else "stop"
         words = words[:max_tokens]
         prompt_words = sum(len(_content(m).split()) for m in messages)  # words stand in for tokens: no tokenizer
@@ -246,7 +246,7 @@ class ExtractiveLLM(LLM):
     def stream(self, messages: list[dict], *, max_tokens: int, stop: list[str] | None = None,
                temperature: float = 0.0) -> Iterator[str]:
         # a generator, so it has close() like TextStream; word by word, so "".join(deltas) is complete()'s text
-        yield from _WORD.findall(self.complete(messages, max_tokens=max_tokens, stop=stop).text)
+        yield from WORD.findall(self.complete(messages, max_tokens=max_tokens, stop=stop).text)
 
 
 def build_messages(question: str, passages: list[Passage], *, prompt_version: str = PROMPT_VERSION) -> list[dict]:
