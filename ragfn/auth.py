@@ -2,6 +2,8 @@
 
 Key file (`ApiKeys.from_file`), keyed by the sha256 hex digest of each key so no plaintext key is stored:
     {"<sha256 hex>": {"tenant": "acme", "groups": ["eng"], "name": "ci-bot"}}
+`"tenant": ""`, written out, is the untenanted space of a single-tenant install: the documents `ragfn ingest`
+indexes without --tenant (`ragfn dev` makes such a key). A missing tenant is still an error.
 Make a digest with `python -c "from ragfn.auth import ApiKeys; print(ApiKeys.hash('THE-KEY'))"`.
 """
 
@@ -153,8 +155,9 @@ def _identity(digest: str, entry: object) -> Identity:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"API key {digest[:12]}...: expected an object with tenant, groups and name")
     tenant, groups, name = entry.get("tenant"), entry.get("groups", []), entry.get("name")
-    if not isinstance(tenant, str) or not tenant:
-        raise ConfigError(f"API key {digest[:12]}... has no tenant")
+    if not isinstance(tenant, str):  # "" is allowed, but only said explicitly: see the module docstring
+        raise ConfigError(f"API key {digest[:12]}... has no tenant",
+                          hint='give it "tenant": "<name>", or "tenant": "" for documents ingested without a tenant')
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ConfigError(f"API key {digest[:12]}...: groups must be a list of strings")
     return Identity(tenant, tuple(groups), f"key:{name}" if isinstance(name, str) and name else f"key:{digest[:12]}")

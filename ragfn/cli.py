@@ -19,7 +19,8 @@ from ragfn.errors import RagfnError
 
 app = typer.Typer(help="ragfn: retrieval-augmented generation as small CloudEvents functions.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-dlq = typer.Typer(help="Inspect and replay the local broker's dead letters.", no_args_is_help=True)
+dlq = typer.Typer(help="Inspect, replay and drop dead letters (`ragfn dev`'s, and a cluster's in Redis).",
+                  no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 err = Console(stderr=True, soft_wrap=True)
 
@@ -158,10 +159,11 @@ def stats(
 @app.command("dev")
 def dev_command(
     host: str = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="broker port; the functions and the predictor take the 7 after it")] = 8080,
+    port: Annotated[int, typer.Option(help="broker port; the functions, the predictor, the ask gateway and the chat "
+                                           "UI take the 12 after it")] = 8080,
     chroma_port: Annotated[int, typer.Option(help="port for `chroma run` when RAGFN_CHROMA_URL is unset")] = 8000,
 ) -> None:
-    """Run the functions as HTTP servers behind the local broker, and the predictor, until Ctrl-C."""
+    """Run the functions behind the local broker, the predictor, the ask gateway and the chat UI, until Ctrl-C."""
     from ragfn.dev import DevPorts, run
 
     def ready(state: dict) -> None:
@@ -170,6 +172,12 @@ def dev_command(
             err.print(f"  {name}: {url}")
         if state.get("predictor"):
             err.print(f"  predictor ({state['predictor_engine']}): {state['predictor']}")
+        err.print(f"  ask gateway: {state['ask']}")
+        if state.get("ui"):
+            err.print(f"[bold]chat: {state['ui']}[/bold]")
+        if state.get("dev_key_file"):
+            err.print(f"  sign in with the key in {state['dev_key_file']}: "
+                      f"{Path(state['dev_key_file']).read_text().strip()}")
         sys.stderr.flush()
 
     try:
@@ -178,12 +186,19 @@ def dev_command(
         _fail(exc)
 
 
+def _dead_letters():
+    from ragfn.deadletter import open_dead_letters
+
+    return open_dead_letters(_settings())
+
+
 @dlq.command("list")
 def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Dead letters, oldest first."""
-    from ragfn.deadletter import DeadLetterStore
-
-    letters = DeadLetterStore(_settings().dead_letter_path).list()
+    """Dead letters, oldest first: `ragfn dev`'s, and the cluster's Redis stream when RAGFN_REDIS_URL is set."""
+    try:
+        letters = _dead_letters().list()
+    except RagfnError as exc:
+        _fail(exc)
     if as_json:
         print(json.dumps([letter.__dict__ for letter in letters], indent=2))
         return
@@ -194,26 +209,50 @@ def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @dlq.command("show")
 def dlq_show(letter_id: str) -> None:
-    from ragfn.deadletter import DeadLetterStore
-
+    """One dead letter in full, as JSON."""
     try:
-        print(json.dumps(DeadLetterStore(_settings().dead_letter_path).get(letter_id).__dict__, indent=2))
+        print(json.dumps(_dead_letters().get(letter_id).__dict__, indent=2))
     except RagfnError as exc:
         _fail(exc)
 
 
 @dlq.command("replay")
-def dlq_replay(letter_id: str) -> None:
-    """Send a dead letter back through the running `ragfn dev` broker."""
+def dlq_replay(letter_id: str, sink: Annotated[Optional[str], typer.Option(
+        help="broker URL to send it to; default: the running `ragfn dev`, else K_SINK / RAGFN_SINK")] = None) -> None:
+    """Send a dead letter back through a broker, then drop it."""
     import httpx
 
-    from ragfn.dev import read_dev_state
+    from ragfn.deadletter import DeadLetterStore, replay
+    from ragfn.dev import running_dev_state
+    from ragfn.errors import ConfigError
 
     try:
-        broker = read_dev_state(_settings())["broker"]
-        response = httpx.post(f"{broker}/dead-letters/{letter_id}/replay", timeout=10)
+        settings = _settings()
+        store, letter = _dead_letters().holder(letter_id)
+        running = running_dev_state(settings)
+        if sink is None and running and isinstance(store, DeadLetterStore):
+            # the dev broker replays its own letters: it routes them and drops them in one step
+            response = httpx.post(f"{running['broker']}/dead-letters/{letter_id}/replay", timeout=10)
+            print(response.text)
+            if response.status_code >= 300:
+                raise typer.Exit(1)
+            return
+        target = sink or (running or {}).get("broker") or settings.sink
+        if not target:
+            raise ConfigError("nowhere to replay to", hint="pass --sink BROKER_URL (e.g. after `kubectl port-forward`)"
+                             " or set K_SINK / RAGFN_SINK")
+        replay(letter, target)
+        store.remove(letter_id)
     except (RagfnError, httpx.HTTPError) as exc:
         _fail(exc)
-    print(response.text)
-    if response.status_code >= 300:
-        raise typer.Exit(1)
+    print(json.dumps({"replayed": letter_id, "to": target}))
+
+
+@dlq.command("drop")
+def dlq_drop(letter_id: str) -> None:
+    """Delete a dead letter without replaying it."""
+    try:
+        _dead_letters().remove(letter_id)
+    except RagfnError as exc:
+        _fail(exc)
+    print(json.dumps({"dropped": letter_id}))

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from ragfn.errors import ConfigError
+from ragfn.errors import BadEvent, ConfigError
+from ragfn.uris import parse_uri
 
 OFFLINE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -72,6 +73,8 @@ class Settings(BaseSettings):
 
     file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="folders file:// events may read; cwd when empty")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    upload_uri: str | None = Field(None, description="where the gateway stores uploaded files, e.g. "
+                                   "s3://bucket/uploads/; file://<RAGFN_HOME>/uploads/ when unset")
 
     sink: str | None = Field(None, validation_alias=AliasChoices("RAGFN_SINK", "K_SINK"),
                              description="where fan-out events go; Knative's SinkBinding sets K_SINK")
@@ -90,6 +93,16 @@ class Settings(BaseSettings):
             return [part for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("upload_uri")
+    @classmethod
+    def _check_upload_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_uri(value.strip(), root=True)
+            except BadEvent as exc:  # a setting, not a request: report it as the settings' ValueError
+                raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
+        return value.strip() if value is not None else None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
@@ -105,7 +118,21 @@ class Settings(BaseSettings):
         return self.home / "dead-letter"
 
     def resolved_file_roots(self) -> list[Path]:
-        return [root.resolve() for root in (self.file_roots or [Path.cwd()])]
+        roots = [root.resolve() for root in (self.file_roots or [Path.cwd()])]
+        upload = self.resolved_upload_uri()
+        if upload.startswith("file://"):  # the chunk function must read what the gateway stored
+            folder = Path(upload.removeprefix("file://")).resolve()
+            roots += [] if folder in roots else [folder]
+        return roots
+
+    def resolved_upload_uri(self) -> str:
+        """The folder or key prefix for uploads, as a URI ending in '/' (a file:// folder made absolute)."""
+        if self.upload_uri is None:
+            return f"file://{(self.home / 'uploads').resolve()}/"
+        scheme, bucket, key = parse_uri(self.upload_uri, root=True)
+        if scheme == "file":
+            return f"file://{Path(key).resolve()}/"
+        return f"{scheme}://{bucket}/" + (key.strip("/") + "/" if key.strip("/") else "")
 
     def resolved_embed_model_path(self) -> Path | None:
         """The configured folder, or the one `scripts/fetch_models.py` assembles under RAGFN_HOME/models."""

@@ -1,4 +1,5 @@
-"""`ragfn dev`: the functions as real functions-framework servers behind the local broker, and the predictor."""
+"""`ragfn dev`: the functions as real functions-framework servers behind the local broker, the predictor, the ask
+gateway and the chat UI."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpx
 from ragfn.broker import LocalBroker
 from ragfn.config import Settings
 from ragfn.deadletter import DeadLetterStore
+from ragfn.dev_chat import dev_key_path, gateway_env, ui_available, ui_command
 from ragfn.errors import ConfigError, Unavailable
 from ragfn.triggers import load_triggers
 
@@ -30,6 +32,9 @@ FUNCTIONS = {
     "retrieve": ("retrieve", "handle"),
     "cache-check": ("cache_check", "handle"),
     "cache-invalidate": ("cache_check", "invalidate"),
+    "resync": ("resync", "handle"),
+    "bucket-events": ("bucket_events", "handle"),
+    "dead-letter": ("dead_letter", "handle"),
 }
 
 
@@ -44,6 +49,14 @@ class DevPorts:
     @property
     def predictor(self) -> int:
         return self.broker + 1 + len(FUNCTIONS)
+
+    @property
+    def ask(self) -> int:
+        return self.predictor + 1
+
+    @property
+    def ui(self) -> int:
+        return self.predictor + 2
 
 
 def repo_root() -> Path:
@@ -94,20 +107,23 @@ def check_ports_free(host: str, ports: list[int]) -> None:
     busy = []
     for port in ports:
         with socket.socket() as sock:
+            # as the servers bind: a port left in TIME_WAIT by the last `ragfn dev` is free, a listening one is not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
                 busy.append(port)
     if busy:
         raise ConfigError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use",
-                          hint="choose others with --port (the functions and the predictor take the next 7) "
-                               "and --chroma-port")
+                          hint="choose others with --port (the functions, the predictor, the gateway and the UI "
+                               f"take the next {len(FUNCTIONS) + 3}) and --chroma-port")
 
 
 def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
     root = repo_root()
-    check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS)]
+    check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS), ports.ask]
                      + ([ports.predictor] if predictor_available() else [])
+                     + ([ports.ui] if ui_available() else [])
                      + ([] if settings.chroma_url else [ports.chroma]))
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
@@ -123,6 +139,8 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
     broker_url = f"http://{host}:{ports.broker}"
     env = dict(os.environ, RAGFN_HOME=str(settings.home.resolve()), K_SINK=broker_url,
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    # the functions run in the checkout; `ragfn ingest --dev PATH` names files under the folder dev started in
+    env.setdefault("RAGFN_FILE_ROOTS", str(Path.cwd()))
     chroma_url = settings.chroma_url
     if not chroma_url:
         # Several processes must not open one embedded Chroma folder, so dev serves it with `chroma run`.
@@ -150,7 +168,34 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
     state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
     if predictor_available():
         state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, processes)
-    return state
+    return state | _launch_chat(settings, root, host, ports, env, state, log_dir, processes)
+
+
+def _spawn(name: str, argv: list[str], env: dict, root: Path, log_dir: Path, processes: list[subprocess.Popen],
+           ready_url: str) -> None:
+    processes.append(subprocess.Popen(argv, env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"),
+                                      stderr=subprocess.STDOUT))
+    try:
+        wait_ready(ready_url, processes[-1])
+    except Unavailable as exc:
+        raise Unavailable(f"{name}: {exc}", hint=f"its log is {log_dir / f'{name}.log'}") from exc
+
+
+def _launch_chat(settings: Settings, root: Path, host: str, ports: DevPorts, env: dict, state: dict,
+                 log_dir: Path, processes: list[subprocess.Popen]) -> dict:
+    """The ask gateway over the dev functions and predictor, then the Streamlit chat over the gateway."""
+    gateway, key = gateway_env(settings, state["functions"], state.get("predictor"))
+    ask_url = f"http://{host}:{ports.ask}"
+    _spawn("ask", [sys.executable, "-m", "functions_framework", "--target", "handle", "--source",
+                   str(root / "functions" / "ask" / "main.py"), "--host", host, "--port", str(ports.ask)],
+           env | gateway, root, log_dir, processes, ask_url)
+    chat = {"ask": ask_url, "dev_key_file": str(dev_key_path(settings).resolve()) if key else None}
+    if ui_available():
+        ui_url = f"http://{host}:{ports.ui}"
+        _spawn("ui", ui_command(root, host, ports.ui), env | {"RAGFN_UI_GATEWAY_URL": ask_url}, root, log_dir,
+               processes, f"{ui_url}/_stcore/health")
+        chat["ui"] = ui_url
+    return chat
 
 
 def predictor_available() -> bool:
@@ -171,13 +216,10 @@ def predictor_engine(settings: Settings) -> dict[str, str]:
 def _launch_predictor(settings: Settings, root: Path, host: str, port: int, env: dict, log_dir: Path,
                       processes: list[subprocess.Popen]) -> dict:
     engine = predictor_engine(settings)
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "inference", "--http_port", str(port), "--model_name", settings.llm_served_name],
-        env=env | engine, cwd=str(root), stdout=(log_dir / "predictor.log").open("ab"), stderr=subprocess.STDOUT))
-    try:  # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
-        wait_ready(f"http://{host}:{port}/v2/health/live", processes[-1])
-    except Unavailable as exc:
-        raise Unavailable(f"predictor: {exc}", hint=f"its log is {log_dir / 'predictor.log'}") from exc
+    # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
+    _spawn("predictor", [sys.executable, "-m", "inference", "--http_port", str(port), "--model_name",
+                         settings.llm_served_name], env | engine, root, log_dir, processes,
+           f"http://{host}:{port}/v2/health/live")
     return {"predictor": f"http://{host}:{port}/v1",
             "predictor_engine": engine.get("RAGFN_LLM_ENGINE", os.environ.get("RAGFN_LLM_ENGINE", ""))}
 

@@ -22,6 +22,7 @@ EMBEDDED = "dev.ragfn.embedded.v1"
 DOCUMENT_TOMBSTONED = "dev.ragfn.document.tombstoned.v1"
 DOCUMENT_INDEXED = "dev.ragfn.document.indexed.v1"
 DOCUMENT_REMOVED = "dev.ragfn.document.removed.v1"
+RESYNC_REQUESTED = "dev.ragfn.resync.requested.v1"
 
 # Storage providers' types that the chunk function accepts as they are.
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
@@ -30,9 +31,36 @@ GCS_DELETED = "google.cloud.storage.object.v1.deleted"
 # (and MinIO's webhook posts them with no CloudEvent envelope at all, see ragfn.storage_events).
 S3_NOTIFICATION = "com.amazonaws.s3.notification"
 MINIO_NOTIFICATION = "io.min.s3.notification"
+# Knative Eventing's IntegrationSource in aws.sqs mode: the data is the SQS message body, which for a bucket wired
+# as S3 -> SQS (or S3 -> SNS -> SQS) is the S3 notification (or the SNS envelope around it).
+AWS_SQS_MESSAGE = "dev.knative.connector.event.aws-sqs"
+# PingSource cannot choose its events' type: the resync one marks them ragfnjob=resync (eventing/sources/resync.yaml).
+PING = "dev.knative.sources.ping"
 
-STORAGE_TYPES = (GCS_FINALIZED, GCS_DELETED, S3_NOTIFICATION, MINIO_NOTIFICATION)
+STORAGE_TYPES = (GCS_FINALIZED, GCS_DELETED, S3_NOTIFICATION, MINIO_NOTIFICATION, AWS_SQS_MESSAGE)
 CACHE_TYPES = (DOCUMENT_INDEXED, DOCUMENT_REMOVED)  # the end of ingestion; the semantic cache evicts on them
+
+# Who sends each type onto the broker. Every one has a Trigger (eventing/triggers/) unless it is in TERMINAL_TYPES.
+PRODUCERS: dict[str, tuple[str, ...]] = {
+    DOCUMENT_UPSERTED: ("ragfn ingest --dev", "the ask gateway (uploads)", "ragfn-resync"),
+    DOCUMENT_DELETED: ("ragfn ingest --dev --prune", "ragfn-resync"),
+    CHUNKS: ("ragfn-chunk",),
+    EMBEDDED: ("ragfn-embed (reply)",),
+    DOCUMENT_TOMBSTONED: ("ragfn-chunk",),
+    DOCUMENT_INDEXED: ("ragfn-index (reply)",),
+    DOCUMENT_REMOVED: ("ragfn-index (reply)",),
+    RESYNC_REQUESTED: ("ragfn-resync (the next page of a large prefix)", "operators (any CloudEvents client)"),
+    GCS_FINALIZED: ("ragfn-bucket-events (GCS Pub/Sub push)",),
+    GCS_DELETED: ("ragfn-bucket-events (GCS Pub/Sub push)",),
+    S3_NOTIFICATION: ("ragfn-bucket-events (S3-style webhook posts)",),
+    MINIO_NOTIFICATION: ("ragfn-bucket-events (MinIO webhook)",),
+    AWS_SQS_MESSAGE: ("IntegrationSource ragfn-s3 (eventing/components/source-s3-sqs)",),
+    PING: ("PingSource ragfn-resync (eventing/sources/resync.yaml)",),
+}
+# Produced types that nothing consumes on purpose, each with the reason. None today: document.indexed and
+# document.removed, the end of ingestion, drive the cache-invalidate function. A new type that is only for
+# observers (audit, metrics) goes here with its reason, so the contract test knows it was not forgotten.
+TERMINAL_TYPES: dict[str, str] = {}
 
 
 class _Model(BaseModel):
@@ -128,6 +156,23 @@ class DocumentRemoved(_Model):
     reason: Literal["deleted", "pruned"] = "deleted"
 
 
+class ResyncRequested(_Model):
+    """Re-list a folder or bucket prefix and announce what changed: nightly (a PingSource), or on demand.
+
+    Every object found gets a document.upserted (chunk skips unchanged ones); with `prune`, every indexed document
+    under `uri` that is gone gets a document.deleted. Large prefixes are done `page_size` objects at a time: each
+    page ends by sending the next page's request, with `start_after` set, back through the broker.
+    """
+
+    uri: str = Field(description="folder or bucket prefix: file:///srv/docs/, s3://bucket/prefix/, gs://bucket/")
+    collection: str = "default"
+    prune: bool = Field(False, description="also delete indexed documents under `uri` whose objects are gone")
+    tenant: str | None = Field(None, description="owner of every document found; else each object's ragfn-tenant")
+    groups: list[str] = Field(default_factory=list, description="ACL groups; else each object's ragfn-groups")
+    page_size: int = Field(500, ge=1, le=10_000, description="documents announced per invocation")
+    start_after: str | None = Field(None, description="continuation: the last document URI the previous page did")
+
+
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     DOCUMENT_UPSERTED: DocumentUpserted,
     DOCUMENT_DELETED: DocumentDeleted,
@@ -136,6 +181,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     DOCUMENT_TOMBSTONED: DocumentTombstoned,
     DOCUMENT_INDEXED: DocumentIndexed,
     DOCUMENT_REMOVED: DocumentRemoved,
+    RESYNC_REQUESTED: ResyncRequested,
 }
 
 

@@ -31,6 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
+from ragfn.attribution import attribute
 from ragfn.cache import CacheHit
 from ragfn.context import Passage
 from ragfn.errors import RagfnError, Unavailable
@@ -77,6 +78,8 @@ class Prepared:
     key: AnswerKey | None = None
     lookup: Lookup | None = None  # set on a miss only: what the answer may be stored under
     cited: int = 0
+    inferred: bool = False  # the model cited nothing; the citations come from ragfn.attribution
+    truncated: bool = False  # generation stopped at max_tokens: the answer is cut off
     answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what feedback names
     request: AskRequest | None = None
     caller: Caller | None = None
@@ -172,7 +175,7 @@ class Gateway:
                 with self._stage("ragfn.ask.llm", self.llm_remote, **{"rag.llm.model": self.llm.name}) as llm_span:
                     completion, _ = self._call_llm(llm_span, prepared, "complete", request.max_tokens)
                 self._timed(prepared, "generate", started)
-                cited = [_citation_json(p) for p in citations(completion.text, prepared.passages)]
+                cited = self._cite(prepared, completion.text)
                 self._store(request, prepared, completion.text, cited, completion.finish_reason == "length")
                 return self._result(prepared, completion.text, cited)
             finally:
@@ -235,7 +238,7 @@ class Gateway:
             llm_span.end()
         self._timed(prepared, "generate", started)
         text = "".join(parts)
-        cited = [_citation_json(p) for p in citations(text, prepared.passages)]
+        cited = self._cite(prepared, text)
         yield "citations", cited
         self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
         yield "final", self._final(prepared, text)
@@ -268,12 +271,21 @@ class Gateway:
         prepared.degraded.append(status["degraded"])
         return getattr(self.fallback, method)(prepared.messages, max_tokens=max_tokens), status
 
+    @staticmethod
+    def _cite(prepared: Prepared, text: str) -> list[dict]:
+        """The passages the answer cites as [n]; when it cites none, those its sentences draw on (attribution)."""
+        cited = citations(text, prepared.passages)
+        if not cited and prepared.passages:
+            cited = attribute(text, prepared.passages)
+            prepared.inferred = bool(cited)
+        return [_citation_json(p) for p in cited]
+
     def _store(self, request: AskRequest, prepared: Prepared, text: str, cited: list[dict], partial: bool) -> None:
-        prepared.cited = len(cited)
+        prepared.cited, prepared.truncated = len(cited), partial
         if prepared.lookup is None or prepared.key is None or prepared.degraded or partial or not cited:
             return  # only complete, cited, non-degraded answers are worth repeating
         started = time.perf_counter()
-        answer = {"answer": text, "citations": cited}
+        answer = {"answer": text, "citations": cited, "citations_inferred": prepared.inferred}
         documents = sorted({c["source"] for c in cited})
         with self._stage("ragfn.ask.cache_store", self.cache.remote) as span:
             try:
@@ -301,8 +313,11 @@ class Gateway:
 
     def _final(self, prepared: Prepared, text: str) -> dict:
         """The closing record of an answer; the answer is remembered under its id so it can be rated."""
-        final = {"answer_id": prepared.answer_id, "cache": prepared.cache,
-                 "degraded": "+".join(prepared.degraded) or None, "timings_ms": prepared.timings_ms}
+        if prepared.hit:
+            prepared.inferred = bool(prepared.hit.answer.get("citations_inferred"))
+        final = {"answer_id": prepared.answer_id, "cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,
+                 "citations_inferred": prepared.inferred, "truncated": prepared.truncated,
+                 "timings_ms": prepared.timings_ms}
         if self.feedback is not None and prepared.request is not None:
             try:
                 self.feedback.remember(AnsweredQuestion(

@@ -39,6 +39,16 @@ class StoredObject:
     metadata: dict[str, str] = field(default_factory=dict)  # lower-cased user metadata, e.g. {"ragfn-tenant": "acme"}
 
 
+@dataclass(frozen=True)
+class ObjectHead:
+    """An object as it is now, without its content: which version the store holds."""
+
+    uri: str
+    version: str | None  # as StoredObject.version: None for file://, whose version is the content hash
+    sequence: int | None  # microseconds: mtime, GCS generation, S3 LastModified
+    size: int
+
+
 def user_metadata(raw: Mapping[str, object]) -> dict[str, str]:
     """Lower-case keys without the x-amz-meta- prefix: S3, MinIO and GCS spell the same label differently."""
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
@@ -68,6 +78,35 @@ class ObjectReader:
         if scheme == "s3":
             return self._read_s3(bucket, key)
         return self._read_gs(bucket, key)
+
+    def head(self, uri: str) -> ObjectHead:
+        """Version and size without a download; ObjectNotFound when the object is gone."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = make_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                info = self._inside_roots(key).stat()
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(f"{uri} does not exist") from exc
+            except OSError as exc:
+                raise Unavailable(f"cannot stat {uri}: {exc}") from exc
+            return ObjectHead(uri, None, info.st_mtime_ns // 1000, info.st_size)
+        if scheme == "s3":
+            try:
+                head = self._s3_client().head_object(Bucket=bucket, Key=key)
+            except _botocore_errors() as exc:
+                raise _s3_error(exc, uri) from exc
+            modified = head.get("LastModified")
+            return ObjectHead(uri, _s3_version(head), int(modified.timestamp() * 1e6) if modified else None,
+                              int(head.get("ContentLength", 0)))
+        try:
+            blob = self._gcs_client().bucket(bucket).get_blob(key)
+        except _gcs_errors() as exc:
+            raise _gcs_error(exc, uri) from exc
+        if blob is None:
+            raise ObjectNotFound(f"{uri} does not exist")
+        return ObjectHead(uri, str(blob.generation) if blob.generation else None,
+                          int(blob.generation) if blob.generation else None, int(blob.size or 0))
 
     def _check_size(self, size: int, uri: str) -> None:
         if size > self.settings.max_object_bytes:
@@ -218,6 +257,14 @@ class ObjectReader:
         return self._list_s3(bucket, key) if scheme == "s3" else self._list_gs(bucket, key)
 
 
+def _s3_version(response: Mapping[str, Any]) -> str | None:
+    """The reader's preference (versionId, then eTag), from a head_object or put_object response."""
+    version_id = response.get("VersionId")
+    if version_id not in (None, "null"):
+        return str(version_id)
+    return str(response.get("ETag", "")).strip('"') or None
+
+
 def _listed(scheme: str, bucket: str, key: str) -> Iterator[str]:
     if key.endswith("/"):  # zero-byte "folder" objects made by web consoles
         return
@@ -232,13 +279,15 @@ def _botocore_errors() -> tuple[type[Exception], ...]:
     return (BotoCoreError, ClientError)
 
 
-def _s3_error(exc: Exception, uri: str) -> RagfnError:
+def _s3_error(exc: Exception, uri: str, *, writing: bool = False) -> RagfnError:
     from botocore.exceptions import ClientError, NoCredentialsError
     if isinstance(exc, NoCredentialsError):
-        return ConfigError(f"no AWS credentials to read {uri}", hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return ConfigError(f"no AWS credentials to {'write' if writing else 'read'} {uri}",
+                           hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if not isinstance(exc, ClientError):
         return Unavailable(f"S3 is unreachable for {uri}: {exc}")
-    return _by_status(int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)), uri, "S3", exc)
+    return _by_status(int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)), uri, "S3", exc,
+                      writing=writing)
 
 
 def _gcs_errors() -> tuple[type[Exception], ...]:
@@ -247,12 +296,12 @@ def _gcs_errors() -> tuple[type[Exception], ...]:
     return (GoogleAPIError, GoogleAuthError, OSError)  # requests' connection errors are OSErrors
 
 
-def _gcs_error(exc: Exception, uri: str) -> RagfnError:
+def _gcs_error(exc: Exception, uri: str, *, writing: bool = False) -> RagfnError:
     code = getattr(exc, "code", None)  # GoogleAPICallError carries the HTTP status; transport errors do not
-    return _by_status(code if isinstance(code, int) else 0, uri, "Cloud Storage", exc)
+    return _by_status(code if isinstance(code, int) else 0, uri, "Cloud Storage", exc, writing=writing)
 
 
-def _by_status(status: int, uri: str, service: str, exc: Exception) -> RagfnError:
+def _by_status(status: int, uri: str, service: str, exc: Exception, *, writing: bool = False) -> RagfnError:
     """One mapping from an object store's HTTP status to ragfn's error tree (and so to Knative's retries)."""
     if status == 404:
         return ObjectNotFound(f"{uri} does not exist")
@@ -263,7 +312,7 @@ def _by_status(status: int, uri: str, service: str, exc: Exception) -> RagfnErro
     if status == 412:  # If-Match / if_generation_match: overwritten between the size check and the download
         return Unavailable(f"{uri} changed while it was being read")
     if status == 429:
-        return RateLimited(f"{service} is throttling reads of {uri}")
+        return RateLimited(f"{service} is throttling {'writes to' if writing else 'reads of'} {uri}")
     if status >= 500 or status == 0:
-        return Unavailable(f"{service} failed reading {uri}: {exc}")
+        return Unavailable(f"{service} failed {'writing' if writing else 'reading'} {uri}: {exc}")
     return BadEvent(f"{service} refused {uri}: {exc}")

@@ -72,6 +72,14 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         sequence = max(document.sequence, events.sequence_key(int(entry.sequence, 16) + 1))
         document = document.model_copy(update={"sequence": sequence})
         summary |= {"rechunked": entry.chunking or "unrecorded"}
+    elif (entry and entry.state == "indexed" and change.version is None and change.sequence is None
+          and entry.is_newer_than(document.sequence, version)):
+        # An upsert naming neither version nor sequence (a re-sync, `ragfn ingest`) asks for what the object holds
+        # now, and that was just read: it is newer than what is indexed. Its clock can still sort below the index's
+        # (an S3 `sequencer` from a notification is far larger than LastModified in microseconds), so without this a
+        # change whose notification was lost could never be repaired.
+        document = document.model_copy(update={"sequence": events.sequence_key(int(entry.sequence, 16) + 1)})
+        summary |= {"resequenced": entry.sequence}
     if entry and entry.is_newer_than(document.sequence, version):
         return StageResult([], summary | {"status": "stale", "detail": f"index holds newer {entry.version}"})
 

@@ -98,7 +98,8 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         print(result["answer"])
         for citation in result["citations"]:
             print(f"  [{citation['n']}] {citation['source']}")
-        flags = [f"cache {result['cache']}"] + ([f"degraded: {result['degraded']}"] if result["degraded"] else [])
+        flags = [f"cache {result['cache']}"] + ([f"degraded: {result['degraded']}"] if result["degraded"] else []) + (
+            ["sources matched by ragfn: the model cited none"] if result.get("citations_inferred") else [])
         print(f"  ({', '.join(flags)}; {sum(result['timings_ms'].values()):.0f} ms)")
 
     @app.command("eval")

@@ -1,4 +1,4 @@
-"""Normalise GCS, S3, MinIO and ragfn's own storage notifications into a list of ObjectChange."""
+"""Normalise GCS, S3 (direct or through SQS), MinIO and ragfn's own storage notifications into ObjectChanges."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from ragfn.errors import BadEvent
 from ragfn.objects import metadata_labels, user_metadata
 from ragfn.uris import canonical_uri, make_uri
 
-ACCEPTED_TYPES = (events.GCS_FINALIZED, events.GCS_DELETED, events.S3_NOTIFICATION, events.MINIO_NOTIFICATION,
-                  events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)
+ACCEPTED_TYPES = (*events.STORAGE_TYPES, events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_NESTING = 4  # SNS inside SQS inside a Knative envelope is 3; more is a loop or an attack
 
@@ -38,7 +37,9 @@ def parse_storage_event(event_type: str | None, data: object, *,
                         event_time: datetime | None = None) -> list[ObjectChange]:
     """The object changes an event announces; [] for events that change nothing (S3 test events, reads).
 
-    `event_type` None means a plain JSON POST with no CloudEvent envelope, as MinIO's webhook sends.
+    `event_type` None means a plain JSON POST with no CloudEvent envelope, as MinIO's webhook sends. The
+    IntegrationSource's SQS messages (events.AWS_SQS_MESSAGE) carry the queue message's body: an S3 notification,
+    maybe inside an SNS envelope, parsed like the S3 type.
     Raises BadEvent (400, not retried) for anything malformed or unsafe.
     """
     if event_type is not None and event_type not in ACCEPTED_TYPES:

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh all --group dev
+bash scripts/browser.sh
+bash scripts/node_deps.sh
 exec .venv/bin/python -m pytest "$@"

@@ -242,3 +242,159 @@ def gateway(ragfn_env, tmp_path, monkeypatch):
 
 def ask(client, question: str, key: str = "key-acme", **extra):
     return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})
+
+
+DEV_PORTS = 14  # `ragfn dev`: the broker, nine functions, the predictor, the ask gateway, the UI; then Chroma
+
+
+class DevProcess:
+    """`ragfn dev` in a subprocess, on ports from one free block; `state` is what it wrote to dev.json."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env, self.home = root, env, Path(env["RAGFN_HOME"])
+        self.process: subprocess.Popen | None = None
+        self.state: dict = {}
+
+    def start(self, timeout: float = 180.0) -> DevProcess:
+        port = free_port_block(DEV_PORTS)
+        self.log_path = self.root / "dev.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port", str(port + DEV_PORTS - 1)],
+            cwd=REPO, env=self.env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+        state_file = Path(self.env["RAGFN_HOME"]) / "dev.json"
+        deadline = time.monotonic() + timeout
+        while not state_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(self.log_path.read_text()[-3000:])
+            time.sleep(0.3)
+        self.state = json.loads(state_file.read_text())
+        return self
+
+    @property
+    def key(self) -> str:
+        return Path(self.state["dev_key_file"]).read_text().strip()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def dev_env(root: Path, model_dir: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ, RAGFN_HOME=str(root / "home"), RAGFN_EMBED_MODEL=OFFLINE_MODEL,
+               RAGFN_EMBED_MODEL_PATH=str(model_dir), RAGFN_TRACE_FILE=str(root / "traces.jsonl"), **extra)
+    for key in ("RAGFN_CHROMA_URL", "K_SINK", "RAGFN_API_KEYS_FILE", "RAGFN_JWT_SECRET", "RAGFN_LLM_URL"):
+        env.pop(key, None)
+    return env
+
+
+CHAT_REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@pytest.fixture(scope="session")
+def dev_chat(tmp_path_factory, model_dir, gguf_model):
+    """The whole local product as a new user starts it: `ragfn dev` with SmolLM2 on llama.cpp, Redis for feedback
+    and rate limits, the ask gateway with its dev key, and the Streamlit chat."""
+    redis.Redis.from_url(CHAT_REDIS_URL).flushdb()
+    root = tmp_path_factory.mktemp("chat")
+    (root / "docs").mkdir()
+    dev = DevProcess(root, dev_env(root, model_dir, RAGFN_REDIS_URL=CHAT_REDIS_URL, RAGFN_FILE_ROOTS=str(root / "docs"),
+                                   RAGFN_LLM_ENGINE="llamacpp", RAGFN_LLM_MODEL=str(gguf_model))).start()
+    yield dev
+    dev.stop()
+    redis.Redis.from_url(CHAT_REDIS_URL).flushdb()
+
+
+class Served:
+    """A WSGI app on a real port, served from a thread."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class EventSink(Served):
+    """A K_SINK that keeps every CloudEvent it is sent (`received`) and each body's size (`sizes`)."""
+
+    def __init__(self, status: int = 202) -> None:
+        import flask
+        from cloudevents.http import CloudEvent, from_http
+
+        self.status = status
+        self.received: list[CloudEvent] = []
+        self.sizes: list[int] = []
+        app = flask.Flask("sink")
+
+        @app.post("/")
+        def receive():
+            body = flask.request.get_data()
+            self.sizes.append(len(body))
+            self.received.append(from_http(dict(flask.request.headers), body))
+            return "", self.status
+
+        super().__init__(app)
+
+
+@pytest.fixture
+def event_sink(ragfn_env, monkeypatch):
+    """K_SINK for the functions under test, keeping what they publish."""
+    sink = EventSink()
+    monkeypatch.setenv("K_SINK", sink.url)
+    yield sink
+    sink.server.shutdown()
+
+
+@contextlib.contextmanager
+def moto_s3():
+    """A real moto S3 server on a free port, empty, with AWS variables that can reach nothing else; yields its URL."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+            mp.setenv(name, value)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        # moto keeps its buckets per process, not per server: start empty, whatever an earlier test left
+        httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()
+        try:
+            yield endpoint
+        finally:
+            httpx.post(f"{endpoint}/moto-api/reset")
+            server.stop()
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str):
+    """A real GCS emulator (gcp-storage-emulator) with `bucket`; STORAGE_EMULATOR_HOST points every client at it,
+    which then needs no credentials. Yields the bucket, from google-cloud-storage."""
+    from gcp_storage_emulator.server import create_server
+    from google.cloud import storage
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+            yield storage.Client(project="test").bucket(bucket)
+    finally:
+        server.stop()

@@ -183,3 +183,12 @@ def test_a_question_is_embedded_once_per_answer_and_not_at_all_on_an_exact_repea
     assert embedded == ["How do I sort a list?"]  # the cache lookup's vector also served the dense search
     assert runtime.gateway.ask(AskRequest(question="how do i sort a list"), caller)["cache"] == "hit"
     assert embedded == ["How do I sort a list?"]  # the exact tier needs no embedding
+
+
+def test_a_chat_polling_who_am_i_does_not_use_up_the_tenant_s_questions(gateway):
+    client, _ = gateway
+    app = client(RAGFN_REDIS_URL=REDIS_URL, RAGFN_RATE_LIMIT="1", RAGFN_RATE_WINDOW_SECONDS="60")
+    headers = {"Authorization": "Bearer key-acme"}
+    assert [app.get("/v1/me", headers=headers).status_code for _ in range(3)] == [200, 200, 200]
+    assert [ask(app, "How do I sort a list?").status_code for _ in range(2)] == [200, 429]
+    assert app.get("/v1/me", headers=headers).status_code == 200  # and still answers over the limit

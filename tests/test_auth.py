@@ -108,6 +108,17 @@ def test_a_bad_key_file_is_a_config_error(tmp_path, content: str) -> None:
     assert KEY not in str(caught.value)  # a plaintext key listed by mistake is not echoed into logs
 
 
+def test_an_explicit_empty_tenant_is_the_untenanted_space(tmp_path) -> None:
+    from ragfn.search import Caller
+
+    keys = ApiKeys({ApiKeys.hash(KEY): {"tenant": "", "name": "dev"}})
+    identity = keys.authenticate({"X-API-Key": KEY})
+    assert identity.tenant == "" and identity.subject == "key:dev"
+    caller = Caller(identity.tenant, identity.groups)
+    assert caller.can_read({"tenant": "", "groups": ["*"]})  # what `ragfn ingest` without --tenant writes
+    assert not caller.can_read({"tenant": "acme", "groups": ["*"]})
+
+
 def test_a_missing_key_file_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cannot read API key file"):
         ApiKeys.from_file(tmp_path / "absent.json")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
+from urllib.parse import unquote_plus
 
-import flask
 import pytest
 from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from functions_framework import create_app
-from werkzeug.serving import make_server
 
+from conftest import gcs_emulator, moto_s3
 from ragfn import events
 
 pytestmark = pytest.mark.integration
@@ -20,29 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 PAYLOADS = REPO / "tests" / "payloads"
 
 
-class Sink:
-    def __init__(self, status: int = 202) -> None:
-        self.status = status
-        self.received: list[tuple[int, CloudEvent]] = []
-        app = flask.Flask("sink")
-
-        @app.post("/")
-        def receive():
-            body = flask.request.get_data()
-            self.received.append((len(body), from_http(dict(flask.request.headers), body)))
-            return "", self.status
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def sink(ragfn_env, monkeypatch):
-    sink = Sink()
-    monkeypatch.setenv("K_SINK", sink.url)
-    yield sink
-    sink.server.shutdown()
+def sink(event_sink):
+    return event_sink
 
 
 def chunk_client():
@@ -64,12 +43,12 @@ def test_a_large_document_fans_out_in_small_batches(sink, ragfn_env, tmp_path, m
     response = chunk_client().post("/", **dict(zip(("headers", "data"), upsert(str(tmp_path / "big.md")))))
     assert response.status_code == 200, response.get_data(as_text=True)
     summary = response.get_json()["documents"][0]
-    batches = [events.ChunkBatch.model_validate(e.get_data()) for _, e in sink.received]
+    batches = [events.ChunkBatch.model_validate(e.get_data()) for e in sink.received]
     assert len(batches) == summary["batches"] > 1
     assert sum(len(b.chunks) for b in batches) == summary["chunks"] == batches[0].total_chunks
     # every event leaves room for the vectors embed adds, and all stay far below 1 MB
-    assert max(size for size, _ in sink.received) + 8192 * max(len(b.chunks) for b in batches) <= 64 * 1024
-    assert all(e["type"] == events.CHUNKS and e["traceparent"] for _, e in sink.received)
+    assert max(sink.sizes) + 8192 * max(len(b.chunks) for b in batches) <= 64 * 1024
+    assert all(e["type"] == events.CHUNKS and e["traceparent"] for e in sink.received)
     assert sorted(c.number for b in batches for c in b.chunks) == list(range(summary["chunks"]))
 
 
@@ -125,7 +104,7 @@ def test_delete_event_becomes_a_tombstone(sink, tmp_path):
     headers, body = to_binary(event)
     response = chunk_client().post("/", headers=dict(headers), data=body)
     assert response.status_code == 200
-    (_, tomb), = sink.received
+    tomb, = sink.received
     assert tomb["type"] == events.DOCUMENT_TOMBSTONED
     assert tomb.get_data() == {"collection": "default", "document_id": f"file://{tmp_path}/gone.md",
                                "sequence": events.sequence_key(42)}
@@ -141,51 +120,29 @@ def test_sink_down_is_retryable(ragfn_env, tmp_path, monkeypatch):
 
 def test_minio_webhook_without_envelope_reads_from_s3(sink, monkeypatch):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    from conftest import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        for key, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-                           "RAGFN_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    with moto_s3() as endpoint:
+        monkeypatch.setenv("RAGFN_S3_ENDPOINT_URL", endpoint)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="minio-docs")
         payload = json.loads((PAYLOADS / "minio_put.json").read_text())
         record = payload["Records"][0]["s3"]
         key = record["object"]["key"]
-        from urllib.parse import unquote_plus
-
-        put = s3.put_object(Bucket=record["bucket"]["name"] if record["bucket"]["name"] == "minio-docs"
-                            else "minio-docs", Key=unquote_plus(key), Body=b"# MinIO\n\nObject from a webhook.\n")
+        put = s3.put_object(Bucket="minio-docs", Key=unquote_plus(key), Body=b"# MinIO\n\nObject from a webhook.\n")
         record["bucket"]["name"] = "minio-docs"
         record["object"]["eTag"] = put["ETag"].strip('"')
         payload["Key"] = f"minio-docs/{key}"
         response = chunk_client().post("/", json=payload)  # MinIO's webhook: plain JSON, no ce-* headers
-        assert response.status_code == 200, response.get_data(as_text=True)
-        (_, batch), = sink.received
-        data = events.ChunkBatch.model_validate(batch.get_data())
-        assert data.document.document_id == f"s3://minio-docs/{unquote_plus(key)}"
-        assert data.chunks[0].text == "Object from a webhook."
-    finally:
-        server.stop()
+    assert response.status_code == 200, response.get_data(as_text=True)
+    batch, = sink.received
+    data = events.ChunkBatch.model_validate(batch.get_data())
+    assert data.document.document_id == f"s3://minio-docs/{unquote_plus(key)}"
+    assert data.chunks[0].text == "Object from a webhook."
 
 
-def test_gcs_finalized_event_reads_the_generation_from_storage(sink, monkeypatch):
-    from google.cloud import storage
-    from gcp_storage_emulator.server import create_server
-
-    from conftest import free_port
-
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="ragfn-docs")
-    server.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        blob = storage.Client(project="test").bucket("ragfn-docs").blob("handbook/onboarding guide.md")
+def test_gcs_finalized_event_reads_the_generation_from_storage(sink):
+    with gcs_emulator("ragfn-docs") as bucket:
+        blob = bucket.blob("handbook/onboarding guide.md")
         blob.metadata = {"ragfn-tenant": "acme", "ragfn-groups": "engineering, support"}
         blob.upload_from_string(b"# Onboarding\n\nAsk for a laptop on day one.\n", content_type="text/markdown")
         blob.reload()
@@ -196,7 +153,7 @@ def test_gcs_finalized_event_reads_the_generation_from_storage(sink, monkeypatch
         headers, body = to_binary(event)
         response = chunk_client().post("/", headers=dict(headers), data=body)
         assert response.status_code == 200, response.get_data(as_text=True)
-        (_, batch), = sink.received
+        batch, = sink.received
         data = events.ChunkBatch.model_validate(batch.get_data())
         assert data.document.document_id == "gs://ragfn-docs/handbook/onboarding guide.md"
         assert data.document.version == str(blob.generation)
@@ -204,8 +161,6 @@ def test_gcs_finalized_event_reads_the_generation_from_storage(sink, monkeypatch
         assert (data.document.collection, data.document.tenant) == ("handbook", "acme")
         assert data.document.groups == ["engineering", "support"]
         assert data.chunks[0].heading_path == ["Onboarding"]
-    finally:
-        server.stop()
 
 
 def test_a_source_can_route_a_bucket_to_a_collection_with_an_extension(sink):
@@ -214,5 +169,5 @@ def test_a_source_can_route_a_bucket_to_a_collection_with_an_extension(sink):
     headers, body = to_binary(event)
     response = chunk_client().post("/", headers=dict(headers), data=body)
     assert response.status_code == 200, response.get_data(as_text=True)
-    (_, tomb), = sink.received
+    tomb, = sink.received
     assert tomb["type"] == events.DOCUMENT_TOMBSTONED and tomb.get_data()["collection"] == "handbook"

@@ -17,7 +17,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from conftest import REPO, free_port, free_port_block
+from conftest import DEV_PORTS, REPO, DevProcess, free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
 
@@ -38,21 +38,11 @@ def stack(tmp_path_factory, model_dir):
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     for key in ("RAGFN_CHROMA_URL", "K_SINK"):
         env.pop(key, None)
-    port = free_port_block(9)  # the broker, six functions, the predictor, then Chroma
-    log = (root / "dev.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
-                                str(port + 8)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    state_file = root / "home" / "dev.json"
-    deadline = time.monotonic() + 120
-    while not state_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((root / "dev.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield {"root": root, "env": env, "state": json.loads(state_file.read_text()), "moto_port": moto_port}
-    process.terminate()
-    process.wait(timeout=30)
+    dev = DevProcess(root, env).start(timeout=120)
+    yield {"root": root, "env": env, "state": dev.state, "moto_port": moto_port}
+    dev.stop()
     moto.stop()
-    assert not state_file.exists(), "ragfn dev did not clean up on SIGTERM"
+    assert not (root / "home" / "dev.json").exists(), "ragfn dev did not clean up on SIGTERM"
 
 
 def cli(stack, *args: str) -> subprocess.CompletedProcess:
@@ -202,14 +192,14 @@ def test_ask_answers_through_the_dev_stacks_predictor(stack):
 def test_a_taken_port_is_named_before_anything_starts(tmp_path, model_dir):
     import socket
 
-    port = free_port_block(9)
+    port = free_port_block(DEV_PORTS)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 3))  # the index function's port
         taken.listen()
         env = dict(os.environ, RAGFN_HOME=str(tmp_path / "home"), RAGFN_EMBED_MODEL_PATH=str(model_dir))
         env.pop("RAGFN_CHROMA_URL", None)
         done = subprocess.run([sys.executable, "-m", "ragfn", "dev", "--port", str(port), "--chroma-port",
-                               str(port + 8)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+                               str(port + DEV_PORTS - 1)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"port {port + 3} on 127.0.0.1 already in use" in done.stderr + done.stdout
     assert not (tmp_path / "home" / "logs" / "chroma.log").exists()  # nothing was started

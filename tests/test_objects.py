@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import moto_s3
 from ragfn.config import Settings
 from ragfn.errors import (
     BadEvent,
@@ -183,21 +184,9 @@ def test_gs_against_a_local_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
+    import boto3
 
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-                            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
-            mp.setenv(name, value)
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        import boto3
-
+    with moto_s3() as endpoint:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="docs")
         client.put_object(Bucket="docs", Key="handbook/a b.md", Body=b"# Handbook", ContentType="text/markdown",
@@ -208,7 +197,6 @@ def s3_endpoint() -> Iterator[str]:
         client.put_object(Bucket="docs", Key="other/d.txt", Body=b"d")
         client.put_object(Bucket="docs", Key="big.bin", Body=b"x" * 4096)
         yield endpoint
-        server.stop()
 
 
 @pytest.mark.integration

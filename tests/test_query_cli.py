@@ -96,7 +96,8 @@ def test_ask_prints_the_documented_json(indexed, tmp_path):
     result = ragfn(settings, "ask", "How do I sort a list?", "--tenant", "acme", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert set(answer) == {"answer", "answer_id", "citations", "cache", "degraded", "timings_ms"}
+    assert set(answer) == {"answer", "answer_id", "citations", "cache", "degraded", "citations_inferred",
+                           "truncated", "timings_ms"}
     assert answer["cache"] == "miss" and answer["degraded"] is None and "[1]" in answer["answer"]
     assert answer["citations"][0] == {"source": f"file://{docs}/lists.md", "chunk_id": answer["citations"][0][
         "chunk_id"], "text": FAQ["lists.md"].split("\n\n", 1)[1].strip()}

@@ -102,6 +102,28 @@ def test_sqs_envelope_is_unwrapped() -> None:
     assert one(events.S3_NOTIFICATION, {"Body": json.dumps(sns)}) == direct
 
 
+def test_integrationsource_sqs_messages_are_the_queue_body() -> None:
+    """Knative's IntegrationSource (aws.sqs) sends the SQS message body as the data of a
+    dev.knative.connector.event.aws-sqs event: the S3 notification, or the SNS envelope around it."""
+    direct = one(events.S3_NOTIFICATION, load("s3_put.json"))
+    body = load("sqs_wrapped_s3.json")["Body"]
+    assert one(events.AWS_SQS_MESSAGE, body.encode()) == direct  # binary mode: the bytes as they left the queue
+    assert one(events.AWS_SQS_MESSAGE, json.loads(body)) == direct  # decoded by a JSON content type
+    sns = {"Type": "Notification", "MessageId": "n1", "TopicArn": "arn:aws:sns:us-west-2:123456789012:docs",
+           "Subject": "Amazon S3 Notification", "Message": body, "Timestamp": "2024-04-05T19:34:39.003Z"}
+    assert one(events.AWS_SQS_MESSAGE, json.dumps(sns)) == direct
+    assert parse_storage_event(events.AWS_SQS_MESSAGE, json.dumps(load("s3_test_event.json"))) == []
+    deleted = parse_storage_event(events.AWS_SQS_MESSAGE, json.dumps(load("s3_delete.json")))
+    assert [c.action for c in deleted] == ["delete"]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ('{"orderId": 7}', "Records"), ("plain text", "not valid JSON"), ('"a string"', "JSON object")])
+def test_sqs_messages_that_are_no_notification_are_bad_events(data: str, message: str) -> None:
+    with pytest.raises(BadEvent, match=message):
+        parse_storage_event(events.AWS_SQS_MESSAGE, data)
+
+
 @pytest.mark.parametrize("name", ["ObjectRestore:Post", "s3:ObjectAccessed:Get", "ObjectTagging:Put",
                                   "Replication:OperationFailedReplication", "LifecycleTransition"])
 def test_other_event_names_are_ignored(name: str) -> None:
@@ -276,7 +298,8 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize(("event_type", "name"), [
     (events.GCS_FINALIZED, "gcs_finalized.json"), (events.S3_NOTIFICATION, "s3_put.json"),
     (events.MINIO_NOTIFICATION, "minio_put.json"), (None, "minio_delete.json"),
-    (events.S3_NOTIFICATION, "s3_test_event.json")])
+    (events.S3_NOTIFICATION, "s3_test_event.json"), (events.AWS_SQS_MESSAGE, "s3_put.json"),
+    (events.AWS_SQS_MESSAGE, "sqs_wrapped_s3.json")])
 def test_every_mutation_is_a_result_or_a_bad_event(event_type: str | None, name: str) -> None:
     """Remove every field, or give it every wrong type: never a KeyError, TypeError or AttributeError."""
     original = load(name)

@@ -1,0 +1,15 @@
+"""resync: a resync request (or the nightly ping) in; one page of document events (and the next page's request) out."""
+
+from ragfn import events
+from ragfn.events import ResyncRequested
+from ragfn.handler import InboundEvent, cloud_function
+from ragfn.publish import StageResult
+from ragfn.resync import resync, resync_request
+from ragfn.runtime import Runtime
+
+
+@cloud_function("resync", accepts={events.RESYNC_REQUESTED: ResyncRequested, events.PING: None},
+                reply_with_event=False)
+def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
+    request = resync_request(event.type, event.data)
+    return StageResult([], resync(request, runtime, runtime.publisher, run=event.id or ""))

@@ -1,0 +1,76 @@
+"""How an answer looks: its text, its citations as passages one click away, its badges and its timings."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import streamlit as st
+
+# What each `degraded` reason (ragfn/gateway.py) means to someone reading the answer.
+DEGRADED = {
+    "cold-start": "model warming up: answered from the passages",
+    "llm-unavailable": "model unavailable: answered from the passages",
+    "llm-rejected": "model refused the request: answered from the passages",
+    "vector-store-unavailable": "no vector store: keyword search only",
+    "retrieve-unavailable": "document search unavailable",
+    "cache-unavailable": "cache unavailable",
+}
+STAGES = {"cache": "cache", "retrieve": "retrieve", "generate": "generate", "cache_store": "cache write"}
+
+
+def badges(final: dict) -> list[tuple[str, str]]:
+    """(label, colour) for an answer's final record: cache hit or not, and each reason it was degraded."""
+    shown = []
+    if final.get("cache") == "hit":
+        shown.append(("cache hit", "green"))
+    elif final.get("cache") == "off":
+        shown.append(("cache off", "gray"))
+    for reason in filter(None, (final.get("degraded") or "").split("+")):
+        shown.append((f"degraded: {DEGRADED.get(reason, reason)}", "orange"))
+    if final.get("truncated"):
+        shown.append(("cut off at the token limit", "gray"))
+    if final.get("citations_inferred"):
+        shown.append(("sources matched by ragfn: the model cited none", "violet"))
+    return shown
+
+
+def timing_line(timings_ms: dict) -> str:
+    """`cache 3 ms · retrieve 41 ms · generate 1.20 s · total 1.24 s`: where this answer's time went."""
+    def fmt(ms: float) -> str:
+        return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+    parts = [f"{STAGES.get(stage, stage)} {fmt(ms)}" for stage, ms in timings_ms.items()]
+    return " · ".join([*parts, f"total {fmt(sum(timings_ms.values()))}"]) if parts else ""
+
+
+def source_link(source: str) -> str:
+    """A clickable link for web and bucket sources the browser can open; otherwise the location as code."""
+    if urlparse(source).scheme in ("http", "https"):
+        return f"[{source}]({source})"
+    return f"`{source}`"
+
+
+def short_name(source: str) -> str:
+    return source.rstrip("/").rsplit("/", 1)[-1] or source
+
+
+def render_citations(citations: list[dict]) -> None:
+    if not citations:
+        return
+    columns = st.columns(min(len(citations), 4))
+    for i, citation in enumerate(citations):
+        with columns[i % len(columns)].popover(f"[{citation['n']}] {short_name(citation['source'])}"):
+            st.markdown(f"**Source** {source_link(citation['source'])}")
+            if citation.get("heading_path"):
+                st.markdown(f"**Section** {citation['heading_path']}")
+            st.text(citation["text"])
+
+
+def render_badges(final: dict) -> None:
+    shown = badges(final)
+    if shown:
+        columns = st.columns(len(shown))
+        for column, (label, colour) in zip(columns, shown, strict=True):
+            column.badge(label, color=colour)
+    if final.get("timings_ms"):
+        st.caption(f"⏱ {timing_line(final['timings_ms'])}")
