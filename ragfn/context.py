@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ragfn.search import Hit
+from ragfn.uris import document_name
 
 HEADER_TOKENS = 12  # "[n] source › heading" line in front of each passage
 
@@ -43,10 +44,11 @@ def assemble_context(hits: list[Hit], budget_tokens: int) -> list[Passage]:
     return chosen
 
 
-def render(passages: list[Passage]) -> str:
-    """The numbered passages as the prompt shows them."""
+def render(passages: list[Passage], *, full_sources: bool = False) -> str:
+    """The numbered passages as the prompt shows them: each under its document's name, or its whole URI."""
     blocks = []
     for passage in passages:
-        where = f"{passage.source} › {passage.heading_path}" if passage.heading_path else passage.source
+        source = passage.source if full_sources else document_name(passage.source)
+        where = f"{source} › {passage.heading_path}" if passage.heading_path else source
         blocks.append(f"[{passage.number}] {where}\n{passage.text}")
     return "\n\n".join(blocks)

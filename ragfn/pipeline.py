@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ragfn import events
 from ragfn.errors import ObjectNotFound, UnsupportedContent
@@ -17,6 +18,9 @@ from ragfn.publish import OutboundEvent, StageResult
 from ragfn.runtime import Runtime
 from ragfn.storage_events import ObjectChange
 from ragfn.vectors import encode_vector
+
+if TYPE_CHECKING:
+    from ragfn.store import LedgerEntry
 
 # Room left in each chunk batch for the vector that embed adds to every chunk (base64 of 1536 float32).
 VECTOR_ALLOWANCE = 8192
@@ -31,6 +35,17 @@ def microseconds(moment: datetime | None) -> int:
     return int(moment.timestamp() * 1_000_000) if moment else time.time_ns() // 1000
 
 
+def indexed_as_is(change: ObjectChange, entry: LedgerEntry | None, chunking: str, runtime: Runtime) -> bool:
+    """Whether the index holds the object's current version, cut this way, known from a HEAD without a download.
+
+    A nightly re-sync sends an upsert for every object in a bucket; most are unchanged. S3 and GCS name the version
+    a HEAD sees (versionId or ETag, generation); file:// versions are content hashes, so files are always read."""
+    if not (entry and entry.state == "indexed" and entry.chunking == chunking) or change.uri.startswith("file://"):
+        return False
+    head = runtime.reader.head(change.uri)
+    return head.version == entry.version and change.version in (None, head.version)
+
+
 def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime | None = None) -> StageResult:
     """Turn one storage change into chunk batches (upsert) or a tombstone (delete)."""
     summary = {"uri": change.uri, "action": change.action, "collection": change.collection}
@@ -39,7 +54,15 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         tomb = DocumentTombstoned(collection=change.collection, document_id=change.uri, sequence=sequence)
         return StageResult([OutboundEvent(events.DOCUMENT_TOMBSTONED, tomb, subject=change.uri)], summary)
 
+    # imported here: loaders need the "chunk" extra, which the embed and index images do not install
+    from ragfn.chunking import ChunkingConfig, chunk_document
+    from ragfn.loaders import load_document
+
+    config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)
+    entry = runtime.index.ledger_entry(change.collection, change.uri)
     try:
+        if indexed_as_is(change, entry, config.key, runtime):
+            return StageResult([], summary | {"status": "unchanged", "version": entry.version})
         stored = runtime.reader.read(change.uri)
     except ObjectNotFound:
         return StageResult([], summary | {"status": "gone", "detail": "object no longer exists; a delete follows"})
@@ -57,13 +80,7 @@ def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime
         content_type=change.content_type or stored.content_type, size=stored.size,
     )
     summary |= {"version": version}
-    # imported here: loaders need the "chunk" extra, which the embed and index images do not install
-    from ragfn.chunking import ChunkingConfig, chunk_document
-    from ragfn.loaders import load_document
-
-    config = ChunkingConfig(runtime.settings.chunk_tokens, runtime.settings.chunk_overlap_tokens)
     document = document.model_copy(update={"chunking": config.key})
-    entry = runtime.index.ledger_entry(document.collection, document.document_id)
     if entry and entry.state == "indexed" and entry.version == version:
         if entry.chunking == config.key:
             return StageResult([], summary | {"status": "unchanged"})

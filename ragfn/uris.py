@@ -46,6 +46,11 @@ def parse_uri(uri: str, *, root: bool = False) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
+def document_name(uri: str) -> str:
+    """What people call a document: the last part of its URI (`s3://bucket/team/leave.md` -> `leave.md`)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
 def canonical_uri(uri: str) -> str:
     return make_uri(*parse_uri(uri))
 

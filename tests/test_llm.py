@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from werkzeug.serving import make_server
@@ -22,6 +23,7 @@ from ragfn.errors import BadEvent, ConfigError, RateLimited, Unavailable
 from ragfn.extractive import extractive_answer
 from ragfn.llm import (LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, OpenAIChatClient, build_messages,
                        citations, parse_messages)
+from ragfn.uris import document_name
 
 API_KEY = "sk-local-test"
 QUESTION = "How do I sort a list?"
@@ -139,15 +141,26 @@ class TestPromptAndCitations:
         assert "do not know" in system["content"]
         assert user["role"] == "user" and render(PASSAGES) in user["content"]
         assert user["content"].endswith("\n\nQuestion: How do I sort a list?")
-        assert PROMPT_VERSION == "v1" and build_messages(QUESTION, PASSAGES, prompt_version="v1")[1] == user
+        assert PROMPT_VERSION == "v2" and build_messages(QUESTION, PASSAGES, prompt_version="v2")[1] == user
         with pytest.raises(ConfigError):
             build_messages(QUESTION, PASSAGES, prompt_version="v0")
+
+    def test_v2_names_each_document_so_where_it_is_stored_does_not_change_the_prompt(self):
+        def stored_at(root: str) -> list[Passage]:
+            return [replace(p, source=f"{root}/team/doc{p.number}.md") for p in PASSAGES]
+
+        here, there = (build_messages(QUESTION, stored_at(root)) for root in ("file:///tmp/pytest-7", "s3://bucket"))
+        assert here == there and "[2] doc2.md › Built-ins › sorted\n" in here[1]["content"]
+        assert "file://" not in here[1]["content"]
+        v1 = build_messages(QUESTION, stored_at("s3://bucket"), prompt_version="v1")  # kept: answers cached under it
+        assert "[2] s3://bucket/team/doc2.md › Built-ins › sorted\n" in v1[1]["content"]
+        assert v1[0] == here[0]  # the same rules
 
     def test_the_extractive_llm_reads_back_exactly_what_build_messages_wrote(self):
         question, parsed = parse_messages(build_messages(QUESTION, PASSAGES))
         assert question == QUESTION
         assert [(p.number, p.source, p.heading_path, p.text) for p in parsed] == [
-            (p.number, p.source, p.heading_path, p.text) for p in PASSAGES]  # "[5]" and "Question:" stay text
+            (p.number, document_name(p.source), p.heading_path, p.text) for p in PASSAGES]  # "[5]" and "Question:" stay text
         assert parse_messages(build_messages("anything?", [])) == ("anything?", [])
         assert parse_messages([{"role": "user", "content": [{"type": "text", "text": "plain chat"}]}]) == (
             "plain chat", [])

@@ -147,6 +147,30 @@ def test_an_s3_prefix_against_moto(ragfn_env, event_sink, monkeypatch):
     assert [d["uri"] for d in published(event_sink, events.DOCUMENT_DELETED)] == ["s3://docs/team/b.md"]
 
 
+def test_unchanged_s3_objects_are_not_downloaded_again(ragfn_env, event_sink, monkeypatch):
+    """A nightly re-sync announces every object; chunk settles the unchanged ones with a HEAD, not a GET."""
+    with moto_s3() as endpoint:
+        monkeypatch.setenv("RAGFN_S3_ENDPOINT_URL", endpoint)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="docs")
+        for name in ("a", "b"):
+            s3.put_object(Bucket="docs", Key=f"team/{name}.md", Body=DOC.format(title=name).encode())
+        runtime = Runtime(ragfn_env.model_copy(update={"s3_endpoint_url": endpoint}))
+        ingest(["s3://docs/team/"], runtime)
+        s3.put_object(Bucket="docs", Key="team/b.md", Body=DOC.format(title="b, edited").encode())
+        assert request({"uri": "s3://docs/team/"}).status_code == 200
+        downloads: list[str] = []
+        runtime.reader._s3_client().meta.events.register(
+            "before-parameter-build.s3.GetObject", lambda params, **_: downloads.append(params["Key"]))
+        results = {}
+        for upsert in published(event_sink, events.DOCUMENT_UPSERTED):
+            change, = parse_storage_event(events.DOCUMENT_UPSERTED, upsert)
+            results[change.uri] = chunk_change(change, runtime).summary
+        assert results["s3://docs/team/a.md"]["status"] == "unchanged"
+        assert results["s3://docs/team/b.md"]["status"] == "chunked"
+        assert downloads == ["team/b.md"]
+
+
 def test_a_delete_orders_after_a_version_indexed_under_an_s3_sequencer(docs, event_sink, ragfn_env):
     """S3 sequencers are far larger than microsecond clocks: the delete must still be newer than what it removes."""
     runtime = Runtime(ragfn_env)

@@ -93,9 +93,9 @@ def test_an_upload_is_indexed_then_answers_stream_with_citations_badges_and_feed
     assert timing and "retrieve" in timing[0] and "total" in timing[0]
     # each citation is a popover labelled [n] holding its passage: source, section, text
     labels = [block.proto.popover.label for block in assistant.get("popover")]
-    assert labels and all("sorting.md" in label for label in labels), labels
-    assert "list.sort()" in texts(chat) and "**Source** `file://" in texts(chat) and "**Section** Sorting" in texts(chat)
     final = chat.session_state["history"]["ui-upload"][0]["final"]
+    assert labels and all("sorting.md" in label for label in labels), (labels, answer, final)
+    assert "list.sort()" in texts(chat) and "**Source** `file://" in texts(chat) and "**Section** Sorting" in texts(chat)
     badges = " ".join(m.value for m in assistant.markdown if "badge[" in m.value)
     assert ("sources matched by ragfn" in badges) == final["citations_inferred"], (badges, final)
     assert ("degraded" in badges) == bool(final["degraded"]) and ("cache hit" in badges) == (final["cache"] == "hit")

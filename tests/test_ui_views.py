@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ui.views import badges, short_name, source_link, timing_line
+from ragfn.uris import document_name
+from ui.views import badges, source_link, timing_line
 
 pytestmark = pytest.mark.unit
 
@@ -30,4 +31,4 @@ def test_the_timing_line_names_each_stage_and_the_total() -> None:
 def test_sources_link_when_a_browser_can_open_them() -> None:
     assert source_link("https://docs.example.com/a.html") == "[https://docs.example.com/a.html](https://docs.example.com/a.html)"
     assert source_link("s3://bucket/team docs/faq.md") == "`s3://bucket/team docs/faq.md`"
-    assert short_name("file:///srv/docs/sorting.md") == "sorting.md" and short_name("gs://b/") == "b"
+    assert document_name("file:///srv/docs/sorting.md") == "sorting.md" and document_name("gs://b/") == "b"

@@ -6,6 +6,8 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
+from ragfn.uris import document_name
+
 # What each `degraded` reason (ragfn/gateway.py) means to someone reading the answer.
 DEGRADED = {
     "cold-start": "model warming up: answered from the passages",
@@ -50,16 +52,12 @@ def source_link(source: str) -> str:
     return f"`{source}`"
 
 
-def short_name(source: str) -> str:
-    return source.rstrip("/").rsplit("/", 1)[-1] or source
-
-
 def render_citations(citations: list[dict]) -> None:
     if not citations:
         return
     columns = st.columns(min(len(citations), 4))
     for i, citation in enumerate(citations):
-        with columns[i % len(columns)].popover(f"[{citation['n']}] {short_name(citation['source'])}"):
+        with columns[i % len(columns)].popover(f"[{citation['n']}] {document_name(citation['source'])}"):
             st.markdown(f"**Source** {source_link(citation['source'])}")
             if citation.get("heading_path"):
                 st.markdown(f"**Section** {citation['heading_path']}")
