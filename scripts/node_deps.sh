@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What the manifest checks (tests/test_manifests.py) need besides .venv: npm @kubernetes-models/knative, /keda and
-# /apimachinery (pinned in tests/manifests/package-lock.json), and kubectl with its built-in kustomize.
+# What the manifest checks (tests/test_manifests.py) need besides .venv: npm @kubernetes-models/knative, /keda,
+# /prometheus-operator and /apimachinery (pinned in tests/manifests/package-lock.json), and kubectl with its built-in kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -35,8 +35,6 @@ NO_SCHEMA = {
     ("eventing.knative.dev/v1alpha1", "KafkaSink"): "eventing-kafka CRD; not in @kubernetes-models/knative",
     ("sources.knative.dev/v1alpha1", "RabbitmqSource"): "eventing-rabbitmq CRD; not in @kubernetes-models",
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "RabbitMQ cluster operator CRD; no published schema package",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator CRD; no schema package offline",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus-operator CRD; no schema package offline",
     ("opentelemetry.io/v1beta1", "OpenTelemetryCollector"): "opentelemetry-operator CRD; no schema package offline",
     ("events.cloud.google.com/v1", "CloudPubSubSource"): "knative-gcp CRD (archived); no schema package",
     ("events.cloud.google.com/v1", "CloudStorageSource"): "knative-gcp CRD (archived); no schema package",
@@ -146,7 +144,7 @@ def route(obj: dict) -> str:
         return "none"
     if group == "serving.kserve.io" and kserve_schema_path(obj).is_file():
         return "kserve"
-    if group.endswith(".knative.dev") or group in ("keda.sh", "eventing.keda.sh"):
+    if group.endswith(".knative.dev") or group in ("keda.sh", "eventing.keda.sh", "monitoring.coreos.com"):
         return "npm"  # validate.mjs says if the package has no model for the kind; then it must be in NO_SCHEMA
     raise LookupError(f"{api_version} {kind}: no validator knows this kind; route it in tests/manifest_checks.py "
                       "or list it in NO_SCHEMA with the reason no schema exists")

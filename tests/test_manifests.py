@@ -11,8 +11,9 @@ tests/manifests/node_modules (`bash scripts/node_deps.sh`, which `make test` run
 Every object goes to exactly one validator (manifest_checks.route), or the test fails:
 - core kinds (v1, apps, policy, rbac, networking.k8s.io, ...): kubernetes-validate's strict OpenAPI schemas for
   Kubernetes 1.32: types, enums, required fields, and unknown fields anywhere (additionalProperties false).
-- Knative (*.knative.dev) and KEDA (keda.sh) kinds: the schemas published in npm @kubernetes-models/knative
-  4.0.0 and /keda 2.0.0, run by tests/manifests/validate.mjs: types, enums, required fields. Those schemas accept
+- Knative (*.knative.dev), KEDA (keda.sh) and Prometheus Operator (monitoring.coreos.com) kinds: the schemas
+  published in npm @kubernetes-models/knative 4.0.0, /keda 2.0.0 and /prometheus-operator 6.0.0, run by
+  tests/manifests/validate.mjs: types, enums, required fields. Those schemas accept
   unknown fields, so validate.mjs runs each validator on a recording Proxy and reports every field present that
   the schema never looked up (typos, fields of other API versions); maps the schema enumerates (labels,
   annotations, resources, KEDA trigger metadata) and free-form objects stay free.
@@ -60,7 +61,7 @@ from manifest_checks import (
 pytestmark = pytest.mark.integration
 
 TREES = list(trees())
-VALIDATORS = {"kubernetes": "Kubernetes 1.32 strict", "npm": "@kubernetes-models (Knative, KEDA)",
+VALIDATORS = {"kubernetes": "Kubernetes 1.32 strict", "npm": "@kubernetes-models (Knative, KEDA, Prometheus Operator)",
               "kserve": "manifests/schemas/kserve", "none": "metadata only (NO_SCHEMA)"}
 
 
@@ -188,7 +189,7 @@ def test_kubernetes_validator_rejects_broken_objects() -> None:
     assert not passed, f"Kubernetes validation accepted: {passed}"
 
 
-def test_npm_validator_rejects_broken_knative_and_keda_objects() -> None:
+def test_npm_validator_rejects_broken_knative_keda_and_prometheus_operator_objects() -> None:
     f = fixtures()
     cases = {
         "ksvc container typo": broken(f["Service"], "spec/template/spec/containers/0/envv", []),
@@ -200,14 +201,16 @@ def test_npm_validator_rejects_broken_knative_and_keda_objects() -> None:
         "scaledobject typo": broken(f["ScaledObject"], "spec/triggers/0/metdata", {}),
         "scaledobject minReplicaCount as a string": broken(f["ScaledObject"], "spec/minReplicaCount", "0"),
         "scaledobject without scaleTargetRef": broken(f["ScaledObject"], "spec/scaleTargetRef", delete=True),
+        "podmonitor endpoint typo": broken(f["PodMonitor"], "spec/podMetricsEndpoints/0/prot", "metrics"),
+        "podmonitor selector as a string": broken(f["PodMonitor"], "spec/selector", "app=fixture"),
         "no-schema kind with a metadata typo": broken(f["RabbitmqBrokerConfig"], "metadata/nmae", "x"),
         "no-schema kind with a top-level typo": broken(f["RabbitmqBrokerConfig"], "sepc", {}),
     }
-    for kind in ("Service", "Trigger", "ScaledObject"):
+    for kind in ("Service", "Trigger", "ScaledObject", "PodMonitor"):
         cases |= {f"{kind}: {name}": obj for name, obj in mutations(f[kind])}
     verdicts = node_verdicts(list(cases.values()))
     passed = [name for name, problems in zip(cases, verdicts) if not problems]
-    assert not passed, f"the Knative/KEDA validator accepted: {passed}"
+    assert not passed, f"the npm validator accepted: {passed}"
 
 
 def test_npm_false_positive_filters_stay_narrow() -> None:

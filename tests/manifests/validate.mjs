@@ -1,4 +1,5 @@
-// Validates Knative and KEDA objects against the schemas published in npm @kubernetes-models/knative and /keda.
+// Validates Knative, KEDA and Prometheus Operator objects against the schemas published in npm
+// @kubernetes-models/knative, /keda and /prometheus-operator.
 //
 // stdin: a JSON array of Kubernetes objects. stdout: a JSON array, one result per object, in order:
 //   {schema, errors: [{path, message}], unknown: [{path, known}], ignored: [{path, message, reason}]}
@@ -16,6 +17,7 @@
 const PACKAGES = [
   [/\.knative\.dev$/, "@kubernetes-models/knative"],
   [/^(eventing\.)?keda\.sh$/, "@kubernetes-models/keda"],
+  [/^monitoring\.coreos\.com$/, "@kubernetes-models/prometheus-operator"],
 ];
 
 // Errors the published schemas raise on valid objects, because they are generated from Go types without
