@@ -28,6 +28,12 @@ class AnsweredQuestion:
     answer: str
     cache: str
     degraded: str | None
+    model: str = ""  # the LLM the gateway asks (a degraded answer may come from its fallback instead)
+    prompt_version: str = ""
+    # On a cache hit, the cached question whose answer was served: a down-rated hit is a candidate labelled pair
+    # (asked, cached, should not match) for notebooks/03-cache-threshold.
+    cached_question: str | None = None
+    cache_similarity: float | None = None
 
 
 class FeedbackStore:

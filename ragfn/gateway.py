@@ -320,9 +320,11 @@ class Gateway:
                  "timings_ms": prepared.timings_ms}
         if self.feedback is not None and prepared.request is not None:
             try:
+                hit = prepared.hit
                 self.feedback.remember(AnsweredQuestion(
                     prepared.answer_id, prepared.caller.tenant or "", prepared.request.collection,
-                    prepared.request.question, text, prepared.cache, final["degraded"]))
+                    prepared.request.question, text, prepared.cache, final["degraded"], self.llm.name, PROMPT_VERSION,
+                    hit.question if hit else None, round(hit.similarity, 4) if hit else None))
             except RagfnError as exc:  # rating is a nicety; the answer stands without it
                 log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)
                 final["answer_id"] = None

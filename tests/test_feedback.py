@@ -48,13 +48,22 @@ def test_an_answer_can_be_rated_once_by_its_own_tenant(gateway, monkeypatch):
     newest = store.recent(tenant="acme")[0]
     assert newest["question"] == "What does sorted() return?" and newest["rating"] == "down"
     assert newest["collection"] == "default" and newest["answer"] and newest["cache"] == "miss"
+    assert (newest["model"], newest["prompt_version"], newest["cached_question"]) == ("extractive", "v2", None)
+
+    # a down-rated cache hit names the cached question it was served for: a candidate labelled pair
+    hit = ask(app, "how do I sort a list").get_json()
+    assert hit["cache"] == "hit", hit
+    assert rate(app, hit["answer_id"], "down", comment="wrong question matched").status_code == 200
+    rated = store.recent(tenant="acme")[0]
+    assert (rated["question"], rated["cached_question"]) == ("how do I sort a list", "How do I sort a list?")
+    assert rated["cache"] == "hit" and rated["cache_similarity"] == 1.0
 
     stats = subprocess.run([sys.executable, "-m", "ragfn", "stats", "--json"], cwd=root, capture_output=True,
                            text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                                         "RAGFN_HOME": str(root / "stats-home"),
                                                         "RAGFN_REDIS_URL": REDIS_URL, "RAGFN_CACHE_PREFIX": "fbtest"})
     assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout)["feedback"] == {"up": 1, "down": 1}
+    assert json.loads(stats.stdout)["feedback"] == {"up": 1, "down": 2}
 
 
 def test_without_redis_feedback_is_refused_with_the_reason(gateway):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -199,6 +200,8 @@ def test_feedback_notebook_reads_real_ratings(model_dir: Path, kernel_env: dict[
     for comment in ("slow model, short answer", "nothing about := at all", "the cached answer ignores reverse order"):
         assert f"comment: {comment}" in down_rated
     assert "merge two dictionaries" not in down_rated
+    assert "matched: How do I sort a list? (similarity 1.00)" in down_rated  # the hit names the question it matched
+    assert json.dumps({"cached": "How do I sort a list?", "asked": "How do I sort a list?", "label": "?"}) in down_rated
     assert len(plots(notebook)) == 1
 
 
