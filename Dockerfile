@@ -79,38 +79,33 @@ ENV CMAKE_ARGS=${LLAMA_CMAKE_ARGS}
 COPY --from=wheel /wheels /wheels
 RUN pip wheel --wheel-dir /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]"
 
-FROM python-base AS predictor
-# libgomp: llama.cpp's OpenMP runtime.
+# What both predictor images share: llama.cpp's OpenMP runtime (libgomp) and the server command.
+FROM python-base AS predictor-runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=predictor-build /wheels /wheels
-RUN pip install --no-index --find-links /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]" && rm -rf /wheels
-COPY --from=llm-model /opt/ragfn/models /opt/ragfn/models
-USER 10001
 ENV RAGFN_HOME=/var/lib/ragfn
 EXPOSE 8080
 # The ServingRuntime (manifests/base/predictor/servingruntime.yaml) sets the same command with --model_name.
 ENTRYPOINT ["python", "-m", "inference"]
 CMD ["--http_port", "8080", "--model_name", "ragfn"]
 
+FROM predictor-runtime AS predictor
+COPY --from=predictor-build /wheels /wheels
+RUN pip install --no-index --find-links /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]" && rm -rf /wheels
+COPY --from=llm-model /opt/ragfn/models /opt/ragfn/models
+USER 10001
+
 # ---------------------------------------------------------------------------------------------------------------
 # vLLM on CUDA. vLLM's PyPI wheel brings its CUDA runtime (through torch's nvidia-* wheels); the node brings the
 # driver (NVIDIA container toolkit). Pinned to the vLLM version inference/vllm_engine.py is written against and
 # KServe 0.21's `llm` extra pins. llama-cpp-python (part of ragfn[inference]) reuses the wheel compiled above.
-FROM python-base AS predictor-gpu
+FROM predictor-runtime AS predictor-gpu
 ARG VLLM_VERSION=0.24.0
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=predictor-build /wheels /wheels
 RUN pip install --find-links /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]" "vllm==${VLLM_VERSION}" \
     && rm -rf /wheels
 USER 10001
-ENV RAGFN_HOME=/var/lib/ragfn
-EXPOSE 8080
-ENTRYPOINT ["python", "-m", "inference"]
-CMD ["--http_port", "8080", "--model_name", "ragfn"]
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM python-base AS ui

@@ -41,7 +41,7 @@ def attribute(answer: str, passages: list[Passage]) -> list[Passage]:
         if len(terms) < MIN_SHARED:
             continue
         # the most shared words wins; on a tie the better-ranked (lower-numbered) passage
-        shared, number = max(((len(terms & words), -n) for n, words in vocabulary.items()), default=(0, 0))
+        shared, number = max(((len(terms & known), -n) for n, known in vocabulary.items()), default=(0, 0))
         number = -number
         if shared >= MIN_SHARED and shared / len(terms) >= MIN_SHARE and number not in used:
             used[number] = by_number[number]

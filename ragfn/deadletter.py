@@ -209,8 +209,6 @@ def replay(letter: DeadLetter, sink: str, *, timeout: float = 10.0) -> None:
     from cloudevents.conversion import to_binary
     from cloudevents.http import from_http
 
-    from ragfn.errors import Unavailable
-
     event = from_http({"content-type": "application/cloudevents+json"}, json.dumps(original_event(letter)))
     headers, body = to_binary(event)
     try:

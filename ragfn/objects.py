@@ -200,7 +200,7 @@ class ObjectReader:
             raise _s3_error(exc, uri) from exc
         self._check_size(len(data), uri)
         # The same preference as S3 notifications (versionId, then eTag), so event and read agree on the version.
-        return StoredObject(uri, data, version_id or etag.strip('"') or None, None, len(data),
+        return StoredObject(uri, data, _s3_version(head), None, len(data),
                             head.get("ContentType"), user_metadata(head.get("Metadata") or {}))
 
     def _list_s3(self, bucket: str, prefix: str) -> Iterator[str]:

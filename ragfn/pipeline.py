@@ -42,8 +42,9 @@ def indexed_as_is(change: ObjectChange, entry: LedgerEntry | None, chunking: str
     a HEAD sees (versionId or ETag, generation); file:// versions are content hashes, so files are always read."""
     if not (entry and entry.state == "indexed" and entry.chunking == chunking) or change.uri.startswith("file://"):
         return False
-    head = runtime.reader.head(change.uri)
-    return head.version == entry.version and change.version in (None, head.version)
+    if change.version not in (None, entry.version):  # a notification naming a new version: no HEAD needed
+        return False
+    return runtime.reader.head(change.uri).version == entry.version
 
 
 def chunk_change(change: ObjectChange, runtime: Runtime, *, event_time: datetime | None = None) -> StageResult:
