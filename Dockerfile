@@ -63,9 +63,10 @@ COPY functions functions
 USER 10001
 ENV RAGFN_HOME=/var/lib/ragfn
 EXPOSE 8080
-# functions-framework listens on $PORT (Knative sets it; 8080 otherwise). The manifests pass --source/--target.
+# functions-framework listens on $PORT (Knative sets it; 8080 otherwise). The manifests pass --source/--target; the
+# ask gateway, a Flask app of its own, is started with `python -m ragfn.serve.gateway_app` (base/functions/ask.yaml).
 ENTRYPOINT ["functions-framework", "--signature-type", "http"]
-CMD ["--source", "functions/ask/main.py", "--target", "handle"]
+CMD ["--source", "functions/retrieve/main.py", "--target", "handle"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # llama-cpp-python has no wheel on PyPI: compile it once here, for a portable x86-64-v3 baseline (AVX2/FMA, any

@@ -12,6 +12,6 @@ test:  ## install what the tests need and run them
 bench:  ## the ingestion benchmark (not part of CI)
 	bash scripts/bootstrap.sh all --group bench && .venv/bin/python bench/ingest.py
 
-schemas:  ## re-export eventing/schemas from ragfn/events.py, and manifests/schemas/kserve from the kserve SDK
-	.venv/bin/python -m ragfn.events
+schemas:  ## re-export eventing/schemas from ragfn/eventing/events.py, and manifests/schemas/kserve from the kserve SDK
+	.venv/bin/python -m ragfn.eventing.events
 	.venv/bin/python scripts/kserve_schema.py

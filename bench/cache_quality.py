@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragfn.cache import CacheScope, RedisCache, conflicting
+from ragfn.cache.redis_cache import CacheScope, RedisCache, conflicting
 
 DATA = Path(__file__).resolve().parent / "data" / "cache_pairs.jsonl"
 LABELS = ("paraphrase", "wrong_intent", "negation", "number", "entity")
@@ -95,7 +95,7 @@ def measure(embedder, redis_client, *, pairs: list[dict] | None = None, threshol
     """Store each pair's cached question in its own scope of a real RedisCache, look the asked one up at the
     default threshold and each swept one, and score it all. The client's keys under a fresh prefix are removed."""
     if threshold is None:
-        from ragfn.config import Settings
+        from ragfn.core.config import Settings
 
         threshold = Settings().cache_threshold
     pairs = load_pairs() if pairs is None else pairs
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import redis
 
-    from ragfn.config import Settings
-    from ragfn.runtime import Runtime
+    from ragfn.core.config import Settings
+    from ragfn.serve.runtime import Runtime
 
     embedder = Runtime(Settings()).embedder
     client = redis.Redis.from_url(args.redis_url)

@@ -27,8 +27,9 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
 
 from conftest import PredictorProcess, llamacpp_env  # noqa: E402 - the tests' way of starting the predictor
 from fetch_llm import FILE_NAME, fetch  # noqa: E402
-from ragfn.context import Passage  # noqa: E402
-from ragfn.llm import build_messages  # noqa: E402
+
+from ragfn.llm.client import build_messages  # noqa: E402
+from ragfn.retrieval.context import Passage  # noqa: E402
 
 QUESTIONS = ["How do I sort a list?", "What does the sorted() built-in return?", "Are lists mutable?",
              "How do dictionaries keep their order?", "How do I copy a list?", "What is a tuple?",

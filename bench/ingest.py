@@ -33,15 +33,15 @@ sys.path.insert(0, str(REPO / "scripts"))
 from fetch_corpus import sources_dir
 from offline import offline_model_dir
 
-from ragfn.config import OFFLINE_MODEL, Settings
-from ragfn.errors import RagfnError
-from ragfn.events import ChunkBatch
-from ragfn.ingest import IngestReport, ingest
-from ragfn.loaders import load_document
-from ragfn.pipeline import chunk_change, embed_batch, index_batch
-from ragfn.runtime import Runtime
-from ragfn.storage_events import ObjectChange
-from ragfn.uris import to_uri
+from ragfn.core.config import OFFLINE_MODEL, Settings
+from ragfn.core.errors import RagfnError
+from ragfn.core.uris import to_uri
+from ragfn.eventing.events import ChunkBatch
+from ragfn.ingest.loaders import load_document
+from ragfn.ingest.pipeline import chunk_change, embed_batch, index_batch
+from ragfn.ingest.storage_events import ObjectChange
+from ragfn.ingest.walk import IngestReport, ingest
+from ragfn.serve.runtime import Runtime
 
 HOME = Path(os.environ.get("RAGFN_HOME", REPO / ".ragfn"))
 EDIT = " This sentence was added by the re-ingest benchmark to change one paragraph."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ragfn.config import OFFLINE_MODEL, Settings
+from ragfn.core.config import OFFLINE_MODEL, Settings
 
 
 def offline_model_dir(home: Path) -> Path:

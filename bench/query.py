@@ -22,15 +22,15 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from query_cache import gateway, gptcache_peer, redis_db_is_free, thread_probe
 from offline import offline_model_dir
+from query_cache import gateway, gptcache_peer, redis_db_is_free, thread_probe
 from query_corpus import Corpus
 from query_report import git_state, table
 from query_timing import Served, interleaved, log, summary
 
-from ragfn.config import OFFLINE_MODEL
-from ragfn.runtime import Runtime
-from ragfn.search import Caller
+from ragfn.core.config import OFFLINE_MODEL
+from ragfn.retrieval.dense import Caller
+from ragfn.serve.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("RAGFN_HOME", REPO / ".ragfn"))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from query_timing import Served, in_blocks, interleaved, log, summary
 
-from ragfn.cache import CacheScope
-from ragfn.embedding import FastEmbedder
-from ragfn.llm import PROMPT_VERSION
-from ragfn.runtime import Runtime
+from ragfn.cache.redis_cache import CacheScope
+from ragfn.ingest.embedding import FastEmbedder
+from ragfn.llm.client import PROMPT_VERSION
+from ragfn.serve.runtime import Runtime
 
 KEY, TENANT, GROUPS = "bench-query-key", "bench", ["eng"]
 
@@ -167,7 +167,7 @@ def gptcache_peer(embedders: dict[int, FastEmbedder], pairs: list[list[str]], re
 
 def thread_probe(model_dir: Path, home: Path, questions: list[str], seconds: float) -> dict:
     """One question's embedding with onnxruntime at 1 and 2 intra-op threads (what RAGFN_EMBED_THREADS sets)."""
-    from ragfn.config import OFFLINE_MODEL, Settings
+    from ragfn.core.config import OFFLINE_MODEL, Settings
 
     embedders = {}
     for threads in (1, 2):

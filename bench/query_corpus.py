@@ -28,17 +28,17 @@ from offline import offline_model_dir
 
 # imported now, not lazily by Runtime: other people edit ragfn while a long build runs, and one process must not mix
 # two versions of its modules
-import ragfn.embedding
-import ragfn.store  # noqa: F401
-from ragfn.chunking import ChunkingConfig, chunk_document
-from ragfn.config import OFFLINE_MODEL, Settings
-from ragfn.errors import RagfnError
-from ragfn.events import DocumentVersion, EmbeddedBatch, sequence_key
-from ragfn.loaders import load_document
-from ragfn.pipeline import content_version, with_occurrences
-from ragfn.runtime import Runtime
-from ragfn.uris import to_uri
-from ragfn.vectors import encode_vector
+import ragfn.ingest.embedding
+import ragfn.store.chroma  # noqa: F401
+from ragfn.core.config import OFFLINE_MODEL, Settings
+from ragfn.core.errors import RagfnError
+from ragfn.core.uris import to_uri
+from ragfn.eventing.events import DocumentVersion, EmbeddedBatch, sequence_key
+from ragfn.ingest.chunking import ChunkingConfig, chunk_document
+from ragfn.ingest.loaders import load_document
+from ragfn.ingest.pipeline import content_version, with_occurrences
+from ragfn.serve.runtime import Runtime
+from ragfn.store.vectors import encode_vector
 
 BLOCK = 2048  # chunks per vector file: an interrupted build loses at most one block (about 30 s on 2 cores)
 WRITE_ROWS = 1000  # rows per write_batch call, under Chroma's maximum batch size

@@ -15,7 +15,7 @@ import flask
 from functions_framework import create_app
 from functions_framework._http import create_server
 
-from ragfn.embedding import FastEmbedder
+from ragfn.ingest.embedding import FastEmbedder
 
 CALLS = {"calls": 0, "texts": 0}
 _lock = threading.Lock()
@@ -32,7 +32,12 @@ def counted_embed(self, texts):
 def main() -> None:
     source, port = sys.argv[1], int(sys.argv[2])
     FastEmbedder.embed = counted_embed
-    app = create_app(target="handle", source=str(Path(source).resolve()), signature_type="http")
+    if Path(source).resolve().parent.name == "ask":  # the gateway is a Flask app of its own, not one function
+        from ragfn.serve.gateway_app import create_app as gateway_app
+
+        app = gateway_app()
+    else:
+        app = create_app(target="handle", source=str(Path(source).resolve()), signature_type="http")
     # a static rule outranks functions-framework's catch-all /<path:path> in werkzeug's routing
     app.add_url_rule("/__bench__/embed-calls", "bench_embed_calls", lambda: flask.jsonify(CALLS))
     # keepalive 120 s instead of gunicorn's 2 s: the bench's client holds one connection open, as a gateway's pool

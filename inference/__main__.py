@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference.model import RagfnModel
     from inference.openai_routes import OpenAIRoutes
     from inference.settings import PredictorSettings, build_engine
-    from ragfn.errors import ConfigError
+    from ragfn.core.errors import ConfigError
 
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve",
                                      description="ragfn's KServe predictor")

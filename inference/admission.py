@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from inference.metrics import PredictorMetrics
-from ragfn.errors import Unavailable
+from ragfn.core.errors import Unavailable
 
 
 class Overloaded(Unavailable):

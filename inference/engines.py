@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ragfn.errors import BadEvent, ConfigError
+from ragfn.core.errors import BadEvent, ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ExtractiveEngine:
         pass
 
     def stream(self, request: GenerationRequest) -> Iterator[Piece]:
-        from ragfn.llm import WORD, ExtractiveLLM
+        from ragfn.llm.client import WORD, ExtractiveLLM
 
         messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
         done = ExtractiveLLM().complete(messages, max_tokens=request.max_tokens, stop=list(request.stop))

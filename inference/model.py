@@ -24,7 +24,7 @@ from inference.admission import Admission, Overloaded
 from inference.engines import GenerationRequest, Piece
 from inference.metrics import PredictorMetrics
 from inference.threads import iterate_in_thread
-from ragfn.errors import BadEvent, RagfnError, Unavailable
+from ragfn.core.errors import BadEvent, RagfnError, Unavailable
 
 log = logging.getLogger("ragfn.inference")
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from inference.admission import Overloaded
 from inference.engines import GenerationRequest
 from inference.model import RagfnModel, generation_options
-from ragfn.errors import BadEvent, RagfnError, problems
+from ragfn.core.errors import BadEvent, RagfnError, problems
 
 DEFAULT_MAX_TOKENS = 512
 

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ragfn.errors import ConfigError
+from ragfn.core.errors import ConfigError
+
 
 class PredictorSettings(BaseSettings):
     """Every field is `RAGFN_LLM_<NAME>` in the environment."""

@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterator
 
 from inference.engines import GenerationRequest, Piece
-from ragfn.llm import OpenAIChatClient, TextStream
-from ragfn.errors import Unavailable
+from ragfn.core.errors import Unavailable
+from ragfn.llm.client import OpenAIChatClient, TextStream
 
 log = logging.getLogger("ragfn.inference")
 

@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from inference.engines import GenerationRequest, Piece
-from ragfn.errors import ConfigError
+from ragfn.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ragfn.config import Settings, load_settings
-from ragfn.evalset import SUFFIX, EvalQuery, build_eval_set, load_queries
+from ragfn.core.config import Settings, load_settings
+from ragfn.retrieval.evalset import SUFFIX, EvalQuery, build_eval_set, load_queries
 
 REPO = Path(__file__).resolve().parent.parent
 # RAGFN_NOTEBOOK_SMALL=1 (CI): the four smallest FAQ files, 33 questions, about 13 % of the corpus

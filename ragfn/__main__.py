@@ -1,5 +1,5 @@
 """`python -m ragfn` is the `ragfn` command."""
 
-from ragfn.cli import app
+from ragfn.cli.main import app
 
 app()

@@ -4,7 +4,7 @@
     python scripts/build_eval.py --out DIR --sources .../_sources
 
 The FAQ comes from Debian's python3.11-doc (fetched by fetch_corpus.py if missing). Deterministic and idempotent;
-see ragfn/evalset.py for the format and the relevance rule.
+see ragfn/retrieval/evalset.py for the format and the relevance rule.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fetch_corpus import sources_dir
 
-from ragfn.evalset import build_eval_set
+from ragfn.retrieval.evalset import build_eval_set
 
 
 def default_out() -> Path:

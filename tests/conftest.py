@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ragfn.config import OFFLINE_MODEL, Settings
+from ragfn.core.config import OFFLINE_MODEL, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -213,9 +213,9 @@ DOC = "# Lists\n\nTo sort a list in place, call list.sort(). The sorted() built-
 
 @pytest.fixture
 def gateway(ragfn_env, tmp_path, monkeypatch):
-    """The ask function (functions-framework test client) over two tenants' copies of one document."""
-    from ragfn.ingest import ingest
-    from ragfn.runtime import Runtime
+    """The ask gateway (its Flask test client) over two tenants' copies of one document."""
+    from ragfn.ingest.walk import ingest
+    from ragfn.serve.runtime import Runtime
 
     keys_file = tmp_path / "keys.json"
     keys_file.write_text(json.dumps({hashlib.sha256(k.encode()).hexdigest(): v for k, v in KEYS.items()}))
@@ -229,10 +229,9 @@ def gateway(ragfn_env, tmp_path, monkeypatch):
     def client(**env: str):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        from functions_framework import create_app
+        from ragfn.serve.gateway_app import create_app
 
-        return create_app(target="handle", source=str(REPO / "functions" / "ask" / "main.py"),
-                          signature_type="http").test_client()
+        return create_app().test_client()
 
     server = redis.Redis.from_url(REDIS_URL)
     server.flushdb()

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DOC, REDIS_URL, ask
-from ragfn.ingest import ingest
-from ragfn.runtime import Runtime
+
+from ragfn.ingest.walk import ingest
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -105,8 +105,8 @@ def test_vector_store_down_answers_from_the_lexical_snapshot(ragfn_env, tmp_path
         runtime = Runtime(settings)
         (tmp_path / "lists.md").write_text(DOC)
         ingest([str(tmp_path / "lists.md")], runtime, tenant="acme")
-        from ragfn.gateway import AskRequest
-        from ragfn.search import Caller
+        from ragfn.gateway.ask import AskRequest
+        from ragfn.retrieval.dense import Caller
 
         request, caller = AskRequest(question="How do I sort a list?"), Caller("acme", ("eng",))
         assert runtime.gateway.ask(request, caller)["degraded"] is None  # builds the lexical snapshot too
@@ -119,8 +119,8 @@ def test_vector_store_down_answers_from_the_lexical_snapshot(ragfn_env, tmp_path
 
 
 def test_in_process_cache_never_serves_an_answer_about_a_changed_document(ragfn_env, tmp_path):
-    from ragfn.gateway import AskRequest
-    from ragfn.search import Caller
+    from ragfn.gateway.ask import AskRequest
+    from ragfn.retrieval.dense import Caller
 
     runtime = Runtime(ragfn_env)
     (tmp_path / "lists.md").write_text(DOC)
@@ -152,8 +152,8 @@ def test_a_streamed_answer_is_one_trace_whose_ask_span_ends_with_the_stream(gate
 
 
 def test_an_abandoned_stream_ends_its_spans(ragfn_env, tmp_path, spans):
-    from ragfn.gateway import AskRequest
-    from ragfn.search import Caller
+    from ragfn.gateway.ask import AskRequest
+    from ragfn.retrieval.dense import Caller
 
     runtime = Runtime(ragfn_env)
     (tmp_path / "lists.md").write_text(DOC)
@@ -168,8 +168,8 @@ def test_an_abandoned_stream_ends_its_spans(ragfn_env, tmp_path, spans):
 
 
 def test_a_question_is_embedded_once_per_answer_and_not_at_all_on_an_exact_repeat(ragfn_env, tmp_path):
-    from ragfn.gateway import AskRequest
-    from ragfn.search import Caller
+    from ragfn.gateway.ask import AskRequest
+    from ragfn.retrieval.dense import Caller
 
     runtime = Runtime(ragfn_env)
     (tmp_path / "lists.md").write_text(DOC)

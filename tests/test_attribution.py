@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ragfn.attribution import attribute
-from ragfn.context import Passage
+from ragfn.gateway.attribution import attribute
+from ragfn.retrieval.context import Passage
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +51,8 @@ def test_the_gateway_marks_inferred_sources_and_the_cache_keeps_the_mark(gateway
     """SmolLM2 through the predictor: whatever it writes, the sources shown are its own [n] or, only when it wrote
     none, the inferred ones, flagged as such."""
     from conftest import ask
-    from ragfn.llm import citations
+
+    from ragfn.llm.client import citations
 
     client, _ = gateway
     app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm", RAGFN_LLM_COLD_WAIT_SECONDS="60")

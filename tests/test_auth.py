@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from ragfn.auth import ApiKeys, Forbidden, Identity, Unauthorized, authorize
-from ragfn.errors import ConfigError, RagfnError
+from ragfn.core.auth import ApiKeys, Forbidden, Identity, Unauthorized, authorize
+from ragfn.core.errors import ConfigError, RagfnError
 
 pytestmark = pytest.mark.unit
 KEY, OTHER_KEY = "sk-acme-0123456789abcdef", "sk-globex-fedcba9876543210"
@@ -109,7 +109,7 @@ def test_a_bad_key_file_is_a_config_error(tmp_path, content: str) -> None:
 
 
 def test_an_explicit_empty_tenant_is_the_untenanted_space(tmp_path) -> None:
-    from ragfn.search import Caller
+    from ragfn.retrieval.dense import Caller
 
     keys = ApiKeys({ApiKeys.hash(KEY): {"tenant": "", "name": "dev"}})
     identity = keys.authenticate({"X-API-Key": KEY})

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from ragfn.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen
-from ragfn.errors import BadEvent, Unavailable
+from ragfn.core.errors import BadEvent, Unavailable
+from ragfn.gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 from werkzeug.serving import make_server
 
-from ragfn.broker import LocalBroker
-from ragfn.deadletter import DeadLetterStore
-from ragfn.triggers import Delivery, Trigger, parse_duration
+from ragfn.eventing.broker import LocalBroker
+from ragfn.eventing.dead_letters import DeadLetterStore
+from ragfn.eventing.triggers import Delivery, Trigger, parse_duration
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import boto3
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from conftest import REPO, EventSink, free_port, gcs_emulator, moto_s3
 from functions_framework import create_app
 
-from conftest import REPO, EventSink, free_port, gcs_emulator, moto_s3
-from ragfn import events
-from ragfn.storage_events import ObjectChange, parse_storage_event
+from ragfn.eventing import events
+from ragfn.ingest.storage_events import ObjectChange, parse_storage_event
 
 pytestmark = pytest.mark.integration
 PAYLOADS = REPO / "tests" / "payloads"

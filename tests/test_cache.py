@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import redis
 
-from ragfn.cache import CacheScope, RedisCache, conflicting
-from ragfn.embedding import FastEmbedder
-from ragfn.errors import Unavailable
+from ragfn.cache.redis_cache import CacheScope, RedisCache, conflicting
+from ragfn.core.errors import Unavailable
+from ragfn.ingest.embedding import FastEmbedder
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

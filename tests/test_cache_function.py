@@ -10,7 +10,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from functions_framework import create_app
 
-from ragfn import events
+from ragfn.eventing import events
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

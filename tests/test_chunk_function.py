@@ -9,10 +9,10 @@ from urllib.parse import unquote_plus
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from conftest import gcs_emulator, moto_s3
 from functions_framework import create_app
 
-from conftest import gcs_emulator, moto_s3
-from ragfn import events
+from ragfn.eventing import events
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

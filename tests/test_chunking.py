@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ragfn.blocks import Block
-from ragfn.chunking import (
+from ragfn.core.errors import ConfigError
+from ragfn.eventing.events import Chunk
+from ragfn.ingest.blocks import Block
+from ragfn.ingest.chunking import (
     ChunkingConfig,
     HeuristicTokenCounter,
     HFTokenCounter,
@@ -20,9 +22,7 @@ from ragfn.chunking import (
     chunk_document,
     load_token_counter,
 )
-from ragfn.errors import ConfigError
-from ragfn.events import Chunk
-from ragfn.loaders import LoadedDocument, load_document
+from ragfn.ingest.loaders import LoadedDocument, load_document
 
 pytestmark = pytest.mark.unit
 

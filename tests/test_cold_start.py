@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from conftest import PredictorProcess, ask, free_port_block, llamacpp_env
-from ragfn.attribution import attribute
-from ragfn.errors import ConfigError
-from ragfn.keepalive import KeepAlive, parse_schedule
-from ragfn.llm import citations, parse_messages
 from test_predictor import metric
+
+from ragfn.core.errors import ConfigError
+from ragfn.gateway.attribution import attribute
+from ragfn.gateway.keepalive import KeepAlive, parse_schedule
+from ragfn.llm.client import citations, parse_messages
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "How do I sort a list?"
@@ -68,10 +68,10 @@ def finished(base_url: str) -> float:
 
 def _prompt() -> list[dict]:
     """The messages the gateway sends for QUESTION: rebuilt from what it retrieves (the same runtime settings)."""
-    from ragfn.config import load_settings
-    from ragfn.gateway import AskRequest
-    from ragfn.runtime import Runtime
-    from ragfn.search import Caller
+    from ragfn.core.config import load_settings
+    from ragfn.gateway.ask import AskRequest
+    from ragfn.retrieval.dense import Caller
+    from ragfn.serve.runtime import Runtime
 
     runtime = Runtime(load_settings())
     prepared = runtime.gateway.prepare(AskRequest(question=QUESTION, top_k=8), Caller("acme", ("eng",)))
@@ -153,7 +153,7 @@ def test_the_pingsource_schedule_is_one_the_local_timer_understands():
 
 @pytest.mark.integration
 def test_only_the_first_questions_of_a_cold_start_wait_for_it():
-    from ragfn.warmup import PredictorWarmth
+    from ragfn.llm.warmup import PredictorWarmth
 
     with httpx.Client() as http:
         warmth = PredictorWarmth(http, f"http://127.0.0.1:{free_port_block(1)}/v1", retry_seconds=0.1,

@@ -1,9 +1,9 @@
 """Contracts between the manifests and the code (issue 6), checked on the built overlays and eventing/:
-- every Trigger filter names an event type defined in ragfn/events.py, and filters on the type at all;
+- every Trigger filter names an event type defined in ragfn/eventing/events.py, and filters on the type at all;
 - every event type that reaches the broker (events.PRODUCERS, EVENT_MODELS, STORAGE_TYPES) has a Trigger consuming
   it, or is in events.TERMINAL_TYPES (which then has none);
 - every environment variable a ragfn container gets (env, and envFrom ConfigMaps/Secrets in the build, and
-  functions/*/func.yaml run.envs) is read by a settings class (ragfn.config.Settings, inference's
+  functions/*/func.yaml run.envs) is read by a settings class (ragfn.core.config.Settings, inference's
   PredictorSettings, ui's UISettings: names derived from the pydantic models) or is in STANDARD_ENV with a reason;
 - every image is a build target (a Dockerfile stage `FROM ... AS <target>` that no other stage builds on or
   copies from, or a functions/*/func.yaml name: the image's last path segment, after kustomize's `images:`
@@ -20,11 +20,19 @@ import re
 
 import pytest
 import yaml
-from pydantic import AliasChoices, AliasPath
-
 from manifest_checks import (
-    EVENTING, REPO, build, containers, dockerfile_targets, ident, image_parts, trees, trigger_consumes, type_tests,
+    EVENTING,
+    REPO,
+    build,
+    containers,
+    dockerfile_targets,
+    ident,
+    image_parts,
+    trees,
+    trigger_consumes,
+    type_tests,
 )
+from pydantic import AliasChoices, AliasPath
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +93,8 @@ def all_triggers() -> list[tuple[str, dict]]:
 
 
 def defined_types() -> set[str]:
-    """Every event type ragfn/events.py names: EVENT_MODELS' keys, and its UPPER_CASE constants and tuples."""
-    from ragfn import events
+    """Every event type ragfn/eventing/events.py names: EVENT_MODELS' keys, and its UPPER_CASE constants and tuples."""
+    from ragfn.eventing import events
 
     types = set(events.EVENT_MODELS)
     for name, value in vars(events).items():
@@ -100,7 +108,7 @@ def defined_types() -> set[str]:
 def produced_types() -> set[str]:
     """What goes onto the broker: the keys of events.PRODUCERS (type -> who sends it), which must cover ragfn's
     own types (EVENT_MODELS) and the storage notifications the bucket sources deliver."""
-    from ragfn import events
+    from ragfn.eventing import events
 
     return set(events.PRODUCERS) | set(events.EVENT_MODELS) | set(events.STORAGE_TYPES)
 
@@ -123,7 +131,7 @@ def trigger_problems(triggers: list[tuple[str, dict]], known: set[str]) -> list[
                   "suffix": lambda v: any(t.endswith(v) for t in known)}.get(dialect, lambda v: False)(value)
             if not ok:
                 hint = " (CE SQL filters cannot be checked: use exact/prefix/suffix)" if dialect == "cesql" else ""
-                problems.append(f"{name}: {dialect} type {value!r} is not an event type in ragfn/events.py{hint}")
+                problems.append(f"{name}: {dialect} type {value!r} is not an event type in ragfn/eventing/events.py{hint}")
     return problems
 
 
@@ -155,17 +163,17 @@ def test_trigger_checks_catch_unknown_types_and_tell_consumers() -> None:
 
 
 def test_every_produced_event_type_has_a_consumer_or_is_terminal() -> None:
-    from ragfn import events
+    from ragfn.eventing import events
 
     terminal = set(getattr(events, "TERMINAL_TYPES", ()))
     triggers = [t for _, t in all_triggers()]
     orphans = sorted(t for t in produced_types() - terminal if not any(trigger_consumes(tr, t) for tr in triggers))
     assert not orphans, (f"produced but no Trigger consumes them: {orphans}; add a Trigger in eventing/triggers, or "
-                         "list them in ragfn.events.TERMINAL_TYPES with the reason")
+                         "list them in ragfn.eventing.events.TERMINAL_TYPES with the reason")
 
 
 def test_terminal_types_are_defined_and_have_no_consumer() -> None:
-    from ragfn import events
+    from ragfn.eventing import events
 
     terminal = set(getattr(events, "TERMINAL_TYPES", ()))
     assert terminal <= defined_types(), f"TERMINAL_TYPES names unknown types: {terminal - defined_types()}"
@@ -185,7 +193,7 @@ def settings_env_names() -> dict[str, str]:
     from ragfn import config, profile
     from ui.settings import UISettings
 
-    names = {profile.PROFILE_ENV: "ragfn.config's profile source (ragfn.profile.PROFILE_ENV)"}
+    names = {profile.PROFILE_ENV: "ragfn.config's profile source (ragfn.core.profile.PROFILE_ENV)"}
     for cls in (config.Settings, PredictorSettings, UISettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, info in cls.model_fields.items():

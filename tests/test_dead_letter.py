@@ -14,14 +14,13 @@ import pytest
 import redis
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from functions_framework import create_app
-
 from conftest import REDIS_URL as GATEWAY_REDIS_URL
 from conftest import REPO, EventSink, free_port
-from ragfn import events
-from ragfn.deadletter import DeadLetterStore, open_dead_letters, trigger_of
-from ragfn.deadletter_redis import RedisDeadLetterStore
-from ragfn.errors import BadEvent, Unavailable
+from functions_framework import create_app
+
+from ragfn.core.errors import BadEvent, Unavailable
+from ragfn.eventing import events
+from ragfn.eventing.dead_letters import DeadLetterStore, RedisDeadLetterStore, open_dead_letters, trigger_of
 
 pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/15"

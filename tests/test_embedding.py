@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragfn.embedding import FastEmbedder, plan_batches
+from ragfn.ingest.embedding import FastEmbedder, plan_batches
 
 TEXTS = ["short", "a somewhat longer sentence about Python generators and iterators",
          "mid length text here", "x " * 300, "another short one", "Decorators wrap functions. " * 8]

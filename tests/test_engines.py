@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from inference.engines import ExtractiveEngine, GenerationRequest, LlamaCppEngine
-from ragfn.context import Passage
-from ragfn.errors import ConfigError
-from ragfn.llm import build_messages
+from ragfn.core.errors import ConfigError
+from ragfn.llm.client import build_messages
+from ragfn.retrieval.context import Passage
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ragfn.chunking import ChunkingConfig, HeuristicTokenCounter, chunk_document
-from ragfn.evalset import (
+from ragfn.ingest.chunking import ChunkingConfig, HeuristicTokenCounter, chunk_document
+from ragfn.ingest.loaders import load_document
+from ragfn.retrieval.evalset import (
     EvalQuery,
     build_eval_set,
     is_relevant,
@@ -17,7 +18,6 @@ from ragfn.evalset import (
     load_queries,
     strip_questions,
 )
-from ragfn.loaders import load_document
 
 REPO = Path(__file__).resolve().parent.parent
 _ADORN = re.compile(r"([!-/:-@\[-`{-~])\1+[ \t]*\Z")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragfn import events
-from ragfn.triggers import _trigger, load_triggers
+from ragfn.eventing import events
+from ragfn.eventing.triggers import _trigger, load_triggers
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent

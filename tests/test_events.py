@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ragfn import events
-from ragfn.triggers import load_triggers
+from ragfn.eventing import events
+from ragfn.eventing.triggers import load_triggers
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parent.parent

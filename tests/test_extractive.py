@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from ragfn.context import Passage
-from ragfn.extractive import extractive_answer, sentences
+from ragfn.llm.extractive import extractive_answer, sentences
+from ragfn.retrieval.context import Passage
 
 pytestmark = pytest.mark.unit
 

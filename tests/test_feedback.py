@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import redis
-
 from conftest import REDIS_URL, REPO, ask
 
 pytestmark = pytest.mark.integration
@@ -41,7 +40,7 @@ def test_an_answer_can_be_rated_once_by_its_own_tenant(gateway, monkeypatch):
     assert bad.status_code == 400 and "rating" in bad.get_json()["message"]
     assert rate(app, answer["answer_id"], "up", key="nope").status_code == 401
 
-    from ragfn.feedback import FeedbackStore
+    from ragfn.gateway.feedback import FeedbackStore
 
     store = FeedbackStore(redis.Redis.from_url(REDIS_URL), prefix="fbtest")
     assert store.counts("acme") == {"up": 1, "down": 1} and store.counts("globex") == {"up": 0, "down": 0}

@@ -12,8 +12,8 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 from functions_framework import create_app
 
-from ragfn import events
-from ragfn.vectors import decode_vector
+from ragfn.eventing import events
+from ragfn.store.vectors import decode_vector
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_index_rejects_bad_vectors_without_writing(ragfn_env):
     embedded["vectors"][1] = "AAAA"
     body = _error(post(client("index"), events.EMBEDDED, embedded), 400)
     assert "float32 values" in body["message"]
-    from ragfn.store import ChromaIndex
+    from ragfn.store.chroma import ChromaIndex
 
     assert ChromaIndex(ragfn_env).stats().get("default", {"chunks": 0})["chunks"] == 0
 

@@ -21,21 +21,21 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from conftest import REPO, free_port, wait_http
+from test_llm import API_KEY, ChatServer
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from conftest import REPO, free_port, wait_http
-from ragfn.breaker import CircuitOpen
-from ragfn.config import OFFLINE_MODEL, Settings
-from ragfn.errors import Unavailable
-from ragfn.gateway import NO_RETRIEVAL
-from ragfn.ingest import ingest
-from ragfn.remote import HttpAnswerCache, HttpRetrieval
-from ragfn.runtime import Runtime
-from ragfn.search import Caller
-from ragfn.stages import AnswerKey, RetrievalQuery
-from ragfn.telemetry import traced_http_client
-from test_llm import API_KEY, ChatServer
+from ragfn.core.config import OFFLINE_MODEL, Settings
+from ragfn.core.errors import Unavailable
+from ragfn.core.telemetry import traced_http_client
+from ragfn.gateway.ask import NO_RETRIEVAL
+from ragfn.gateway.backends import AnswerKey, RetrievalQuery
+from ragfn.gateway.breaker import CircuitOpen
+from ragfn.gateway.remote import HttpAnswerCache, HttpRetrieval
+from ragfn.ingest.walk import ingest
+from ragfn.retrieval.dense import Caller
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 RUN = uuid.uuid4().hex[:8]  # Redis and Chroma are shared with other tests (and other sessions): names of our own
@@ -46,11 +46,12 @@ DOCS = {"lists.md": "# Lists\n\nTo sort a list in place, call list.sort(). The s
 
 
 class Service:
-    """One function as `python -m functions_framework`, as Knative runs it, restartable."""
+    """One function as Knative runs it (functions-framework; the ask gateway, its own Flask app), restartable."""
 
     def __init__(self, name: str, folder: str, env: dict[str, str], log_dir: Path) -> None:
         self.name, self.env, self.log_dir = name, env, log_dir
-        self.source = str(REPO / "functions" / folder / "main.py")
+        self.server = ["-m", "ragfn.serve.gateway_app"] if folder == "ask" else [
+            "-m", "functions_framework", "--target", "handle", "--source", str(REPO / "functions" / folder / "main.py")]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -58,8 +59,7 @@ class Service:
     def start(self) -> None:
         log = (self.log_dir / f"{self.name}.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "handle", "--source", self.source,
-             "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, *self.server, "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:

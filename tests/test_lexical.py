@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from ragfn.errors import BadEvent
-from ragfn.hybrid import HybridRetriever
-from ragfn.ingest import ingest
-from ragfn.lexical import LexicalRetriever, query_terms, tokenize
-from ragfn.runtime import Runtime
-from ragfn.search import Caller, DenseRetriever
+from ragfn.core.errors import BadEvent
+from ragfn.ingest.walk import ingest
+from ragfn.retrieval.dense import Caller, DenseRetriever
+from ragfn.retrieval.hybrid import HybridRetriever
+from ragfn.retrieval.lexical import LexicalRetriever, query_terms, tokenize
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_a_collection_past_sqlites_32766_variables_still_builds_its_bm25_snapsho
 
 
 def test_a_failing_store_is_not_asked_again_on_every_query(index_settings):
-    from ragfn.errors import Unavailable
+    from ragfn.core.errors import Unavailable
 
     runtime = Runtime(index_settings.model_copy(update={"chroma_url": "http://127.0.0.1:9"}))  # nothing listens
     lexical = LexicalRetriever(runtime.index)

@@ -14,16 +14,24 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from conftest import REPO, free_port
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from conftest import REPO, free_port
-from ragfn.context import Passage, render
-from ragfn.errors import BadEvent, ConfigError, RateLimited, Unavailable
-from ragfn.extractive import extractive_answer
-from ragfn.llm import (LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, OpenAIChatClient, build_messages,
-                       citations, parse_messages)
-from ragfn.uris import document_name
+from ragfn.core.errors import BadEvent, ConfigError, RateLimited, Unavailable
+from ragfn.core.uris import document_name
+from ragfn.llm.client import (
+    LLM,
+    PROMPT_VERSION,
+    ExtractiveLLM,
+    LLMRejected,
+    OpenAIChatClient,
+    build_messages,
+    citations,
+    parse_messages,
+)
+from ragfn.llm.extractive import extractive_answer
+from ragfn.retrieval.context import Passage, render
 
 API_KEY = "sk-local-test"
 QUESTION = "How do I sort a list?"
@@ -208,7 +216,7 @@ class TestOpenAIChatClient:
 
     def test_needs_no_openai_package(self, server: ChatServer):
         code = ("import sys; sys.modules['openai'] = None\n"  # any `import openai` now fails
-                "from ragfn.llm import OpenAIChatClient, build_messages\n"
+                "from ragfn.llm.client import OpenAIChatClient, build_messages\n"
                 "llm = OpenAIChatClient(sys.argv[1], 'extractive', api_key=sys.argv[2])\n"
                 "print(''.join(llm.stream(build_messages('sort a list?', []), max_tokens=50)))")
         run = subprocess.run([sys.executable, "-c", code, server.base_url, API_KEY], check=False, cwd=REPO,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ragfn.blocks import Block
-from ragfn.errors import UnsupportedContent
-from ragfn.loaders import LoadedDocument, load_document
+from ragfn.core.errors import UnsupportedContent
+from ragfn.ingest.blocks import Block
+from ragfn.ingest.loaders import LoadedDocument, load_document
 
 pytestmark = pytest.mark.unit
 

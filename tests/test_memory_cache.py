@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragfn.cache import CacheScope
-from ragfn.memory_cache import MemoryCache
+from ragfn.cache.memory import MemoryCache
+from ragfn.cache.redis_cache import CacheScope
 
 pytestmark = pytest.mark.unit
 ANSWER = {"answer": "x [1]", "citations": []}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ragfn.metrics import first_relevant, mrr_at, ndcg_at, recall_at, summarize
+from ragfn.retrieval.metrics import first_relevant, mrr_at, ndcg_at, recall_at, summarize
 
 pytestmark = pytest.mark.unit
 

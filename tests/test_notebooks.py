@@ -12,8 +12,8 @@ import nbformat
 import pytest
 import redis
 
-from ragfn.config import OFFLINE_MODEL, Settings, load_settings
-from ragfn.profile import PROFILE_ENV, read_profile
+from ragfn.core.config import OFFLINE_MODEL, Settings, load_settings
+from ragfn.core.profile import PROFILE_ENV, read_profile
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -145,10 +145,10 @@ To merge two dictionaries, write a | b (Python 3.9 and later), or update a copy:
 def test_feedback_notebook_reads_real_ratings(model_dir: Path, kernel_env: dict[str, Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Ratings given through the real gateway and FeedbackStore, as the chat gives them, show in 05-feedback."""
-    from ragfn.gateway import AskRequest
-    from ragfn.ingest import ingest
-    from ragfn.runtime import Runtime
-    from ragfn.search import Caller
+    from ragfn.gateway.ask import AskRequest
+    from ragfn.ingest.walk import ingest
+    from ragfn.retrieval.dense import Caller
+    from ragfn.serve.runtime import Runtime
 
     prefix = f"nb05test-{os.getpid()}-{time.monotonic_ns()}"
     only_env(monkeypatch, {"RAGFN_NOTEBOOK_SMALL": "1", "RAGFN_HOME": tmp_path / "home",

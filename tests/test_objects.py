@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import moto_s3
-from ragfn.config import Settings
-from ragfn.errors import (
+
+from ragfn.core.config import Settings
+from ragfn.core.errors import (
     BadEvent,
     ConfigError,
     ObjectNotFound,
@@ -21,8 +21,8 @@ from ragfn.errors import (
     UnsafeKey,
     UnsupportedContent,
 )
-from ragfn.objects import ObjectReader, StoredObject, metadata_labels, user_metadata
-from ragfn.uris import canonical_uri, parse_uri, to_uri
+from ragfn.core.uris import canonical_uri, parse_uri, to_uri
+from ragfn.ingest.objects import ObjectReader, StoredObject, metadata_labels, user_metadata
 
 
 def settings(**kwargs: object) -> Settings:

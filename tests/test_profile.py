@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
-from ragfn.config import load_settings
-from ragfn.errors import ConfigError
-from ragfn.profile import read_profile, write_profile
+
+from ragfn.core.config import load_settings
+from ragfn.core.errors import ConfigError
+from ragfn.core.profile import read_profile, write_profile
 
 pytestmark = pytest.mark.unit
 

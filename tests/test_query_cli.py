@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ragfn.ingest import ingest
-from ragfn.runtime import Runtime
+from ragfn.ingest.walk import ingest
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 

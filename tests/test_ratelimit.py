@@ -15,8 +15,8 @@ from conftest import free_port
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ragfn.errors import ConfigError, RateLimited
-from ragfn.ratelimit import Decision, RateLimiter, RateLimitExceeded
+from ragfn.core.errors import ConfigError, RateLimited
+from ragfn.gateway.ratelimit import Decision, RateLimiter, RateLimitExceeded
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from ragfn.hybrid import HybridRetriever
-from ragfn.ingest import ingest
-from ragfn.lexical import LexicalRetriever
-from ragfn.rerank import CrossEncoderReranker
-from ragfn.runtime import Runtime
-from ragfn.search import Caller, DenseRetriever
+from ragfn.ingest.walk import ingest
+from ragfn.retrieval.dense import Caller, DenseRetriever
+from ragfn.retrieval.hybrid import HybridRetriever
+from ragfn.retrieval.lexical import LexicalRetriever
+from ragfn.retrieval.rerank import CrossEncoderReranker
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 

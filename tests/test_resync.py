@@ -9,17 +9,17 @@ import boto3
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from conftest import REPO, Served, moto_s3
 from functions_framework import create_app
 
-from conftest import REPO, Served, moto_s3
-from ragfn import events
-from ragfn.broker import LocalBroker
-from ragfn.deadletter import DeadLetterStore
-from ragfn.ingest import IngestReport, ingest, ingest_uri
-from ragfn.pipeline import chunk_change, remove_document
-from ragfn.runtime import Runtime
-from ragfn.storage_events import ObjectChange, parse_storage_event
-from ragfn.triggers import load_triggers
+from ragfn.eventing import events
+from ragfn.eventing.broker import LocalBroker
+from ragfn.eventing.dead_letters import DeadLetterStore
+from ragfn.eventing.triggers import load_triggers
+from ragfn.ingest.pipeline import chunk_change, remove_document
+from ragfn.ingest.storage_events import ObjectChange, parse_storage_event
+from ragfn.ingest.walk import IngestReport, ingest, ingest_uri
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 DOC = "# {title}\n\nThe {title} page says something worth finding.\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from functions_framework import create_app
 
-from ragfn.context import assemble_context, render
-from ragfn.ingest import ingest
-from ragfn.runtime import Runtime
-from ragfn.search import Hit
+from ragfn.ingest.walk import ingest
+from ragfn.retrieval.context import assemble_context, render
+from ragfn.retrieval.dense import Hit
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ragfn.errors import BadEvent
-from ragfn.ingest import ingest
-from ragfn.runtime import Runtime
-from ragfn.search import Caller, DenseRetriever
+from ragfn.core.errors import BadEvent
+from ragfn.ingest.walk import ingest
+from ragfn.retrieval.dense import Caller, DenseRetriever
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 

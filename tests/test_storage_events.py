@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ragfn import events
-from ragfn.errors import BadEvent, UnsafeKey
-from ragfn.storage_events import ACCEPTED_TYPES, ObjectChange, parse_storage_event
+from ragfn.core.errors import BadEvent, UnsafeKey
+from ragfn.eventing import events
+from ragfn.ingest.storage_events import ACCEPTED_TYPES, ObjectChange, parse_storage_event
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from ragfn.errors import BadEvent
-from ragfn.events import Chunk, DocumentTombstoned, DocumentVersion, EmbeddedBatch, sequence_key
-from ragfn.store import ChromaIndex
-from ragfn.vectors import encode_vector
+from ragfn.core.errors import BadEvent
+from ragfn.eventing.events import Chunk, DocumentTombstoned, DocumentVersion, EmbeddedBatch, sequence_key
+from ragfn.store.chroma import ChromaIndex
+from ragfn.store.vectors import encode_vector
 
 pytestmark = pytest.mark.integration
 DIM = 8
@@ -157,7 +157,7 @@ def test_unchanged_chunks_keep_their_rows_across_versions(index, unique_collecti
 
 
 def test_repeated_text_in_one_document_gets_one_row_per_occurrence(index, unique_collection):
-    from ragfn.pipeline import with_occurrences
+    from ragfn.ingest.pipeline import with_occurrences
 
     batches = make_batches(unique_collection, "v1", 10, ["same", "other", "same"], per_batch=3)
     batch = batches[0].model_copy(update={"chunks": with_occurrences(batches[0].chunks)})

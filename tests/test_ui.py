@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from conftest import CHAT_REDIS_URL, REPO, free_port, wait_http
+from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +104,7 @@ def test_an_upload_is_indexed_then_answers_stream_with_citations_badges_and_feed
     chat.text_input(key=[w.key for w in chat.text_input if w.key and w.key.startswith("comment-")][0]).input(
         "clear and short").run()
     assert "Thanks: rating and comment recorded." in texts(chat)
-    from ragfn.feedback import FeedbackStore
+    from ragfn.gateway.feedback import FeedbackStore
 
     latest = FeedbackStore(redis.Redis.from_url(CHAT_REDIS_URL)).recent(1)[0]  # what the notebooks read
     assert (latest["rating"], latest["comment"], latest["question"]) == ("up", "clear and short",
@@ -128,8 +127,7 @@ def second_gateway(dev_chat, log_dir, **settings: str):
         "RAGFN_API_KEYS_FILE": str(dev_chat.home / "dev-keys.json"), "RAGFN_CHROMA_URL": dev_chat.state["chroma_url"],
         "RAGFN_RETRIEVE_URL": dev_chat.state["functions"]["ragfn-retrieve"], **settings}
     with (log_dir / "ask.log").open("wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "handle", "--source",
-                                   str(REPO / "functions" / "ask" / "main.py"), "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "ragfn.serve.gateway_app", "--port", str(port)],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/", process=server)

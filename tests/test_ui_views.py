@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragfn.uris import document_name
+from ragfn.core.uris import document_name
 from ui.views import badges, source_link, timing_line
 
 pytestmark = pytest.mark.unit

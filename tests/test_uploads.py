@@ -12,22 +12,22 @@ import boto3
 import httpx
 import pytest
 from cloudevents.http import CloudEvent
+from conftest import REPO, Served, moto_s3
 from functions_framework import create_app
 
-from conftest import REPO, Served, moto_s3
-from ragfn import events
-from ragfn.broker import LocalBroker
-from ragfn.config import Settings, load_settings
-from ragfn.deadletter import DeadLetterStore
-from ragfn.errors import ConfigError, UnsafeKey
-from ragfn.ingest import IngestReport, ingest, ingest_uri
-from ragfn.object_writer import ObjectWriter
-from ragfn.objects import ObjectReader
-from ragfn.pipeline import chunk_change, content_version, embed_batch, index_batch
-from ragfn.runtime import Runtime
-from ragfn.storage_events import parse_storage_event
-from ragfn.triggers import load_triggers
-from ragfn.uploads import safe_filename
+from ragfn.core.config import Settings, load_settings
+from ragfn.core.errors import ConfigError, UnsafeKey
+from ragfn.eventing import events
+from ragfn.eventing.broker import LocalBroker
+from ragfn.eventing.dead_letters import DeadLetterStore
+from ragfn.eventing.triggers import load_triggers
+from ragfn.gateway.uploads import safe_filename
+from ragfn.ingest.object_writer import ObjectWriter
+from ragfn.ingest.objects import ObjectReader
+from ragfn.ingest.pipeline import chunk_change, content_version, embed_batch, index_batch
+from ragfn.ingest.storage_events import parse_storage_event
+from ragfn.ingest.walk import IngestReport, ingest, ingest_uri
+from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 GUIDE = "# Deploying\n\nRun `kubectl apply -k` against the overlay.\n\n## Rollback\n\nApply the previous overlay.\n"

@@ -9,14 +9,14 @@ import time
 import httpx
 import openai
 import pytest
-
 from conftest import PredictorProcess, free_port_block
+from test_predictor import QUESTION, cancelled, read_a_little_and_leave, wait_until_cancelled
+
 from inference.engines import GenerationRequest
 from inference.upstream import UpstreamEngine
-from ragfn.context import Passage
-from ragfn.errors import Unavailable
-from ragfn.llm import build_messages
-from test_predictor import QUESTION, cancelled, read_a_little_and_leave, wait_until_cancelled
+from ragfn.core.errors import Unavailable
+from ragfn.llm.client import build_messages
+from ragfn.retrieval.context import Passage
 
 pytestmark = pytest.mark.integration
 

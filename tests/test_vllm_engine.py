@@ -15,7 +15,7 @@ import pytest
 
 from inference.engines import GenerationRequest
 from inference.vllm_engine import VLLM_VERSION, VLLMEngine
-from ragfn.errors import ConfigError
+from ragfn.core.errors import ConfigError
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Say hello."}]

@@ -98,8 +98,8 @@ def sidebar() -> str | None:
 
 
 def add_collection() -> None:
-    from ragfn.store import check_collection_name  # the index's own rule for names
-    from ragfn.errors import BadEvent
+    from ragfn.core.errors import BadEvent
+    from ragfn.store.base import check_collection_name  # the index's own rule for names
 
     name = state().new_collection.strip()
     state().new_collection = ""

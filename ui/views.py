@@ -6,9 +6,9 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
-from ragfn.uris import document_name
+from ragfn.core.uris import document_name
 
-# What each `degraded` reason (ragfn/gateway.py) means to someone reading the answer.
+# What each `degraded` reason (ragfn/gateway/ask.py) means to someone reading the answer.
 DEGRADED = {
     "cold-start": "model warming up: answered from the passages",
     "llm-unavailable": "model unavailable: answered from the passages",

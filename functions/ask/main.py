@@ -1,7 +1,9 @@
-"""ask: the query gateway. POST /v1/ask with an API key; JSON, or server-sent events with "stream": true."""
+"""ask: the query gateway, a Flask app (ragfn.serve.gateway_app) rather than one function; `python functions/ask/main.py
+--port 8080` (or `python -m ragfn.serve.gateway_app`) serves it on gunicorn. POST /v1/ask with an API key."""
 
-import functions_framework
+from ragfn.serve.gateway_app import create_app, main
 
-from ragfn.ask_http import ask_view
+app = create_app()
 
-handle = functions_framework.http(ask_view())
+if __name__ == "__main__":
+    main()

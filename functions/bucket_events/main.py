@@ -5,10 +5,10 @@
 
 import flask
 
-from ragfn.bucket_adapter import authorize, sender_keys, translate
-from ragfn.handler import InboundEvent, cloud_function
-from ragfn.publish import StageResult
-from ragfn.runtime import Runtime
+from ragfn.eventing.publish import StageResult
+from ragfn.ingest.bucket_adapter import authorize, sender_keys, translate
+from ragfn.serve.handler import InboundEvent, cloud_function
+from ragfn.serve.runtime import Runtime
 
 
 @cloud_function("bucket-events", accepts={}, reply_with_event=False, allow_plain_json=True)

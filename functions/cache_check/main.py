@@ -16,14 +16,14 @@ from typing import Literal
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragfn import events
-from ragfn.errors import BadEvent
-from ragfn.events import DocumentIndexed, DocumentRemoved
-from ragfn.handler import InboundEvent, cloud_function, json_function
-from ragfn.publish import StageResult
-from ragfn.runtime import Runtime
-from ragfn.search import Caller
-from ragfn.stages import AnswerKey, Lookup
+from ragfn.core.errors import BadEvent
+from ragfn.eventing import events
+from ragfn.eventing.events import DocumentIndexed, DocumentRemoved
+from ragfn.eventing.publish import StageResult
+from ragfn.gateway.backends import AnswerKey, Lookup
+from ragfn.retrieval.dense import Caller
+from ragfn.serve.handler import InboundEvent, cloud_function, json_function
+from ragfn.serve.runtime import Runtime
 
 
 class CacheRequest(BaseModel):

@@ -2,13 +2,13 @@
 
 from dataclasses import replace
 
-from ragfn import events
-from ragfn.handler import InboundEvent, cloud_function
-from ragfn.publish import StageResult
-from ragfn.pipeline import chunk_change
-from ragfn.runtime import Runtime
-from ragfn.storage_events import parse_storage_event
-from ragfn.store import check_collection_name
+from ragfn.eventing import events
+from ragfn.eventing.publish import StageResult
+from ragfn.ingest.pipeline import chunk_change
+from ragfn.ingest.storage_events import parse_storage_event
+from ragfn.serve.handler import InboundEvent, cloud_function
+from ragfn.serve.runtime import Runtime
+from ragfn.store.base import check_collection_name
 
 COLLECTION_EXTENSION = "ragfncollection"
 ACCEPTS = {t: None for t in (*events.STORAGE_TYPES, events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)}

@@ -7,9 +7,9 @@
 import flask
 import functions_framework
 
-from ragfn.config import load_settings
-from ragfn.deadletter import open_dead_letters, receive
-from ragfn.handler import guarded
+from ragfn.core.config import load_settings
+from ragfn.eventing.dead_letters import open_dead_letters, receive
+from ragfn.serve.handler import guarded
 
 _store = []  # built on the first request, never at import
 

@@ -1,11 +1,11 @@
 """embed: a chunk batch in, the same batch with its vectors out (reusing vectors of unchanged chunks)."""
 
-from ragfn import events
-from ragfn.events import ChunkBatch
-from ragfn.handler import InboundEvent, cloud_function
-from ragfn.publish import StageResult
-from ragfn.pipeline import embed_batch
-from ragfn.runtime import Runtime
+from ragfn.eventing import events
+from ragfn.eventing.events import ChunkBatch
+from ragfn.eventing.publish import StageResult
+from ragfn.ingest.pipeline import embed_batch
+from ragfn.serve.handler import InboundEvent, cloud_function
+from ragfn.serve.runtime import Runtime
 
 
 @cloud_function("embed", accepts={events.CHUNKS: ChunkBatch})

@@ -1,11 +1,11 @@
 """index: embedded batches and tombstones in; document.indexed / document.removed out."""
 
-from ragfn import events
-from ragfn.events import DocumentTombstoned, EmbeddedBatch
-from ragfn.handler import InboundEvent, cloud_function
-from ragfn.publish import StageResult
-from ragfn.pipeline import index_batch, remove_document
-from ragfn.runtime import Runtime
+from ragfn.eventing import events
+from ragfn.eventing.events import DocumentTombstoned, EmbeddedBatch
+from ragfn.eventing.publish import StageResult
+from ragfn.ingest.pipeline import index_batch, remove_document
+from ragfn.serve.handler import InboundEvent, cloud_function
+from ragfn.serve.runtime import Runtime
 
 
 @cloud_function("index", accepts={events.EMBEDDED: EmbeddedBatch, events.DOCUMENT_TOMBSTONED: DocumentTombstoned})

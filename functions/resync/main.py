@@ -1,11 +1,11 @@
 """resync: a resync request (or the nightly ping) in; one page of document events (and the next page's request) out."""
 
-from ragfn import events
-from ragfn.events import ResyncRequested
-from ragfn.handler import InboundEvent, cloud_function
-from ragfn.publish import StageResult
-from ragfn.resync import resync, resync_request
-from ragfn.runtime import Runtime
+from ragfn.eventing import events
+from ragfn.eventing.events import ResyncRequested
+from ragfn.eventing.publish import StageResult
+from ragfn.ingest.resync import resync, resync_request
+from ragfn.serve.handler import InboundEvent, cloud_function
+from ragfn.serve.runtime import Runtime
 
 
 @cloud_function("resync", accepts={events.RESYNC_REQUESTED: ResyncRequested, events.PING: None},

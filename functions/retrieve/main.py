@@ -9,10 +9,10 @@ from typing import Literal
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragfn.handler import json_function
-from ragfn.runtime import Runtime
-from ragfn.search import Caller
-from ragfn.stages import RetrievalQuery, retrieval_attributes
+from ragfn.gateway.backends import RetrievalQuery, retrieval_attributes
+from ragfn.retrieval.dense import Caller
+from ragfn.serve.handler import json_function
+from ragfn.serve.runtime import Runtime
 
 
 class RetrieveRequest(BaseModel):

@@ -1,0 +1,193 @@
+"""A semantic answer cache on plain Redis: exact and semantic tiers, partitioned by scope, evicted by document.
+
+Keys (prefix `rc` by default):
+    {p}:{scope}:e:{id}      hash  question, answer JSON, cited documents, exact key       (expires with the TTL)
+    {p}:{scope}:x:{sha}     str   entry id of an exact (normalised) question               (expires with the TTL)
+    {p}:{scope}:vec         hash  entry id -> float32 question vector
+    {p}:{scope}:gen         int   bumped by every write and eviction, so replicas reload vectors only when stale
+    {p}:doc:{coll}:{doc}    set   "{scope}:{id}" of every entry citing that document
+    {p}:stats               hash  hit/miss/guard counters
+No Redis module is needed: each process keeps a scope's vectors in memory and compares them with numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragfn.cache.guard import conflicting
+from ragfn.core.errors import Unavailable
+
+# Sentence punctuation only: a "." or "," between digits (3.11, 1,000) and every operator or sign stay, so "C" and
+# "C++", "-22" and "22", "x == y" and "x != y" never share the exact tier, which the guard does not check.
+_PUNCTUATION = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[?!](?!=)|[;:\"'`()\[\]{}]")
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """Everything an answer depends on besides the question: answers never cross a scope."""
+
+    tenant: str | None
+    groups: tuple[str, ...]
+    collection: str
+    embedder: str
+    model: str
+    prompt_version: str
+
+    def key(self) -> str:
+        raw = json.dumps([self.tenant, sorted(set(self.groups)), self.collection, self.embedder, self.model,
+                          self.prompt_version])
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    answer: dict
+    question: str  # the cached question the answer was given for
+    tier: str  # "exact" | "semantic"
+    similarity: float
+
+
+def normalise(question: str) -> str:
+    """The exact tier's key: case, spacing and sentence punctuation do not count; words, numbers and symbols do."""
+    return " ".join(_PUNCTUATION.sub(" ", question.lower()).split())
+
+
+class RedisCache:
+    def __init__(self, client, *, threshold: float = 0.9, ttl_seconds: int = 86400, prefix: str = "rc") -> None:
+        self.redis = client
+        self.threshold = threshold
+        self.ttl = ttl_seconds
+        self.prefix = prefix
+        self._vectors: dict[str, tuple[int, list[str], np.ndarray]] = {}  # scope -> (generation, ids, matrix)
+        self._lock = threading.Lock()
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def lookup(self, question: str, scope: CacheScope, embed: Callable[[str], np.ndarray]) -> CacheHit | None:
+        """Exact tier first (no embedding), then the nearest cached question above the threshold, guarded."""
+        s = scope.key()
+        try:
+            exact_id = self.redis.get(self._k(s, "x", self._sha(question)))
+            if exact_id is not None:
+                entry = self.redis.hgetall(self._k(s, "e", exact_id.decode()))
+                if entry:
+                    self._count("hits_exact")
+                    return CacheHit(json.loads(entry[b"answer"]), entry[b"question"].decode(), "exact", 1.0)
+            ids, matrix = self._scope_vectors(s)
+            if not ids:
+                self._count("misses")
+                return None
+            scores = matrix @ np.asarray(embed(question), dtype=np.float32)
+            best = int(np.argmax(scores))
+            if scores[best] < self.threshold:
+                self._count("misses")
+                return None
+            entry = self.redis.hgetall(self._k(s, "e", ids[best]))
+            if not entry:  # expired: forget its vector too
+                self._forget(s, [ids[best]])
+                self._count("misses")
+                return None
+            cached_question = entry[b"question"].decode()
+            if reason := conflicting(question, cached_question):
+                self._count(f"guarded_{reason}")
+                return None
+            self._count("hits_semantic")
+            return CacheHit(json.loads(entry[b"answer"]), cached_question, "semantic", float(scores[best]))
+        except self._redis_errors() as exc:
+            raise Unavailable(f"semantic cache unavailable: {exc}") from exc
+
+    def store(self, question: str, vector: np.ndarray, scope: CacheScope, answer: dict,
+              cited: list[tuple[str, str]]) -> bool:
+        """Keep a complete answer; degraded or partial ones are refused. `cited` is [(collection, document_id)]."""
+        if answer.get("degraded") or answer.get("partial"):
+            self._count("refused_degraded")
+            return False
+        s, exact = scope.key(), self._sha(question)
+        entry_id = hashlib.sha256(f"{s}|{normalise(question)}".encode()).hexdigest()[:20]
+        try:
+            pipe = self.redis.pipeline()
+            pipe.hset(self._k(s, "e", entry_id), mapping={"question": question, "answer": json.dumps(answer),
+                                                          "exact": exact, "created": time.time()})
+            pipe.expire(self._k(s, "e", entry_id), self.ttl)
+            pipe.set(self._k(s, "x", exact), entry_id, ex=self.ttl)
+            pipe.hset(self._k(s, "vec"), entry_id, np.asarray(vector, dtype="<f4").tobytes())
+            for collection, document_id in cited:
+                pipe.sadd(self._k("doc", collection, document_id), f"{s}:{entry_id}")
+            pipe.incr(self._k(s, "gen"))
+            pipe.hincrby(self._k("stats"), "stores", 1)
+            pipe.execute()
+        except self._redis_errors() as exc:
+            raise Unavailable(f"semantic cache unavailable: {exc}") from exc
+        return True
+
+    def invalidate(self, collection: str, document_id: str) -> int:
+        """Evict every answer that cites the document (on document.indexed / document.removed)."""
+        try:
+            return self._invalidate(collection, document_id)
+        except self._redis_errors() as exc:
+            raise Unavailable(f"semantic cache unavailable: {exc}") from exc
+
+    def _invalidate(self, collection: str, document_id: str) -> int:
+        members = self.redis.smembers(self._k("doc", collection, document_id))
+        by_scope: dict[str, list[str]] = {}
+        for member in members:
+            scope, _, entry_id = member.decode().partition(":")
+            by_scope.setdefault(scope, []).append(entry_id)
+        for scope, entry_ids in by_scope.items():
+            exacts = [self.redis.hget(self._k(scope, "e", i), "exact") for i in entry_ids]
+            pipe = self.redis.pipeline()
+            for entry_id, exact in zip(entry_ids, exacts, strict=True):
+                pipe.delete(self._k(scope, "e", entry_id))
+                if exact:
+                    pipe.delete(self._k(scope, "x", exact.decode()))
+            pipe.execute()
+            self._forget(scope, entry_ids)
+        self.redis.delete(self._k("doc", collection, document_id))
+        self._count("evicted", len(members))
+        return len(members)
+
+    def stats(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(self._k("stats")).items()}
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _scope_vectors(self, scope: str) -> tuple[list[str], np.ndarray]:
+        generation = int(self.redis.get(self._k(scope, "gen")) or 0)
+        with self._lock:
+            cached = self._vectors.get(scope)
+            if cached and cached[0] == generation:
+                return cached[1], cached[2]
+        raw = self.redis.hgetall(self._k(scope, "vec"))
+        ids = [k.decode() for k in raw]
+        matrix = np.stack([np.frombuffer(v, dtype="<f4") for v in raw.values()]) if raw else np.zeros((0, 1))
+        with self._lock:
+            self._vectors[scope] = (generation, ids, matrix)
+        return ids, matrix
+
+    def _forget(self, scope: str, entry_ids: list[str]) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hdel(self._k(scope, "vec"), *entry_ids)
+        pipe.incr(self._k(scope, "gen"))
+        pipe.execute()
+
+    def _count(self, name: str, by: int = 1) -> None:
+        self.redis.hincrby(self._k("stats"), name, by)
+
+    @staticmethod
+    def _sha(question: str) -> str:
+        return hashlib.sha256(normalise(question).encode()).hexdigest()[:32]
+
+    @staticmethod
+    def _redis_errors() -> tuple[type[Exception], ...]:
+        import redis
+
+        return (redis.ConnectionError, redis.TimeoutError)

@@ -1,0 +1,261 @@
+"""`ragfn dev`: the functions as real functions-framework servers behind the local broker, the predictor, the ask
+gateway and the chat UI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ragfn.cli.dev_chat import dev_key_path, gateway_env, ui_available, ui_command
+from ragfn.core.config import Settings
+from ragfn.core.errors import ConfigError, Unavailable
+from ragfn.eventing.broker import LocalBroker
+from ragfn.eventing.dead_letters import DeadLetterStore
+from ragfn.eventing.triggers import load_triggers
+
+# Service name (as Triggers name it, without "ragfn-") -> (folder under functions/, functions-framework target)
+FUNCTIONS = {
+    "chunk": ("chunk", "handle"),
+    "embed": ("embed", "handle"),
+    "index": ("index", "handle"),
+    "retrieve": ("retrieve", "handle"),
+    "cache-check": ("cache_check", "handle"),
+    "cache-invalidate": ("cache_check", "invalidate"),
+    "resync": ("resync", "handle"),
+    "bucket-events": ("bucket_events", "handle"),
+    "dead-letter": ("dead_letter", "handle"),
+}
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    broker: int
+    chroma: int
+
+    def function(self, name: str) -> int:
+        return self.broker + 1 + list(FUNCTIONS).index(name)
+
+    @property
+    def predictor(self) -> int:
+        return self.broker + 1 + len(FUNCTIONS)
+
+    @property
+    def ask(self) -> int:
+        return self.predictor + 1
+
+    @property
+    def ui(self) -> int:
+        return self.predictor + 2
+
+
+def repo_root() -> Path:
+    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (candidate / "functions").is_dir() and (candidate / "eventing" / "triggers").is_dir():
+            return candidate
+    raise ConfigError("cannot find functions/ and eventing/triggers/", hint="run `ragfn dev` from the ragfn checkout")
+
+
+def dev_state_path(settings: Settings) -> Path:
+    return settings.home / "dev.json"
+
+
+def read_dev_state(settings: Settings) -> dict:
+    path = dev_state_path(settings)
+    if not path.is_file():
+        raise ConfigError(f"no running `ragfn dev` found ({path} is missing)", hint="start one with `ragfn dev`")
+    return json.loads(path.read_text())
+
+
+def running_dev_state(settings: Settings) -> dict | None:
+    """The state of a `ragfn dev` that is still alive, or None."""
+    try:
+        state = read_dev_state(settings)
+        os.kill(int(state["pid"]), 0)
+    except (ConfigError, ProcessLookupError, KeyError, ValueError, json.JSONDecodeError):
+        return None
+    except PermissionError:  # alive, owned by someone else
+        pass
+    return state
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Unavailable(f"{url} exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise Unavailable(f"{url} was not ready within {timeout:.0f}s")
+
+
+def check_ports_free(host: str, ports: list[int]) -> None:
+    """Fail before starting anything when a port is taken, naming it, instead of a function dying half-way up."""
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            # as the servers bind: a port left in TIME_WAIT by the last `ragfn dev` is free, a listening one is not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(port)
+    if busy:
+        raise ConfigError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {host} already in use",
+                          hint="choose others with --port (the functions, the predictor, the gateway and the UI "
+                               f"take the next {len(FUNCTIONS) + 3}) and --chroma-port")
+
+
+def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
+    root = repo_root()
+    check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS), ports.ask]
+                     + ([ports.predictor] if predictor_available() else [])
+                     + ([ports.ui] if ui_available() else [])
+                     + ([] if settings.chroma_url else [ports.chroma]))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    try:
+        return processes, _launch(settings, root, host, ports, log_dir, processes)
+    except BaseException:  # a service that failed to come up must not leave the others running
+        stop_all(processes)
+        raise
+
+
+def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir: Path,
+            processes: list[subprocess.Popen]) -> dict:
+    broker_url = f"http://{host}:{ports.broker}"
+    env = dict(os.environ, RAGFN_HOME=str(settings.home.resolve()), K_SINK=broker_url,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    # the functions run in the checkout; `ragfn ingest --dev PATH` names files under the folder dev started in
+    env.setdefault("RAGFN_FILE_ROOTS", str(Path.cwd()))
+    chroma_url = settings.chroma_url
+    if not chroma_url:
+        # Several processes must not open one embedded Chroma folder, so dev serves it with `chroma run`.
+        chroma_url = f"http://{host}:{ports.chroma}"
+        chroma = Path(sys.executable).with_name("chroma")
+        processes.append(subprocess.Popen(
+            [str(chroma), "run", "--path", str(settings.chroma_path.resolve()), "--host", host, "--port",
+             str(ports.chroma)], stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
+        wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
+    env["RAGFN_CHROMA_URL"] = chroma_url
+    urls = {}
+    for name, (folder, target) in FUNCTIONS.items():
+        port = ports.function(name)
+        urls[f"ragfn-{name}"] = f"http://{host}:{port}"
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", target, "--source",
+             str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
+            env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
+    for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
+        try:
+            wait_ready(url, process)
+        except Unavailable as exc:
+            log = log_dir / f"{name.removeprefix('ragfn-')}.log"
+            raise Unavailable(f"{name}: {exc}", hint=f"its log is {log}") from exc
+    state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+    if predictor_available():
+        state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, processes)
+    return state | _launch_chat(settings, root, host, ports, env, state, log_dir, processes)
+
+
+def _spawn(name: str, argv: list[str], env: dict, root: Path, log_dir: Path, processes: list[subprocess.Popen],
+           ready_url: str) -> None:
+    processes.append(subprocess.Popen(argv, env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"),
+                                      stderr=subprocess.STDOUT))
+    try:
+        wait_ready(ready_url, processes[-1])
+    except Unavailable as exc:
+        raise Unavailable(f"{name}: {exc}", hint=f"its log is {log_dir / f'{name}.log'}") from exc
+
+
+def _launch_chat(settings: Settings, root: Path, host: str, ports: DevPorts, env: dict, state: dict,
+                 log_dir: Path, processes: list[subprocess.Popen]) -> dict:
+    """The ask gateway over the dev functions and predictor, then the Streamlit chat over the gateway."""
+    gateway, key = gateway_env(settings, state["functions"], state.get("predictor"))
+    ask_url = f"http://{host}:{ports.ask}"
+    _spawn("ask", [sys.executable, "-m", "ragfn.serve.gateway_app", "--host", host, "--port", str(ports.ask)],
+           env | gateway, root, log_dir, processes, ask_url)
+    chat = {"ask": ask_url, "dev_key_file": str(dev_key_path(settings).resolve()) if key else None}
+    if ui_available():
+        ui_url = f"http://{host}:{ports.ui}"
+        _spawn("ui", ui_command(root, host, ports.ui), env | {"RAGFN_UI_GATEWAY_URL": ask_url}, root, log_dir,
+               processes, f"{ui_url}/_stcore/health")
+        chat["ui"] = ui_url
+    return chat
+
+
+def predictor_available() -> bool:
+    return importlib.util.find_spec("kserve") is not None  # ragfn[inference]; dev runs without it, answering extractively
+
+
+def predictor_engine(settings: Settings) -> dict[str, str]:
+    """RAGFN_LLM_ENGINE/MODEL when set; else the first GGUF under $RAGFN_HOME/models (scripts/fetch_llm.py puts
+    SmolLM2 there) on llama.cpp; else the model-free extractive engine."""
+    if os.environ.get("RAGFN_LLM_ENGINE"):
+        return {}
+    ggufs = sorted((settings.home / "models").glob("*.gguf"))
+    if ggufs:
+        return {"RAGFN_LLM_ENGINE": "llamacpp", "RAGFN_LLM_MODEL": str(ggufs[0].resolve())}
+    return {"RAGFN_LLM_ENGINE": "extractive"}
+
+
+def _launch_predictor(settings: Settings, root: Path, host: str, port: int, env: dict, log_dir: Path,
+                      processes: list[subprocess.Popen]) -> dict:
+    engine = predictor_engine(settings)
+    # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
+    _spawn("predictor", [sys.executable, "-m", "inference", "--http_port", str(port), "--model_name",
+                         settings.llm_served_name], env | engine, root, log_dir, processes,
+           f"http://{host}:{port}/v2/health/live")
+    return {"predictor": f"http://{host}:{port}/v1",
+            "predictor_engine": engine.get("RAGFN_LLM_ENGINE", os.environ.get("RAGFN_LLM_ENGINE", ""))}
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print) -> None:
+    if running := running_dev_state(settings):
+        raise ConfigError(f"`ragfn dev` already runs for {settings.home} (pid {running['pid']}, {running['broker']})",
+                          hint="stop it first, or use another RAGFN_HOME")
+    log_dir = settings.home / "logs"
+    processes, state = start(settings, host=host, ports=ports, log_dir=log_dir)
+    broker = LocalBroker(load_triggers(repo_root() / "eventing" / "triggers"), state["functions"],
+                         DeadLetterStore(settings.dead_letter_path))
+    try:
+        server = broker.serve(host, ports.broker)
+    except BaseException:
+        stop_all(processes)
+        raise
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
+    on_ready(state)
+    try:
+        stop.wait()
+    finally:
+        dev_state_path(settings).unlink(missing_ok=True)
+        server.shutdown()
+        stop_all(processes)

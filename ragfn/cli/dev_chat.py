@@ -1,0 +1,57 @@
+"""The chat side of `ragfn dev`: the ask gateway in front of the dev functions, its local API key, and the UI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ragfn.core.auth import ApiKeys
+from ragfn.core.config import Settings
+
+DEV_KEY_NAME = "dev"
+
+
+def dev_key_path(settings: Settings) -> Path:
+    return settings.home / "dev-key"
+
+
+def ensure_dev_key(settings: Settings) -> tuple[Path, str]:
+    """(key file, plaintext key) for the untenanted space, which `ragfn ingest` without --tenant fills.
+
+    Kept across restarts so a signed-in browser stays signed in; only its digest goes into the key file."""
+    plain = dev_key_path(settings)
+    if not plain.is_file() or not plain.read_text().strip():
+        plain.parent.mkdir(parents=True, exist_ok=True)
+        # created 0600 from the start: the key must not be readable by others even for an instant
+        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"rfk-{secrets.token_urlsafe(24)}\n")
+    key = plain.read_text().strip()
+    keys_file = settings.home / "dev-keys.json"
+    keys_file.write_text(json.dumps({ApiKeys.hash(key): {"tenant": "", "groups": [], "name": DEV_KEY_NAME}}))
+    return keys_file, key
+
+
+def gateway_env(settings: Settings, functions: dict[str, str], predictor: str | None) -> tuple[dict[str, str], str | None]:
+    """The ask gateway's settings in dev, and the dev key when dev made one (None when credentials are configured)."""
+    env = {"RAGFN_RETRIEVE_URL": functions["ragfn-retrieve"], "RAGFN_CACHE_URL": functions["ragfn-cache-check"]}
+    if predictor and not settings.llm_url:
+        env["RAGFN_LLM_URL"] = predictor
+    if settings.api_keys_file is not None or settings.jwt_secret is not None:
+        return env, None
+    keys_file, key = ensure_dev_key(settings)
+    return env | {"RAGFN_API_KEYS_FILE": str(keys_file.resolve())}, key
+
+
+def ui_available() -> bool:
+    return importlib.util.find_spec("streamlit") is not None  # ragfn[ui]
+
+
+def ui_command(root: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(root / "ui" / "app.py"), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]

@@ -1,0 +1,135 @@
+"""`ragfn retrieve` and `ragfn eval`: the query path from a terminal, one process for a whole batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ragfn.core.errors import BadEvent, RagfnError
+from ragfn.retrieval.dense import Caller
+from ragfn.retrieval.hybrid import MODES
+
+ModeOption = Annotated[str, typer.Option(help="dense | lexical | hybrid")]
+TenantOption = Annotated[Optional[str], typer.Option(help="the caller's tenant")]
+GroupsOption = Annotated[str, typer.Option(help="comma-separated ACL groups of the caller")]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _caller(tenant: str | None, groups: str) -> Caller:
+    return Caller(tenant, tuple(g.strip() for g in groups.split(",") if g.strip()))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise BadEvent(f"no such queries file: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadEvent(f"{path}:{number} is not JSON: {exc}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise BadEvent(f"{path}:{number} needs a \"question\" string")
+        rows.append(row)
+    return rows
+
+
+def register(app: typer.Typer, runtime_for, fail) -> None:
+    @app.command()
+    def retrieve(
+        question: Annotated[Optional[str], typer.Argument(help="the question; omit with --queries")] = None,
+        queries: Annotated[Optional[Path], typer.Option(help="JSONL file, one {\"question\": ...} a line")] = None,
+        collection: str = "default",
+        top_k: Annotated[int, typer.Option("--top-k")] = 10,
+        mode: ModeOption = "hybrid",
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
+    ) -> None:
+        """Top chunks for a question (or for every line of --queries), as the retrieve function ranks them."""
+        try:
+            if (question is None) == (queries is None):
+                raise BadEvent("give either a QUESTION or --queries FILE.jsonl")
+            retriever, caller = runtime_for().retriever, _caller(tenant, groups)
+            rows = [{"question": question}] if question is not None else _read_jsonl(queries)
+            for row in rows:
+                hits = retriever.search(row["question"], mode=mode, collection=collection, top_k=top_k,
+                                        caller=caller)
+                if as_json:
+                    print(json.dumps([hit.to_json() for hit in hits]))
+                else:
+                    for rank, hit in enumerate(hits, start=1):
+                        print(f"{rank:>2}. {hit.score:.4f}  {hit.source}  {hit.text[:100]!r}")
+                sys.stdout.flush()
+        except RagfnError as exc:
+            fail(exc)
+
+    @app.command()
+    def ask(
+        question: Annotated[str, typer.Argument(help="the question")],
+        collection: str = "default",
+        top_k: Annotated[int, typer.Option("--top-k")] = 8,
+        mode: ModeOption = "hybrid",
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
+    ) -> None:
+        """Answer a question from the indexed documents, with citations (cache, retrieval, LLM, fallbacks)."""
+        from ragfn.gateway.ask import AskRequest
+
+        try:
+            request = AskRequest(question=question, collection=collection, top_k=top_k, mode=mode)
+            result = runtime_for().gateway.ask(request, _caller(tenant, groups))
+        except RagfnError as exc:
+            fail(exc)
+        except ValueError as exc:  # pydantic's validation of the request
+            fail(BadEvent(f"invalid question or options: {exc}"))
+        if as_json:
+            result["citations"] = [{"source": c["source"], "chunk_id": c["chunk_id"], "text": c["text"]}
+                                   for c in result["citations"]]
+            print(json.dumps(result))
+            return
+        print(result["answer"])
+        for citation in result["citations"]:
+            print(f"  [{citation['n']}] {citation['source']}")
+        flags = [f"cache {result['cache']}"] + ([f"degraded: {result['degraded']}"] if result["degraded"] else []) + (
+            ["sources matched by ragfn: the model cited none"] if result.get("citations_inferred") else [])
+        print(f"  ({', '.join(flags)}; {sum(result['timings_ms'].values()):.0f} ms)")
+
+    @app.command("eval")
+    def evaluate(
+        queries: Annotated[Path, typer.Option(help="labelled JSONL from scripts/build_eval.py")],
+        collection: str = "default",
+        modes: Annotated[str, typer.Option(help="comma-separated modes to compare")] = ",".join(MODES),
+        tenant: TenantOption = None,
+        groups: GroupsOption = "",
+        as_json: JsonOption = False,
+    ) -> None:
+        """R@1, R@5, R@10, MRR@10 and nDCG@10 of each retrieval mode on a labelled query set."""
+        from ragfn.retrieval.evalset import judge, load_queries
+        from ragfn.retrieval.metrics import summarize
+
+        try:
+            if not queries.is_file():
+                raise BadEvent(f"no such queries file: {queries}", hint="build one with scripts/build_eval.py")
+            labelled, retriever = load_queries(queries), runtime_for().retriever
+            report = {}
+            for mode in [m.strip() for m in modes.split(",") if m.strip()]:
+                ranked = [judge(q, [hit.metadata for hit in retriever.search(
+                    q.question, mode=mode, collection=collection, top_k=10, caller=_caller(tenant, groups))])
+                    for q in labelled]
+                report[mode] = summarize(ranked)
+        except RagfnError as exc:
+            fail(exc)
+        if as_json:
+            print(json.dumps({"queries": len(labelled), "modes": report}, indent=2))
+            return
+        print(f"{len(labelled)} queries")
+        for mode, figures in report.items():
+            print(f"{mode:8} " + "  ".join(f"{name} {value:.3f}" for name, value in figures.items()))

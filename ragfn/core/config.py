@@ -1,0 +1,184 @@
+"""Settings read from `RAGFN_*` environment variables, at the edge only; the library takes them as arguments."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from ragfn.core.errors import BadEvent, ConfigError
+from ragfn.core.uris import parse_uri
+
+OFFLINE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PROFILE_ENV = "RAGFN_PROFILE"
+_NOT_PROFILE = {"home"}  # where state lives is a deployment's choice, not a tuning result
+
+
+class Settings(BaseSettings):
+    """Everything a ragfn process can be told. Every field is `RAGFN_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGFN_", extra="ignore", frozen=True)
+
+    home: Path = Field(Path(".ragfn"), description="all local state: Chroma, dead letters, model folders")
+    collection: str = "default"
+
+    embed_model: str = Field("BAAI/bge-small-en-v1.5", description="fastembed model name")
+    embed_model_path: Path | None = Field(None, description="local ONNX folder; skips the model download")
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+    embed_threads: int | None = Field(None, ge=1, description="onnxruntime threads; all cores when unset")
+
+    chroma_url: str | None = Field(None, description="Chroma server URL; embedded PersistentClient when unset")
+    redis_url: str | None = Field(None, description="Redis for the semantic cache, e.g. redis://127.0.0.1:6379/0")
+    cache_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic cache hit needs")
+    cache_ttl_seconds: int = Field(86400, ge=1)
+    cache_prefix: str = Field("rc", min_length=1, pattern=r"^[\w.-]+$", description="key prefix of the Redis cache")
+
+    api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")
+    jwt_secret: str | None = Field(None, description="HS256 secret; enables JWT bearer tokens with tenant/groups")
+    jwt_audience: str | None = None
+    rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
+    rate_window_seconds: float = Field(60.0, gt=0)
+
+    llm_url: str | None = Field(None, description="OpenAI-compatible base URL (the predictor); extractive when unset")
+    llm_served_name: str = Field("ragfn", description="the model name the predictor serves (its --model_name)")
+    llm_api_key: str | None = None
+    llm_timeout_seconds: float = Field(30.0, gt=0)
+    llm_cold_wait_seconds: float = Field(1.0, ge=0, description="how long a question waits for a cold predictor "
+                                         "before the extractive engine answers it (marked cold-start)")
+    llm_fresh_seconds: float = Field(60.0, gt=0, description="trust the predictor's last answer this long; then "
+                                     "probe first (Knative may have scaled it to zero)")
+    llm_warmup_give_up_seconds: float = Field(600.0, gt=0, description="a cold predictor that is not ready after "
+                                              "this long is reported down (llm-unavailable), not warming up")
+    keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
+                                           "pings from the gateway; the cluster uses a PingSource instead")
+
+    retrieve_url: str | None = Field(None, description="the retrieve function's URL; retrieval in-process when unset")
+    retrieve_timeout_seconds: float = Field(10.0, gt=0, description="the gateway's limit for one retrieve call")
+    cache_url: str | None = Field(None, description="the cache-check function's URL; cache in-process when unset")
+    cache_timeout_seconds: float = Field(2.0, gt=0, description="the gateway's limit for one cache-check call")
+
+    fusion: Literal["scores", "rrf"] = Field("scores", description="how hybrid mode fuses dense and BM25 lists")
+    lexical_weight: float = Field(0.3, ge=0, description="BM25's weight in hybrid fusion (dense is 1)")
+    rerank_model: str | None = Field(None, description="fastembed cross-encoder, e.g. Xenova/ms-marco-MiniLM-L-6-v2")
+    rerank_model_path: Path | None = Field(None, description="local ONNX folder for the reranker (no download)")
+    rerank_depth: int = Field(30, ge=1, le=1000, description="candidates the reranker reorders")
+
+    # 96/16: on the FAQ evaluation set small chunks rank best with MiniLM (trained on 128-token passages): hybrid
+    # nDCG@10 0.784 at 128, 0.795 at 96, 0.799 at 64 (docs/benchmarks.md); 96 keeps passages readable as context.
+    chunk_tokens: int = Field(96, ge=16, le=8192, description="target chunk size in embedder tokens")
+    chunk_overlap_tokens: int = Field(16, ge=0)
+    max_object_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_event_bytes: int = Field(256 * 1024, ge=4096, description="budget for one outgoing event's JSON")
+
+    file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="folders file:// events may read; cwd when empty")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    upload_uri: str | None = Field(None, description="where the gateway stores uploaded files, e.g. "
+                                   "s3://bucket/uploads/; file://<RAGFN_HOME>/uploads/ when unset")
+
+    sink: str | None = Field(None, validation_alias=AliasChoices("RAGFN_SINK", "K_SINK"),
+                             description="where fan-out events go; Knative's SinkBinding sets K_SINK")
+    trace_file: Path | None = Field(None, description="append finished spans as JSON lines (local debugging, tests)")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # precedence: arguments, then RAGFN_* variables, then the profile (RAGFN_PROFILE), then the defaults
+        return init_settings, env_settings, _ProfileSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("file_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("upload_uri")
+    @classmethod
+    def _check_upload_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_uri(value.strip(), root=True)
+            except BadEvent as exc:  # a setting, not a request: report it as the settings' ValueError
+                raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("RAGFN_CHUNK_OVERLAP_TOKENS must be smaller than RAGFN_CHUNK_TOKENS")
+        return self
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.home / "dead-letter"
+
+    def resolved_file_roots(self) -> list[Path]:
+        roots = [root.resolve() for root in (self.file_roots or [Path.cwd()])]
+        upload = self.resolved_upload_uri()
+        if upload.startswith("file://"):  # the chunk function must read what the gateway stored
+            folder = Path(upload.removeprefix("file://")).resolve()
+            roots += [] if folder in roots else [folder]
+        return roots
+
+    def resolved_upload_uri(self) -> str:
+        """The folder or key prefix for uploads, as a URI ending in '/' (a file:// folder made absolute)."""
+        if self.upload_uri is None:
+            return f"file://{(self.home / 'uploads').resolve()}/"
+        scheme, bucket, key = parse_uri(self.upload_uri, root=True)
+        if scheme == "file":
+            return f"file://{Path(key).resolve()}/"
+        return f"{scheme}://{bucket}/" + (key.strip("/") + "/" if key.strip("/") else "")
+
+    def resolved_embed_model_path(self) -> Path | None:
+        """The configured folder, or the one `scripts/fetch_models.py` assembles under RAGFN_HOME/models."""
+        if self.embed_model_path is not None:
+            if not (self.embed_model_path / "model.onnx").is_file():
+                raise ConfigError(f"RAGFN_EMBED_MODEL_PATH={self.embed_model_path} has no model.onnx",
+                                  hint="run `python scripts/fetch_models.py` or point it at a fastembed ONNX folder")
+            return self.embed_model_path
+        candidate = self.home / "models" / self.embed_model.replace("/", "--")
+        return candidate if (candidate / "model.onnx").is_file() else None
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """The TOML profile named by RAGFN_PROFILE (written by `ragfn.core.profile`), if any."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ reads the whole file at once
+        return None, field_name, False
+
+    def __call__(self) -> dict:
+        path = os.environ.get(PROFILE_ENV)
+        return read_profile(Path(path)) if path else {}
+
+
+def read_profile(path: Path) -> dict:
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"profile {path} does not exist", hint=f"check --profile / {PROFILE_ENV}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from exc
+    check_profile_keys(values, f"profile {path}")
+    return values
+
+
+def check_profile_keys(values: dict, what: str) -> None:
+    unknown = sorted(set(values) - set(Settings.model_fields) | set(values) & _NOT_PROFILE)
+    if unknown:
+        raise ConfigError(f"{what} sets unknown or non-tunable settings: {', '.join(unknown)}",
+                          hint="keys are ragfn setting names in lower case without RAGFN_, e.g. chunk_tokens = 128")
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except (ValueError, SettingsError) as exc:
+        raise ConfigError(f"invalid ragfn settings: {exc}", hint="check the RAGFN_* environment variables") from exc

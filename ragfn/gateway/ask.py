@@ -1,0 +1,337 @@
+"""The ask gateway's logic: cache, then retrieve, then generate; it degrades instead of failing.
+
+    vector store down     -> lexical results only           degraded: "vector-store-unavailable"
+    retrieve service down -> no passages, no LLM call        degraded: "retrieve-unavailable"
+    LLM cold or loading   -> the extractive engine           degraded: "cold-start" (a warm-up runs meanwhile)
+    LLM down (a call failed, or warm-ups gave up) -> the extractive engine   degraded: "llm-unavailable"
+    LLM refuses the request (4xx: prompt too long, bad key) -> the extractive engine   degraded: "llm-rejected"
+    Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
+Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`, `ragfn.gateway.remote`); each, and
+the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
+
+One trace per question (remote spans in brackets; `ragfn.ask` carries the rag.* attributes and ends last,
+after the final server-sent event when streaming):
+    ragfn.ask ─┬─ ragfn.ask.cache_lookup ── [ragfn.cache-check]
+               ├─ ragfn.ask.retrieve ────── [ragfn.retrieve]
+               ├─ ragfn.ask.llm ─────────── [predictor]
+               └─ ragfn.ask.cache_store ─── [ragfn.cache-check]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragfn.cache.redis_cache import CacheHit
+from ragfn.core.errors import RagfnError, Unavailable
+from ragfn.core.telemetry import iterate_in_span, tracer
+from ragfn.gateway.attribution import attribute
+from ragfn.gateway.backends import (
+    AnswerCache,
+    AnswerKey,
+    Lookup,
+    Retrieval,
+    RetrievalQuery,
+    gateway_breaker,
+    retrieval_attributes,
+)
+from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
+from ragfn.llm.client import LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, build_messages, citations
+from ragfn.llm.warmup import PredictorWarmth
+from ragfn.retrieval.context import Passage
+from ragfn.retrieval.dense import Caller, Hit
+
+log = logging.getLogger("ragfn.gateway")
+COLD_START = {"degraded": "cold-start", "message": "the model is warming up; answering from the passages meanwhile"}
+LLM_DOWN = {"degraded": "llm-unavailable", "message": "the model is unavailable; answering from the passages"}
+NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
+                "Please try again in a moment.")
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=4000)
+    collection: str = "default"
+    top_k: int = Field(8, ge=1, le=50)
+    mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    stream: bool = False
+    max_tokens: int = Field(256, ge=1, le=4096)
+    budget_tokens: int = Field(1500, ge=50, le=32000)
+
+
+@dataclass
+class Prepared:
+    """Everything before generation: a cache hit, or the passages and the messages for the LLM."""
+
+    hit: CacheHit | None = None
+    hits: list[Hit] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    retrieved: bool = False  # False when retrieval failed outright: there is nothing to answer from
+    cache: str = "off"  # hit | miss | off
+    degraded: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    key: AnswerKey | None = None
+    lookup: Lookup | None = None  # set on a miss only: what the answer may be stored under
+    cited: int = 0
+    inferred: bool = False  # the model cited nothing; the citations come from ragfn.gateway.attribution
+    truncated: bool = False  # generation stopped at max_tokens: the answer is cut off
+    answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what feedback names
+    request: AskRequest | None = None
+    caller: Caller | None = None
+
+
+def _citation_json(passage: Passage) -> dict:
+    return {"n": passage.number, "source": passage.source, "chunk_id": passage.chunk_id, "text": passage.text,
+            "heading_path": passage.heading_path, "start": passage.start, "end": passage.end}
+
+
+def _failed(span: trace.Span, exc: BaseException, reason: str) -> None:
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+    span.set_attribute("rag.fallback.reason", reason)
+
+
+class Gateway:
+    def __init__(self, llm: LLM, *, retrieval: Retrieval, cache: AnswerCache, fallback: LLM | None = None,
+                 warmth: PredictorWarmth | None = None, cold_wait_seconds: float = 1.0,
+                 feedback: FeedbackStore | None = None) -> None:
+        self.llm = llm
+        self.warmth, self.cold_wait_seconds, self.feedback = warmth, cold_wait_seconds, feedback
+        self.fallback = fallback or ExtractiveLLM()
+        self.retrieval, self.cache = retrieval, cache
+        self.llm_remote = hasattr(llm, "base_url")  # an HTTP client (the predictor), not an in-process engine
+        self.breakers = {"llm": gateway_breaker("llm"), self.cache.breaker.name: self.cache.breaker,
+                         self.retrieval.breaker.name: self.retrieval.breaker}
+
+    def _timed(self, prepared: Prepared, stage: str, started: float) -> None:
+        prepared.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 2)
+
+    @contextmanager
+    def _stage(self, name: str, remote: bool, **attributes: object) -> Iterator[trace.Span]:
+        kind = trace.SpanKind.CLIENT if remote else trace.SpanKind.INTERNAL
+        with tracer().start_as_current_span(name, kind=kind, attributes={"rag.remote": remote, **attributes}) as span:
+            yield span
+
+    def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
+        prepared = prepared if prepared is not None else Prepared()
+        prepared.request, prepared.caller = request, caller
+        key = AnswerKey(caller, request.collection, self.llm.name, PROMPT_VERSION)
+        started = time.perf_counter()
+        with self._stage("ragfn.ask.cache_lookup", self.cache.remote) as span:
+            try:
+                lookup = self.cache.lookup(request.question, key)
+            except RagfnError as exc:  # whatever the cache's trouble, the answer must not depend on it
+                _failed(span, exc, "cache-unavailable")
+                prepared.degraded.append("cache-unavailable")
+                lookup = Lookup("off")
+            span.set_attribute("rag.cache", lookup.status)
+        prepared.cache, prepared.hit = lookup.status, lookup.hit
+        if lookup.status == "miss":
+            prepared.key, prepared.lookup = key, lookup
+        self._timed(prepared, "cache", started)
+        if prepared.hit:
+            return prepared
+        started = time.perf_counter()
+        # the cache's embedder is the retriever's in one process, so a miss's vector spares a second embedding
+        vector = lookup.vector if not (self.cache.remote or self.retrieval.remote) else None
+        query = RetrievalQuery(request.question, caller, request.collection, request.top_k, request.mode,
+                               request.budget_tokens, vector)
+        with self._stage("ragfn.ask.retrieve", self.retrieval.remote, **{"rag.retrieval.mode": request.mode}) as span:
+            try:
+                retrieved = self.retrieval.retrieve(query)
+            except Unavailable as exc:
+                _failed(span, exc, "retrieve-unavailable")
+                prepared.degraded.append("retrieve-unavailable")
+            else:
+                prepared.retrieved, prepared.hits, prepared.passages = True, retrieved.hits, retrieved.passages
+                prepared.degraded.extend(retrieved.degraded)
+                span.set_attributes(self._retrieval_attributes(prepared))
+                if retrieved.degraded:
+                    span.set_attribute("rag.fallback.reason", "+".join(retrieved.degraded))
+        self._timed(prepared, "retrieve", started)
+        prepared.messages = build_messages(request.question, prepared.passages)
+        return prepared
+
+    def ask(self, request: AskRequest, caller: Caller, *, parent: otel_context.Context | None = None) -> dict:
+        """The whole answer as one JSON object; `parent` is the caller's trace context (e.g. from traceparent)."""
+        with tracer().start_as_current_span("ragfn.ask", context=parent, kind=trace.SpanKind.SERVER,
+                                            attributes={"rag.stream": False}) as span:
+            prepared = Prepared()
+            try:
+                self.prepare(request, caller, prepared)
+                if prepared.hit:
+                    return self._result(prepared, prepared.hit.answer["answer"], prepared.hit.answer["citations"])
+                if not prepared.retrieved:
+                    return self._result(prepared, NO_RETRIEVAL, [])
+                started = time.perf_counter()
+                with self._stage("ragfn.ask.llm", self.llm_remote, **{"rag.llm.model": self.llm.name}) as llm_span:
+                    completion, _ = self._call_llm(llm_span, prepared, "complete", request.max_tokens)
+                self._timed(prepared, "generate", started)
+                cited = self._cite(prepared, completion.text)
+                self._store(request, prepared, completion.text, cited, completion.finish_reason == "length")
+                return self._result(prepared, completion.text, cited)
+            finally:
+                self._annotate(span, prepared)
+
+    def stream(self, request: AskRequest, caller: Caller, *,
+               parent: otel_context.Context | None = None) -> Iterator[tuple[str, object]]:
+        """("token", text)*, ("citations", [...]), ("final", {...}): the server-sent events of one answer.
+
+        Its `ragfn.ask` span stays open until the last event was taken (or the iterator closed)."""
+        return iterate_in_span("ragfn.ask", lambda span: self._stream(request, caller, span), parent=parent,
+                               kind=trace.SpanKind.SERVER, attributes={"rag.stream": True})
+
+    def _stream(self, request: AskRequest, caller: Caller, span: trace.Span) -> Iterator[tuple[str, object]]:
+        prepared = Prepared()
+        try:
+            self.prepare(request, caller, prepared)
+            if prepared.hit:
+                yield "token", prepared.hit.answer["answer"]
+                yield "citations", prepared.hit.answer["citations"]
+                yield "final", self._final(prepared, prepared.hit.answer["answer"])
+                return
+            if not prepared.retrieved:
+                yield "status", {"degraded": "retrieve-unavailable", "message": "document search is unavailable"}
+                yield "token", NO_RETRIEVAL
+                yield "citations", []
+                yield "final", self._final(prepared, NO_RETRIEVAL)
+                return
+            started = time.perf_counter()
+            yield from self._generate(request, prepared, started)
+        finally:
+            self._annotate(span, prepared)
+
+    def _generate(self, request: AskRequest, prepared: Prepared, started: float) -> Iterator[tuple[str, object]]:
+        # Not current across yields (see iterate_in_span): made current only while the request goes out.
+        llm_span = tracer().start_span("ragfn.ask.llm", kind=trace.SpanKind.CLIENT if self.llm_remote else
+                                       trace.SpanKind.INTERNAL,
+                                       attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
+        try:
+            with trace.use_span(llm_span):
+                deltas, status = self._call_llm(llm_span, prepared, "stream", request.max_tokens)
+            if status:
+                yield "status", status
+            parts = []
+            try:
+                for delta in deltas:
+                    parts.append(delta)
+                    yield "token", delta
+            except Unavailable:
+                if self.warmth:
+                    self.warmth.failed()
+                raise
+            finally:
+                getattr(deltas, "close", lambda: None)()  # a client that went away cancels the upstream stream
+        except Exception as exc:
+            llm_span.record_exception(exc)
+            llm_span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            llm_span.end()
+        self._timed(prepared, "generate", started)
+        text = "".join(parts)
+        cited = self._cite(prepared, text)
+        yield "citations", cited
+        self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
+        yield "final", self._final(prepared, text)
+
+    def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int):
+        """The LLM's `complete` or `stream`, or the fallback's with the status to show: cold-start when the predictor
+        is still warming up (nobody waits for a model to load), llm-unavailable when a call to it failed or warm-ups
+        gave up, llm-rejected when it refused the request."""
+        if self.warmth is not None and not self.warmth.ready(self.cold_wait_seconds):
+            status = LLM_DOWN if self.warmth.gave_up else COLD_START
+            span.set_attribute("rag.fallback.reason", status["degraded"])
+        else:
+            try:
+                result = self.breakers["llm"].call(getattr(self.llm, method), prepared.messages, max_tokens=max_tokens)
+            except Unavailable as exc:
+                if self.warmth is not None:
+                    self.warmth.failed()
+                _failed(span, exc, "llm-unavailable")
+                status = LLM_DOWN
+            except LLMRejected as exc:  # e.g. a prompt over the model's context: the question still gets an answer
+                _failed(span, exc, "llm-rejected")
+                log.warning("%s", exc)
+                status = {"degraded": "llm-rejected", "message": f"the model refused the request ({exc.message}); "
+                          "answering from the passages"}
+            else:
+                if self.warmth is not None:
+                    self.warmth.seen_ready()
+                return result, None
+        span.set_attribute("rag.llm.engine", self.fallback.name)
+        prepared.degraded.append(status["degraded"])
+        return getattr(self.fallback, method)(prepared.messages, max_tokens=max_tokens), status
+
+    @staticmethod
+    def _cite(prepared: Prepared, text: str) -> list[dict]:
+        """The passages the answer cites as [n]; when it cites none, those its sentences draw on (attribution)."""
+        cited = citations(text, prepared.passages)
+        if not cited and prepared.passages:
+            cited = attribute(text, prepared.passages)
+            prepared.inferred = bool(cited)
+        return [_citation_json(p) for p in cited]
+
+    def _store(self, request: AskRequest, prepared: Prepared, text: str, cited: list[dict], partial: bool) -> None:
+        prepared.cited, prepared.truncated = len(cited), partial
+        if prepared.lookup is None or prepared.key is None or prepared.degraded or partial or not cited:
+            return  # only complete, cited, non-degraded answers are worth repeating
+        started = time.perf_counter()
+        answer = {"answer": text, "citations": cited, "citations_inferred": prepared.inferred}
+        documents = sorted({c["source"] for c in cited})
+        with self._stage("ragfn.ask.cache_store", self.cache.remote) as span:
+            try:
+                span.set_attribute("rag.cache.stored", self.cache.store(request.question, prepared.key, answer,
+                                                                        documents, prepared.lookup))
+            except RagfnError as exc:
+                _failed(span, exc, "cache-unavailable")
+                prepared.degraded.append("cache-unavailable")
+        self._timed(prepared, "cache_store", started)
+
+    @staticmethod
+    def _retrieval_attributes(prepared: Prepared) -> dict:
+        return retrieval_attributes(prepared.hits, prepared.passages)
+
+    def _annotate(self, span: trace.Span, prepared: Prepared) -> None:
+        """The RAG attributes of the whole answer, on the `ragfn.ask` span, however the request ended."""
+        attributes = {"rag.cache": prepared.cache, "rag.degraded": bool(prepared.degraded),
+                      "rag.citations": prepared.cited, **self._retrieval_attributes(prepared),
+                      **{f"rag.timing.{stage}_ms": ms for stage, ms in prepared.timings_ms.items()}}
+        if prepared.hit:
+            attributes |= {"rag.cache.tier": prepared.hit.tier, "rag.citations": len(prepared.hit.answer["citations"])}
+        if prepared.degraded:
+            attributes["rag.fallback.reason"] = "+".join(prepared.degraded)
+        span.set_attributes(attributes)
+
+    def _final(self, prepared: Prepared, text: str) -> dict:
+        """The closing record of an answer; the answer is remembered under its id so it can be rated."""
+        if prepared.hit:
+            prepared.inferred = bool(prepared.hit.answer.get("citations_inferred"))
+        final = {"answer_id": prepared.answer_id, "cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,
+                 "citations_inferred": prepared.inferred, "truncated": prepared.truncated,
+                 "timings_ms": prepared.timings_ms}
+        if self.feedback is not None and prepared.request is not None:
+            try:
+                hit = prepared.hit
+                self.feedback.remember(AnsweredQuestion(
+                    prepared.answer_id, prepared.caller.tenant or "", prepared.request.collection,
+                    prepared.request.question, text, prepared.cache, final["degraded"], self.llm.name, PROMPT_VERSION,
+                    hit.question if hit else None, round(hit.similarity, 4) if hit else None))
+            except RagfnError as exc:  # rating is a nicety; the answer stands without it
+                log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)
+                final["answer_id"] = None
+        return final
+
+    def _result(self, prepared: Prepared, text: str, cited: list[dict]) -> dict:
+        return {"answer": text, "citations": cited, **self._final(prepared, text)}

@@ -1,0 +1,192 @@
+"""BM25 over a collection's chunk texts, built from Chroma itself so that every replica agrees with the index.
+
+Chroma stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
+collection's generation token (bumped by every commit and delete, see ChromaIndex.generation) has changed, checking
+at most every `refresh_seconds`; a snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a
+background thread while the old one keeps answering. Scaling: a rebuild reads every chunk text of the collection and
+holds postings in memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per
+replica; beyond that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragfn.core.errors import BadEvent, Unavailable
+from ragfn.retrieval.dense import Caller, Hit
+from ragfn.store.base import PUBLIC
+from ragfn.store.chroma import ChromaIndex, read_pages
+
+log = logging.getLogger("ragfn.lexical")
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Function words a question is phrased with ("how do I ... in the ...?"): dropped from queries, where they only add
+# noise to BM25, but kept in the index so a question made of nothing else still finds something.
+STOPWORDS = frozenset(
+    "a about an and are as at be been but by can could did do does for from had has have how i if in into is it its"
+    " me my of on or our should so such than that the their them then there these they this to was we were what"
+    " when where which who whom why will with would you your".split())
+_stemmers = threading.local()  # a PyStemmer object must not be shared between threads
+
+
+def _stem(words: list[str]) -> list[str]:
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    return stemmer.stemWords(words)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased, Snowball-stemmed words, so "assignment" in a question matches "assign" and "assigned"."""
+    return _stem(_WORD.findall(text.lower()))
+
+
+def query_terms(question: str) -> list[str]:
+    """A question's search terms: its stemmed content words, or all its words when it has nothing but stopwords."""
+    words = _WORD.findall(question.lower())
+    return _stem([w for w in words if w not in STOPWORDS] or words)
+
+
+@dataclass
+class _Snapshot:
+    generation: str | None
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict]
+    postings: dict[str, tuple[np.ndarray, np.ndarray]]  # term -> (chunk rows, BM25 weights)
+    tenants: np.ndarray  # tenant per row
+    groups: dict[str, np.ndarray]  # ACL group -> rows readable by it
+    checked: float
+    build_seconds: float = 0.0
+
+
+class LexicalRetriever:
+    """BM25 (Okapi, k1/b) with the caller's tenant and groups applied before ranking."""
+
+    def __init__(self, index: ChromaIndex, *, k1: float = 1.2, b: float = 0.75, refresh_seconds: float = 1.0) -> None:
+        self.index = index
+        self.k1, self.b = k1, b
+        self.refresh_seconds = refresh_seconds
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._failures: dict[str, tuple[float, str]] = {}  # collection -> (when, why) its last build failed
+        self.retry_seconds = 5.0
+        # A snapshot that took longer than this to build is rebuilt in the background while the old one answers
+        # (seconds stale), instead of every query waiting: 15 s at 100k chunks, after each commit.
+        self.background_after_seconds = 1.0
+        self._rebuilding: set[str] = set()
+        self._lock = threading.Lock()
+
+    def search(self, question: str, *, collection: str = "default", top_k: int = 10,
+               caller: Caller = Caller()) -> list[Hit]:
+        terms = query_terms(question)
+        if not terms:
+            raise BadEvent("the question has no words to search for")
+        if not 1 <= top_k <= 1000:
+            raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
+        snapshot = self._snapshot(collection)
+        if snapshot is None or not snapshot.ids:
+            return []
+        scores = np.zeros(len(snapshot.ids), dtype=np.float32)
+        for term, count in Counter(terms).items():
+            if term in snapshot.postings:
+                rows, weights = snapshot.postings[term]
+                scores[rows] += count * weights
+        readable = snapshot.tenants == (caller.tenant or "")
+        allowed = np.zeros(len(snapshot.ids), dtype=bool)
+        for group in {PUBLIC, *caller.groups}:
+            if group in snapshot.groups:
+                allowed[snapshot.groups[group]] = True
+        scores[~(readable & allowed)] = 0.0  # filtered before ranking: a hidden chunk never takes a place
+        candidates = np.flatnonzero(scores > 0)
+        best = candidates[np.argsort(-scores[candidates], kind="stable")[:top_k]]
+        return [Hit(chunk_id=snapshot.ids[i], source=snapshot.metadatas[i]["source"], text=snapshot.texts[i],
+                    score=float(scores[i]), metadata=snapshot.metadatas[i]) for i in best]
+
+    def _snapshot(self, collection: str) -> _Snapshot | None:
+        with self._lock:  # one rebuild at a time; concurrent queries wait for it rather than each rebuilding
+            cached = self._snapshots.get(collection)
+            now = time.monotonic()
+            if cached and now - cached.checked < self.refresh_seconds:
+                return cached
+            failed = self._failures.get(collection)
+            if cached is None and failed and now - failed[0] < self.retry_seconds:
+                raise Unavailable(failed[1])  # no rebuild per request while the store is failing
+            try:
+                if not self.index.exists(collection):
+                    return None
+                generation = self.index.generation(collection)
+                slow = cached is not None and cached.build_seconds > self.background_after_seconds
+                if slow and cached.generation != generation:
+                    self._rebuild_in_background(collection, generation)
+                elif not (cached and cached.generation == generation):
+                    cached = self._snapshots[collection] = self._build(collection, generation)
+            except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
+                if cached is None:
+                    message = f"cannot read collection {collection!r} for lexical search: {exc}"
+                    self._failures[collection] = (now, message)
+                    raise Unavailable(message) from exc
+                log.warning("lexical search serves a stale snapshot of %s: %s", collection, exc)
+            cached.checked = now
+            return cached
+
+    def _rebuild_in_background(self, collection: str, generation: str | None) -> None:
+        """Called under the lock; at most one rebuild per collection runs at a time."""
+        if collection in self._rebuilding:
+            return
+        self._rebuilding.add(collection)
+
+        def rebuild() -> None:
+            try:
+                snapshot = self._build(collection, generation)
+                with self._lock:
+                    self._snapshots[collection] = snapshot
+            except Exception as exc:  # the stale snapshot keeps answering; the next check tries again
+                log.warning("background rebuild of the BM25 snapshot of %s failed: %s", collection, exc)
+            finally:
+                with self._lock:
+                    self._rebuilding.discard(collection)
+
+        threading.Thread(target=rebuild, name=f"bm25-{collection}", daemon=True).start()
+
+    def _build(self, collection: str, generation: str | None) -> _Snapshot:
+        started = time.monotonic()
+        ids, texts, metadatas = [], [], []
+        # Pages can straddle a concurrent commit; `generation` was read before the first page, so the next check
+        # sees the newer token and rebuilds.
+        for page in read_pages(self.index.chunks(collection), ["documents", "metadatas"]):
+            ids += page["ids"]
+            texts += page["documents"]
+            metadatas += page["metadatas"]
+        tokens = [tokenize(text) for text in texts]
+        lengths = np.array([len(t) for t in tokens], dtype=np.float32)
+        average = float(lengths.mean()) if len(lengths) else 0.0
+        rows_by_term: dict[str, list[int]] = defaultdict(list)
+        tf_by_term: dict[str, list[int]] = defaultdict(list)
+        for row, words in enumerate(tokens):
+            for term, tf in Counter(words).items():
+                rows_by_term[term].append(row)
+                tf_by_term[term].append(tf)
+        norm = self.k1 * (1 - self.b + self.b * lengths / max(average, 1e-9))
+        postings = {}
+        for term, rows in rows_by_term.items():
+            rows_array = np.array(rows, dtype=np.int64)
+            tf = np.array(tf_by_term[term], dtype=np.float32)
+            idf = math.log(1 + (len(ids) - len(rows) + 0.5) / (len(rows) + 0.5))
+            postings[term] = (rows_array, idf * tf * (self.k1 + 1) / (tf + norm[rows_array]))
+        groups: dict[str, list[int]] = defaultdict(list)
+        for row, meta in enumerate(metadatas):
+            for group in meta.get("groups") or [PUBLIC]:
+                groups[group].append(row)
+        return _Snapshot(generation, ids, texts, metadatas, postings,
+                         np.array([m.get("tenant", "") for m in metadatas], dtype=object),
+                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic(),
+                         time.monotonic() - started)

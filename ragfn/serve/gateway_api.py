@@ -1,0 +1,217 @@
+"""The ask gateway's HTTP contract: its response models, one table of routes, and the OpenAPI 3.1 document built from them.
+
+The request models are the ones the gateway validates with (`AskRequest`, `FeedbackRequest`); the response models
+describe what the gateway's code returns, and tests/test_openapi.py holds real responses to them. The document is
+assembled here from pydantic's JSON Schemas (OpenAPI 3.1 speaks JSON Schema 2020-12, which pydantic emits) rather than
+by a Flask-OpenAPI library: those validate requests themselves and answer 422 with bodies of their own, which would
+change the gateway's error format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from ragfn.gateway.ask import AskRequest
+from ragfn.gateway.uploads import UploadReceipt, UploadStatus
+
+REF = "#/components/schemas/{model}"
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the answer_id of the answer's final record")
+    rating: Literal["up", "down"]
+    comment: str = Field("", max_length=2000)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # the document names every field a response has
+
+
+class ErrorBody(_Body):
+    """Every refusal and failure: the error class, what is wrong, whether to retry, and how to fix it."""
+
+    error: str = Field(description="the ragfn error class, e.g. BadEvent, Unauthorized, RateLimited, Unavailable")
+    message: str
+    retryable: bool
+    hint: str | None = Field(None, description="what to do about it; absent when there is nothing to add")
+
+
+class Citation(_Body):
+    n: int = Field(description="the [n] the answer cites")
+    source: str = Field(description="the document's URI")
+    chunk_id: str
+    text: str
+    heading_path: str = Field(description="the section, e.g. 'Lists › Sorting'")
+    start: int = Field(description="character offsets of the passage in the document's text")
+    end: int
+
+
+class AnswerFinal(_Body):
+    """The closing record of an answer: the last `final` event of a stream, and part of a JSON answer."""
+
+    answer_id: str | None = Field(description="rate the answer with it (POST /v1/feedback); null without Redis")
+    cache: Literal["hit", "miss", "off"]
+    degraded: str | None = Field(description="why the answer is degraded, '+'-joined (cold-start, llm-unavailable, "
+                                 "llm-rejected, retrieve-unavailable, vector-store-unavailable, cache-unavailable)")
+    citations_inferred: bool = Field(description="the model cited nothing; the sources were matched by ragfn")
+    truncated: bool = Field(description="generation stopped at max_tokens")
+    timings_ms: dict[str, float] = Field(description="per stage: cache, retrieve, generate, cache_store")
+
+
+class Answer(AnswerFinal):
+    answer: str
+    citations: list[Citation]
+
+
+class StreamStatus(_Body):
+    """A `status` event: the answer that follows is degraded, and why."""
+
+    degraded: str
+    message: str
+
+
+class FeedbackRecorded(_Body):
+    answer_id: str
+    rating: Literal["up", "down"]
+    replaced: Literal["up", "down"] | None = Field(description="the caller's earlier rating of the answer, if any")
+
+
+class CollectionCount(_Body):
+    documents: int
+    chunks: int
+
+
+class Me(_Body):
+    subject: str = Field(description="the key's name or the JWT's sub")
+    tenant: str = Field(description="'' for the untenanted space")
+    groups: list[str]
+    collections: dict[str, CollectionCount] = Field(description="collections where the tenant has indexed documents")
+
+
+class Warmup(_Body):
+    llm: str = Field(description="the engine's name, or the predictor's URL")
+    state: str = Field(description="ready, or how far the predictor's warm-up has got")
+    warming: bool
+    gave_up: bool | None = Field(None, description="warm-ups gave up: the predictor is reported down")
+
+
+class Ready(_Body):
+    function: Literal["ask"]
+    ready: bool
+
+
+STREAM_EVENTS = {"status": StreamStatus, "token": str, "citations": list[Citation], "final": AnswerFinal,
+                 "error": ErrorBody}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    responses: dict[int, type | str]  # status -> response model; a str is a description of a body-less answer
+    body: type | None = None
+    form: bool = False  # multipart/form-data (uploads)
+    query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
+    authenticated: bool = True
+    tags: tuple[str, ...] = field(default=("gateway",))
+
+
+_CALLER = {401: ErrorBody, 429: ErrorBody, 500: ErrorBody, 503: ErrorBody}
+_ASK = Route("post", "/v1/ask", "Ask a question: one JSON answer, or server-sent events with \"stream\": true",
+             {200: Answer, 400: ErrorBody} | _CALLER, body=AskRequest)
+ROUTES = (
+    _ASK,
+    Route("post", "/", "The same as POST /v1/ask (kept for clients of the single-function gateway)",
+          _ASK.responses, body=AskRequest),
+    Route("post", "/v1/feedback", "Rate one of your answers up or down, with an optional comment",
+          {200: FeedbackRecorded, 400: ErrorBody, 404: ErrorBody} | _CALLER, body=FeedbackRequest),
+    Route("post", "/v1/documents", "Upload a document (multipart: file, collection?, groups?); queued for ingestion",
+          {202: UploadReceipt, 400: ErrorBody} | _CALLER, form=True),
+    Route("get", "/v1/documents/status", "How far an upload has got: queued, indexing, indexed, replaced or failed",
+          {200: UploadStatus, 400: ErrorBody, 404: ErrorBody} | _CALLER,
+          query=(("document_id", True, "from the upload's receipt"), ("version", True, "from the upload's receipt"),
+                 ("collection", False, "default: default"), ("event_id", False, "ties a dead letter to the upload"))),
+    Route("get", "/v1/me", "Who is signed in, and what their tenant has indexed per collection",
+          {200: Me} | _CALLER),
+    Route("post", "/v1/warmup", "Wake the predictor in the background (a chat opened, or the keep-alive fired)",
+          {200: Warmup, 202: Warmup, 500: ErrorBody}, authenticated=False),
+    Route("get", "/", "Readiness: any GET outside the API answers this", {200: Ready}, authenticated=False),
+    Route("get", "/openapi.json", "This document", {200: "the OpenAPI 3.1 document"}, authenticated=False),
+)
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad request: the body, form or query is invalid (see message, hint)",
+            401: "Missing or invalid credentials (WWW-Authenticate: Bearer)", 404: "Not found",
+            429: "Over the tenant's rate limit (Retry-After, X-RateLimit-*)", 500: "Settings that cannot work, or a "
+            "bug; retryable", 503: "A dependency the request needs is down; retryable"}
+
+
+class _Schemas:
+    """Component schemas, each named after its type, shared by every route that uses the type."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, dict] = {}
+
+    def ref(self, tp: type, mode: Literal["validation", "serialization"] = "serialization") -> dict:
+        schema = TypeAdapter(tp).json_schema(ref_template=REF, mode=mode)
+        self.components.update(schema.pop("$defs", {}))
+        name = getattr(tp, "__name__", None)
+        if name is None or not isinstance(tp, type):
+            return schema  # list[Citation], str: inline
+        self.components[name] = schema
+        return {"$ref": REF.format(model=name)}
+
+
+def _operation(route: Route, schemas: _Schemas) -> dict:
+    operation: dict = {"summary": route.summary, "tags": list(route.tags),
+                       "operationId": f"{route.method}_{route.path.strip('/').replace('/', '_') or 'root'}",
+                       "responses": {}}
+    if route.authenticated:
+        operation["security"] = [{"bearer": []}]
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": schemas.ref(route.body, "validation")}}}
+    if route.form:
+        operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary", "description": "up to RAGFN_MAX_OBJECT_BYTES"},
+                "collection": {"type": "string", "default": "default"},
+                "groups": {"type": "string", "description": "comma-separated ACL groups; empty: the whole tenant"}}}}}}
+    if route.query:
+        operation["parameters"] = [{"name": name, "in": "query", "required": required, "description": text,
+                                    "schema": {"type": "string"}} for name, required, text in route.query]
+    for status, model in route.responses.items():
+        if isinstance(model, str):
+            operation["responses"][str(status)] = {"description": model}
+            continue
+        response = {"description": _REASONS.get(status, "OK"),
+                    "content": {"application/json": {"schema": schemas.ref(model)}}}
+        if route.body is AskRequest and status == 200:
+            response["content"]["text/event-stream"] = {
+                "schema": {"type": "string"},
+                "x-events": {name: schemas.ref(tp) for name, tp in STREAM_EVENTS.items()}}
+            response["description"] = ("JSON, or with \"stream\": true server-sent events: status?, token*, "
+                                       "citations, final (or error once the stream has started)")
+        operation["responses"][str(status)] = response
+    return operation
+
+
+def openapi_document(version: str) -> dict:
+    schemas = _Schemas()
+    paths: dict[str, dict] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method] = _operation(route, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ragfn ask gateway", "version": version,
+                 "description": "Questions answered from your documents, with citations; uploads, ratings."},
+        "paths": paths,
+        "components": {"schemas": dict(sorted(schemas.components.items())),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "an API key, or an HS256 JWT with tenant and "
+                                                                     "groups claims"}}},
+    }

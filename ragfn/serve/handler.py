@@ -1,0 +1,216 @@
+"""The one wrapper every function uses: parse the CloudEvent, validate it, open a span, map errors to HTTP.
+
+    @cloud_function("embed", accepts={events.CHUNKS: ChunkBatch})
+    def handle(event: InboundEvent, runtime: Runtime) -> StageResult: ...
+
+`handle` is then a functions-framework HTTP function. Its first outgoing event is the reply (a binary-mode
+CloudEvent the Broker routes on); functions that fan out publish to K_SINK themselves and reply with JSON.
+Status codes follow Knative's delivery spec: 2xx done, 400 permanent (dead-letter), 404/429/5xx retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import flask
+import functions_framework
+from cloudevents import exceptions as ce_errors
+from cloudevents.conversion import to_binary
+from cloudevents.http import from_http
+from opentelemetry import trace
+from pydantic import BaseModel, ValidationError
+
+from ragfn.core.config import load_settings
+from ragfn.core.errors import BadEvent, RagfnError, problems
+from ragfn.core.telemetry import configure_tracing, context_from_event, tracer
+from ragfn.eventing.publish import StageResult
+from ragfn.serve.runtime import Runtime
+
+log = logging.getLogger("ragfn.handler")
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    type: str | None  # None for a plain JSON POST (MinIO's webhook sends no CloudEvent envelope)
+    id: str | None
+    time: datetime | None
+    data: object  # the validated model for declared types, else decoded JSON
+    attributes: Mapping[str, object]
+
+
+def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundEvent:
+    body = request.get_data(cache=False)
+    if len(body) > MAX_REQUEST_BYTES:
+        raise BadEvent(f"request body is {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    is_cloudevent = "ce-specversion" in headers or headers.get("content-type", "").startswith(
+        "application/cloudevents+json")
+    if not is_cloudevent:
+        if not allow_plain_json:
+            raise BadEvent("request is not a CloudEvent", hint="send ce-* headers (binary mode) or "
+                           "Content-Type: application/cloudevents+json (structured mode)")
+        return InboundEvent(None, None, None, decode_json(body), {})
+    try:
+        event = from_http(headers, body)
+    except (ce_errors.GenericException, ValueError, TypeError) as exc:
+        raise BadEvent(f"malformed CloudEvent: {exc}") from exc
+    attributes = dict(event.get_attributes())
+    data = event.get_data()
+    if isinstance(data, (bytes, str)) and data:
+        data = decode_json(data)  # binary mode with a content type that cloudevents did not decode
+    time = None
+    if attributes.get("time"):
+        try:
+            time = datetime.fromisoformat(str(attributes["time"]).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise BadEvent(f"CloudEvent attribute time={attributes['time']!r} is not RFC 3339") from exc
+    return InboundEvent(str(attributes["type"]), str(attributes["id"]), time, data, attributes)
+
+
+def decode_json(body: bytes | str) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadEvent(f"event data is not valid JSON: {exc}") from exc
+
+
+def validate(event: InboundEvent, accepts: Mapping[str, type[BaseModel] | None]) -> InboundEvent:
+    if event.type is not None and event.type not in accepts:
+        raise BadEvent(f"unknown event type {event.type!r}", hint=f"this function accepts {sorted(accepts)}")
+    model = accepts.get(event.type) if event.type else None
+    if model is None:
+        return event
+    try:
+        return InboundEvent(event.type, event.id, event.time, model.model_validate(event.data), event.attributes)
+    except ValidationError as exc:
+        raise BadEvent(f"invalid {event.type} data: {problems(exc)}") from exc
+
+
+def error_response(error: RagfnError, event: InboundEvent | None = None) -> flask.Response:
+    body = error.to_dict()
+    if event is not None:
+        body |= {"event_id": event.id, "event_type": event.type}
+    return flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+
+
+def reply(result: StageResult, *, as_event: bool) -> flask.Response:
+    if as_event and result.events:
+        headers, payload = to_binary(result.events[0].to_cloudevent())
+        return flask.Response(payload, status=200, headers=dict(headers))
+    return flask.Response(json.dumps(result.summary), status=200, mimetype="application/json")
+
+
+class LazyRuntime:
+    """Builds the function's Runtime on the first request, never at import."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                settings = load_settings()
+                configure_tracing(settings, self.service)
+                self._runtime = Runtime(settings)
+            return self._runtime
+
+
+Handler = Callable[[InboundEvent, Runtime], StageResult]
+
+
+def _in_span(name: str, parent, kind: trace.SpanKind, attributes: dict, call: Callable[[trace.Span], object]):
+    with tracer().start_as_current_span(f"ragfn.{name}", context=parent, kind=kind) as span:
+        span.set_attributes(attributes | {"ragfn.function": name})
+        try:
+            return call(span)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            raise
+
+
+def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], InboundEvent | None]) -> flask.Response:
+    """The one place errors become HTTP answers: RagfnError by its status, anything else a retryable 500."""
+    try:
+        return call()
+    except RagfnError as exc:
+        log.warning("%s: %s", name, exc)
+        return error_response(exc, event())
+    except Exception as exc:  # never let one bad request take the worker down
+        log.exception("%s: unexpected failure", name)
+        return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event())
+
+
+def _ready(name: str) -> flask.Response:
+    return flask.jsonify({"function": name, "ready": True})
+
+
+def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
+                   allow_plain_json: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+    def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
+        runtime = LazyRuntime(f"ragfn-{name}")
+
+        @functions_framework.http
+        @functools.wraps(handle)
+        def view(request: flask.Request) -> flask.Response:
+            if request.method == "GET":  # readiness probe
+                return _ready(name)
+            parsed: list[InboundEvent] = []
+
+            def run() -> flask.Response:
+                parsed.append(validate(parse_request(request, allow_plain_json=allow_plain_json), accepts))
+                event, context = parsed[0], runtime.get()  # runtime first: it installs the tracer provider
+
+                def call(span: trace.Span) -> flask.Response:
+                    result = handle(event, context)
+                    span.set_attribute("ragfn.events_out", len(result.events))
+                    return reply(result, as_event=reply_with_event)
+
+                return _in_span(name, context_from_event(event.attributes), trace.SpanKind.CONSUMER,
+                                {"cloudevents.event_id": event.id or "", "cloudevents.event_type": event.type or ""},
+                                call)
+
+            return guarded(name, run, lambda: parsed[0] if parsed else None)
+
+        return view
+
+    return decorate
+
+
+def json_function(name: str, *, request_model: type[BaseModel]):
+    """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans."""
+
+    def decorate(handle: Callable[[BaseModel, Runtime], dict]) -> Callable[[flask.Request], flask.Response]:
+        runtime = LazyRuntime(f"ragfn-{name}")
+
+        @functions_framework.http
+        @functools.wraps(handle)
+        def view(request: flask.Request) -> flask.Response:
+            if request.method == "GET":
+                return _ready(name)
+
+            def run() -> flask.Response:
+                body = decode_json(request.get_data(cache=False))
+                try:
+                    parsed = request_model.model_validate(body)
+                except ValidationError as exc:
+                    raise BadEvent(f"invalid request: {problems(exc)}") from exc
+                context = runtime.get()
+                parent = context_from_event({k.lower(): v for k, v in request.headers.items()})
+                result = _in_span(name, parent, trace.SpanKind.SERVER, {}, lambda span: handle(parsed, context))
+                return flask.Response(json.dumps(result), status=200, mimetype="application/json")
+
+            return guarded(name, run, lambda: None)
+
+        return view
+
+    return decorate

@@ -1,0 +1,168 @@
+"""A process's settings and the clients built from them, each created on first use and then reused."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ragfn.core.config import Settings
+from ragfn.eventing.publish import HttpPublisher, Publisher
+
+
+class Runtime:
+    """What a function or the CLI works with. Construction is free; each client is built when first used."""
+
+    def __init__(self, settings: Settings, *, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self._publisher = publisher
+
+    @cached_property
+    def reader(self):
+        from ragfn.ingest.objects import ObjectReader
+
+        return ObjectReader(self.settings)
+
+    @cached_property
+    def embedder(self):
+        from ragfn.ingest.embedding import FastEmbedder
+
+        return FastEmbedder.from_settings(self.settings)
+
+    @cached_property
+    def index(self):
+        from ragfn.store.chroma import ChromaIndex
+
+        return ChromaIndex(self.settings)
+
+    @cached_property
+    def retriever(self):
+        from ragfn.retrieval.dense import DenseRetriever
+        from ragfn.retrieval.hybrid import HybridRetriever
+        from ragfn.retrieval.lexical import LexicalRetriever
+        from ragfn.retrieval.rerank import CrossEncoderReranker
+
+        settings = self.settings
+        return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index),
+                               fusion=settings.fusion, lexical_weight=settings.lexical_weight,
+                               reranker=CrossEncoderReranker.from_settings(settings),
+                               rerank_depth=settings.rerank_depth)
+
+    @cached_property
+    def http(self):
+        """One pooled HTTP client for the services this process calls; each request carries `traceparent`."""
+        import httpx
+
+        from ragfn.core.telemetry import traced_http_client
+
+        # retries=1 repeats a failed connect only (never a request that reached the server)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        return traced_http_client(transport=httpx.HTTPTransport(retries=1, limits=limits))
+
+    @cached_property
+    def local_retrieval(self):
+        """Retrieval in this process; the retrieve function serves this, whatever RAGFN_RETRIEVE_URL says."""
+        from ragfn.gateway.backends import LocalRetrieval
+
+        return LocalRetrieval(self.retriever)
+
+    @cached_property
+    def retrieval(self):
+        """The gateway's retrieval: the retrieve function at RAGFN_RETRIEVE_URL, else in this process."""
+        if not self.settings.retrieve_url:
+            return self.local_retrieval
+        from ragfn.gateway.remote import HttpRetrieval
+
+        return HttpRetrieval(self.settings.retrieve_url, self.http,
+                             timeout_seconds=self.settings.retrieve_timeout_seconds)
+
+    @cached_property
+    def local_answer_cache(self):
+        from ragfn.gateway.backends import LocalAnswerCache
+
+        return LocalAnswerCache(self.cache, self.embedder)
+
+    @cached_property
+    def answer_cache(self):
+        """The gateway's cache: the cache-check function at RAGFN_CACHE_URL, else `cache` in this process."""
+        if not self.settings.cache_url:
+            return self.local_answer_cache
+        from ragfn.gateway.remote import HttpAnswerCache
+
+        return HttpAnswerCache(self.settings.cache_url, self.http, timeout_seconds=self.settings.cache_timeout_seconds)
+
+    @cached_property
+    def cache(self):
+        """The semantic cache on RAGFN_REDIS_URL, or in this process's memory when it is unset."""
+        if self.redis is None:
+            from ragfn.cache.memory import MemoryCache
+
+            def versions_of(cited: list[tuple[str, str]]) -> list[str | None]:
+                entries = [self.index.ledger_entry(collection, document) for collection, document in cited]
+                return [f"{e.state}:{e.version}" if e else None for e in entries]
+
+            return MemoryCache(threshold=self.settings.cache_threshold, ttl_seconds=self.settings.cache_ttl_seconds,
+                               versions_of=versions_of)
+        from ragfn.cache.redis_cache import RedisCache
+
+        return RedisCache(self.redis, threshold=self.settings.cache_threshold,
+                          ttl_seconds=self.settings.cache_ttl_seconds, prefix=self.settings.cache_prefix)
+
+    @cached_property
+    def redis(self):
+        """One client for cache and rate limits; it fails fast, because a down Redis must only cost the cache."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        if not self.settings.redis_url:
+            return None
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                    retry=Retry(NoBackoff(), 1))
+
+    @cached_property
+    def llm(self):
+        """The predictor over the OpenAI protocol when RAGFN_LLM_URL is set, else the extractive engine."""
+        from ragfn.llm.client import ExtractiveLLM, OpenAIChatClient
+
+        if not self.settings.llm_url:
+            return ExtractiveLLM()
+        return OpenAIChatClient(self.settings.llm_url, self.settings.llm_served_name,
+                                api_key=self.settings.llm_api_key, read_timeout=self.settings.llm_timeout_seconds,
+                                http=self.http)
+
+    @cached_property
+    def warmth(self):
+        """The gateway's view of a remote predictor's warmth; None for the in-process extractive engine."""
+        from ragfn.llm.warmup import PredictorWarmth
+
+        if not self.settings.llm_url:
+            return None
+        llm = self.llm
+        return PredictorWarmth(self.http, llm.base_url, headers=llm.headers,
+                               fresh_seconds=self.settings.llm_fresh_seconds,
+                               give_up_seconds=self.settings.llm_warmup_give_up_seconds)
+
+    @cached_property
+    def gateway(self):
+        from ragfn.gateway.ask import Gateway
+
+        return Gateway(self.llm, retrieval=self.retrieval, cache=self.answer_cache, warmth=self.warmth,
+                       cold_wait_seconds=self.settings.llm_cold_wait_seconds, feedback=self.feedback)
+
+    @cached_property
+    def feedback(self):
+        """Answer ratings in Redis (RAGFN_REDIS_URL); None without Redis: ratings need a store every replica shares."""
+        from ragfn.gateway.feedback import FeedbackStore
+
+        return FeedbackStore(self.redis, prefix=self.settings.cache_prefix) if self.redis is not None else None
+
+    @cached_property
+    def token_counter(self):
+        from ragfn.ingest.chunking import load_token_counter
+
+        return load_token_counter(self.settings.resolved_embed_model_path())
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = HttpPublisher.from_settings(self.settings)
+        return self._publisher

@@ -1,0 +1,250 @@
+"""The Chroma index: idempotent chunk writes, one ledger entry per document, newest version wins.
+
+Each user collection NAME is two Chroma collections: `ragfn-NAME` holds chunks, and `ragfn-NAME.ledger` holds
+one record per document: its committed version and sequence, or its tombstone. A chunk row is keyed by document,
+content hash and occurrence, and labelled with the newest version that contains it: a new version relabels the
+rows it shares with the old one (a cheap metadata update) and writes only rows for changed text.
+The ledger is what makes late and duplicate deliveries harmless: a batch or delete whose (sequence, version)
+is older than the ledger's is dropped, no row is relabelled to an older version, and a version is committed
+only once all its chunks carry its label. Chroma has no transactions, so two replicas writing two versions of
+one document at the same instant can race; the next commit or delete of that document cleans up after it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ragfn.core.config import Settings
+from ragfn.core.errors import BadEvent, ConfigError, Unavailable
+from ragfn.eventing.events import (
+    Chunk,
+    DocumentIndexed,
+    DocumentRemoved,
+    DocumentTombstoned,
+    DocumentVersion,
+    EmbeddedBatch,
+)
+from ragfn.store.base import PUBLIC, LedgerEntry, check_collection_name
+from ragfn.store.vectors import decode_vector
+
+GENERATION_ID = "~generation"  # a ledger record no document URI can collide with
+
+
+def read_pages(collection, include: list[str], page_rows: int = 10_000) -> Iterator[dict]:
+    """Every row of a Chroma collection, `page_rows` at a time. One unbounded `get()` fails past 32,766 rows on
+    embedded Chroma (one SQLite variable per row) and holds a whole large collection twice in memory."""
+    offset = 0
+    while True:
+        page = collection.get(include=include, limit=page_rows, offset=offset)
+        if page["ids"]:
+            yield page
+        if len(page["ids"]) < page_rows:
+            return
+        offset += page_rows
+
+
+def _entry(document_id: str, meta: dict) -> LedgerEntry:
+    return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
+                       meta.get("tenant") or None, meta.get("chunking") or "")
+
+
+def row_id(document: DocumentVersion, chunk: Chunk) -> str:
+    """Content-addressed within the document, so a row outlives versions that do not change its text."""
+    return f"{document.document_id}#{chunk.content_hash[:32]}#{chunk.occurrence}"
+
+
+class ChromaIndex:  # implements ragfn.store.base.Index
+    """Embedded `PersistentClient` under RAGFN_HOME, or `HttpClient` when RAGFN_CHROMA_URL is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+        self._connecting = threading.Lock()
+        self._handles: dict[str, object] = {}  # Chroma collection handles by Chroma name: one lookup each
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._connecting:  # several request threads may arrive first together
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
+
+    def _connect(self):
+        import chromadb
+
+        try:
+            if self.settings.chroma_url:
+                url = urlparse(self.settings.chroma_url)
+                if url.scheme not in ("http", "https") or not url.hostname:
+                    raise ConfigError(f"RAGFN_CHROMA_URL={self.settings.chroma_url!r} is not an http(s) URL")
+                return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 80),
+                                           ssl=url.scheme == "https")
+            self.settings.chroma_path.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.settings.chroma_path))
+        except (ValueError, ConnectionError, OSError) as exc:
+            raise Unavailable(f"cannot reach Chroma ({self.settings.chroma_url or self.settings.chroma_path}): {exc}",
+                              hint="start it with `chroma run` or unset RAGFN_CHROMA_URL for embedded mode") from exc
+
+    def warm_up(self) -> None:
+        self.client.heartbeat()
+
+    # -- collections -------------------------------------------------------------------------------------
+
+    def chunks(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
+        name = f"ragfn-{check_collection_name(collection)}"
+        found = self._handle(name, {"hnsw:space": "cosine"})
+        stored = (found.metadata or {}).get("ragfn:embedder")
+        if embedder and stored and stored != embedder:
+            raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
+                           hint="use another collection, or re-ingest everything with the collection's embedder")
+        if embedder and not stored:
+            found.modify(metadata={"ragfn:embedder": embedder, "ragfn:dimensions": dimensions})
+        return found
+
+    def _ledger(self, collection: str):
+        return self._handle(f"ragfn-{check_collection_name(collection)}.ledger", None)
+
+    def _handle(self, name: str, metadata: dict | None):
+        if name not in self._handles:
+            self._handles[name] = self.client.get_or_create_collection(name, metadata=metadata,
+                                                                       embedding_function=None)
+        return self._handles[name]
+
+    def exists(self, collection: str) -> bool:
+        """Whether the collection holds anything yet; reads must not create it. Cheap once a handle is cached."""
+        return f"ragfn-{check_collection_name(collection)}" in self._handles or collection in self.collections()
+
+    def collections(self) -> list[str]:
+        names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+        return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
+
+    # -- ledger --------------------------------------------------------------------------------------------
+
+    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None:
+        found = self._ledger(collection).get(ids=[document_id], include=["metadatas"])
+        if not found["ids"]:
+            return None
+        return _entry(document_id, found["metadatas"][0])
+
+    def ledger(self, collection: str) -> Iterator[LedgerEntry]:
+        for page in read_pages(self._ledger(collection), ["metadatas"]):
+            for document_id, meta in zip(page["ids"], page["metadatas"], strict=True):
+                if document_id != GENERATION_ID:
+                    yield _entry(document_id, meta)
+
+    def _record(self, collection: str, entry: LedgerEntry) -> None:
+        meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
+                "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
+        # the generation changes with every commit and delete, so readers that cache (BM25) know to refresh
+        self._ledger(collection).upsert(ids=[entry.document_id, GENERATION_ID], embeddings=[[1.0], [1.0]],
+                                        metadatas=[meta, {"token": uuid.uuid4().hex}])
+
+    def generation(self, collection: str) -> str | None:
+        """A token that changes whenever a document of the collection is committed or deleted."""
+        found = self._ledger(collection).get(ids=[GENERATION_ID], include=["metadatas"])
+        return found["metadatas"][0]["token"] if found["ids"] else None
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Vectors already stored for these chunk texts, so unchanged chunks are never embedded twice."""
+        if not hashes or not self.exists(collection):
+            return {}
+        chunks = self.chunks(collection)
+        if (chunks.metadata or {}).get("ragfn:embedder") != embedder:
+            return {}
+        found = chunks.get(where={"content_hash": {"$in": sorted(set(hashes))}}, include=["metadatas", "embeddings"])
+        return {meta["content_hash"]: np.asarray(vec, dtype=np.float32)
+                for meta, vec in zip(found["metadatas"], found["embeddings"], strict=True)}
+
+    def write_batch(self, batch: EmbeddedBatch) -> DocumentIndexed | None:
+        """Upsert one batch; commit the version when all its chunks are present. None while incomplete or stale."""
+        doc = batch.document
+        if len(batch.vectors) != len(batch.chunks):
+            raise BadEvent(f"batch has {len(batch.chunks)} chunks but {len(batch.vectors)} vectors")
+        entry = self.ledger_entry(doc.collection, doc.document_id)
+        if entry and entry.is_newer_than(doc.sequence, doc.version):
+            return None  # a newer version (or a later delete) is already committed
+        vectors = [decode_vector(v, batch.dimensions) for v in batch.vectors]  # all valid before any write
+        chunks = self.chunks(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
+        ids = [row_id(doc, c) for c in batch.chunks]
+        found = chunks.get(ids=ids, include=["metadatas"])
+        labels = {i: (m["sequence"], m["version"]) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
+        fresh = [k for k, i in enumerate(ids) if i not in labels]
+        relabel = [k for k, i in enumerate(ids) if i in labels and labels[i] <= (doc.sequence, doc.version)]
+        if fresh:
+            chunks.upsert(ids=[ids[k] for k in fresh], embeddings=np.stack([vectors[k] for k in fresh]),
+                          documents=[batch.chunks[k].text for k in fresh],
+                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in fresh])
+        if relabel:  # same text, same vector: only the version label and the position move
+            chunks.update(ids=[ids[k] for k in relabel],
+                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in relabel])
+        # the exact label: a re-chunk of the same version (new chunking, newer sequence) must not count old rows
+        present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version},
+                                             {"sequence": doc.sequence}]}, include=[])
+        if len(present["ids"]) < batch.total_chunks:
+            return None
+        return self._commit(doc, batch.total_chunks)
+
+    def _commit(self, doc: DocumentVersion, total: int) -> DocumentIndexed | None:
+        entry = self.ledger_entry(doc.collection, doc.document_id)
+        chunks = self.chunks(doc.collection)
+        if entry and entry.is_newer_than(doc.sequence, doc.version):
+            chunks.delete(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]})
+            return None
+        existing = chunks.get(where={"document_id": doc.document_id}, include=["metadatas"])
+        stale = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                 if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
+        if stale:
+            chunks.delete(ids=stale)
+        self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
+                                                 doc.tenant, doc.chunking or ""))
+        replaced = [entry.version] if entry and entry.state == "indexed" and entry.version != doc.version else []
+        return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
+                               sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)
+
+    def tombstone(self, event: DocumentTombstoned, *, reason: str = "deleted") -> DocumentRemoved | None:
+        """Delete every chunk at or before the tombstone's sequence and remember the delete."""
+        entry = self.ledger_entry(event.collection, event.document_id)
+        if entry and entry.sequence > event.sequence:
+            return None  # re-created after this delete: the delete is stale
+        if entry and entry.state == "deleted" and entry.sequence == event.sequence:
+            removed = 0  # duplicate delivery; still answer so a lost reply is healed
+        else:
+            chunks = self.chunks(event.collection)
+            existing = chunks.get(where={"document_id": event.document_id}, include=["metadatas"])
+            doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                      if m["sequence"] <= event.sequence]
+            if doomed:
+                chunks.delete(ids=doomed)
+            removed = len(doomed)
+            # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
+            self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
+                                                       entry.tenant if entry else None))
+        return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
+                               chunks_removed=removed, reason=reason)
+
+    @staticmethod
+    def _chunk_metadata(doc: DocumentVersion, chunk: Chunk) -> dict:
+        return {
+            "document_id": doc.document_id, "source": doc.document_id, "version": doc.version,
+            "sequence": doc.sequence, "number": chunk.number, "start": chunk.start, "end": chunk.end,
+            "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
+            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
+            "content_type": doc.content_type or "",
+        }
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        result = {}
+        for name in self.collections():
+            documents = sum(1 for e in self.ledger(name) if e.state == "indexed")
+            result[name] = {"documents": documents, "chunks": self.chunks(name).count()}
+        return result
