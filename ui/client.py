@@ -5,7 +5,7 @@
     ├── SignInRefused     401: the key is unknown or missing
     └── RateLimited       429: the tenant's limit; `retry_after` seconds
 
-    >>> client = GatewayClient("http://127.0.0.1:8088", api_key="rfk-...")
+    >>> client = GatewayClient("http://127.0.0.1:8091", api_key="rfk-...")
     >>> answer = client.ask("How do I sort a list?", collection="default")
     >>> "".join(answer.tokens()), answer.citations, answer.final["timings_ms"]
 """

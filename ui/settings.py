@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class UISettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGFN_UI_", extra="ignore", frozen=True)
 
-    gateway_url: str = Field("http://127.0.0.1:8088", description="the ask gateway (`ragfn dev` runs it on broker+8)")
+    gateway_url: str = Field("http://127.0.0.1:8091", description="the ask gateway (`ragfn dev` runs it on broker+11)")
     timeout_seconds: float = Field(120.0, gt=0, description="longest wait for one answer or upload")
     upload_wait_seconds: float = Field(600.0, gt=0, description="stop watching an upload that is not indexed by then")
     poll_seconds: float = Field(1.0, gt=0, description="how often upload progress is refreshed")
