@@ -12,7 +12,7 @@ import ast
 import re
 from pathlib import Path
 
-MAY_IMPORT = re.compile(r"^May import: (.+)\.$", re.MULTILINE)
+MAY_IMPORT = re.compile(r"^May import: ([^.]+(?:\.\w+[^.]*)*)\.$", re.MULTILINE)  # may wrap
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -102,7 +102,7 @@ def declared_layers(root: Path) -> dict[str, set[str]]:
         match = MAY_IMPORT.search(doc)
         if match is None:
             raise AssertionError(f"{init}: its docstring has no 'May import: ...' line")
-        names = match.group(1)
+        names = " ".join(match.group(1).split())
         layers[room] = set() if names == f"nothing of {root.name}" else {n.strip() for n in names.split(",")}
     return layers
 

@@ -83,8 +83,10 @@ def test_auth_and_bad_requests(gateway):
 def test_per_tenant_rate_limit(gateway):
     client, _ = gateway
     app = client(RAGFN_REDIS_URL=REDIS_URL, RAGFN_RATE_LIMIT="2", RAGFN_RATE_WINDOW_SECONDS="60")
-    statuses = [ask(app, "How do I sort a list?").status_code for _ in range(3)]
-    assert statuses == [200, 200, 429]
+    answers = [ask(app, "How do I sort a list?") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[1].headers["X-RateLimit-Remaining"] == "0"
+    assert 59 <= int(answers[2].headers["Retry-After"]) <= 60  # the refusal says when to come back
     assert ask(app, "How do I sort a list?", key="key-globex").status_code == 200  # another tenant's budget
 
 

@@ -203,6 +203,17 @@ def assert_connected(spans: list[dict], parent_id: str | None) -> dict:
     return root
 
 
+def by_id(spans: list[dict], span_id: str) -> dict:
+    [span] = [s for s in spans if s["span_id"] == span_id]
+    return span
+
+
+def called_from(spans: list[dict], remote: dict, stage: dict) -> None:
+    """`remote` was reached through one HTTP CLIENT span (opentelemetry-instrumentation-httpx) inside `stage`."""
+    http = by_id(spans, remote["parent_id"])
+    assert http["kind"] == "CLIENT" and http["name"] == "POST" and http["parent_id"] == stage["span_id"], http
+
+
 def test_remote_cache_miss_then_hit_in_one_trace_per_question(stack):
     header, trace_id, caller_span = traceparent()
     first = ask(stack, "How do I sort a list?", header=header)
@@ -220,11 +231,14 @@ def test_remote_cache_miss_then_hit_in_one_trace_per_question(stack):
     retrieve, remote_retrieve = one(spans, "ragfn.ask.retrieve"), one(spans, "ragfn.retrieve")
     llm = one(spans, "ragfn.ask.llm")
     assert lookup["parent_id"] == retrieve["parent_id"] == llm["parent_id"] == store["parent_id"] == root["span_id"]
-    assert remote_lookup["parent_id"] == lookup["span_id"] and remote_lookup["service"] == "ragfn-cache-check"
-    assert remote_store["parent_id"] == store["span_id"] and remote_store["attributes"]["rag.cache.stored"] is True
-    assert remote_retrieve["parent_id"] == retrieve["span_id"] and remote_retrieve["service"] == "ragfn-retrieve"
-    assert {lookup["kind"], retrieve["kind"], llm["kind"], store["kind"]} == {"CLIENT"}
-    assert f"00-{trace_id}-{llm['span_id']}-01" in stack["chat"].traceparents  # the predictor joins the trace too
+    called_from(spans, remote_lookup, lookup)
+    called_from(spans, remote_store, store)
+    called_from(spans, remote_retrieve, retrieve)
+    assert remote_lookup["service"] == "ragfn-cache-check" and remote_store["attributes"]["rag.cache.stored"] is True
+    assert remote_retrieve["service"] == "ragfn-retrieve"
+    assert {lookup["kind"], retrieve["kind"], llm["kind"], store["kind"]} == {"INTERNAL"}
+    [to_predictor] = [s for s in spans if s["parent_id"] == llm["span_id"] and s["kind"] == "CLIENT"]
+    assert f"00-{trace_id}-{to_predictor['span_id']}-01" in stack["chat"].traceparents  # the predictor joins too
     attributes = root["attributes"]
     assert attributes["rag.cache"] == "miss" and attributes["rag.degraded"] is False
     assert attributes["rag.retrieval.count"] >= 1 and attributes["rag.citations"] >= 1
@@ -259,8 +273,9 @@ def test_a_streamed_answer_keeps_its_span_open_until_the_last_event(stack):
     root = assert_connected(spans, caller_span)
     llm, store = one(spans, "ragfn.ask.llm"), one(spans, "ragfn.ask.cache_store")
     assert llm["parent_id"] == root["span_id"] and store["start_ns"] >= llm["end_ns"]  # tokens all came first
-    assert f"00-{trace_id}-{llm['span_id']}-01" in stack["chat"].traceparents
-    assert one(spans, "ragfn.retrieve")["parent_id"] == one(spans, "ragfn.ask.retrieve")["span_id"]
+    [to_predictor] = [s for s in spans if s["parent_id"] == llm["span_id"] and s["kind"] == "CLIENT"]
+    assert f"00-{trace_id}-{to_predictor['span_id']}-01" in stack["chat"].traceparents
+    called_from(spans, one(spans, "ragfn.retrieve"), one(spans, "ragfn.ask.retrieve"))
     attributes = root["attributes"]
     assert attributes["rag.stream"] is True and attributes["rag.cache"] == "miss"
     assert attributes["rag.retrieval.count"] >= 1 and attributes["rag.retrieval.top_scores"]

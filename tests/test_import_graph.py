@@ -73,3 +73,15 @@ def test_a_room_without_its_may_import_line_is_an_error(tmp_path):
     pkg = _package(tmp_path, {"__init__.py": "", "room/__init__.py": '"""A room."""\n'})
     with pytest.raises(AssertionError, match="May import"):
         declared_layers(pkg)
+
+
+def test_docs_architecture_lists_every_room_with_what_its_docstring_allows():
+    import re
+
+    table = (RAGFN.parent / "docs" / "architecture.md").read_text()
+    rows = dict(re.findall(r"^\| `(ragfn\.\w+)` \| .+ \| ([^|]+) \|$", table, re.MULTILINE))
+    layers = declared_layers(RAGFN)
+    assert set(rows) == set(layers)
+    for room, allowed in rows.items():
+        named = set() if allowed.strip() == "nothing" else {f"ragfn.{n.strip()}" for n in allowed.split(",")}
+        assert named == layers[room], room

@@ -156,7 +156,9 @@ MAX_LETTERS = 10_000
 def redis_client(url: str):
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    from ragfn.core.telemetry import traced_redis
+
+    return traced_redis(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
 
 
 class RedisDeadLetterStore:

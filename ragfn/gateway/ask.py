@@ -9,12 +9,12 @@
 Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`, `ragfn.gateway.remote`); each, and
 the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
 
-One trace per question (remote spans in brackets; `ragfn.ask` carries the rag.* attributes and ends last,
-after the final server-sent event when streaming):
-    ragfn.ask ─┬─ ragfn.ask.cache_lookup ── [ragfn.cache-check]
-               ├─ ragfn.ask.retrieve ────── [ragfn.retrieve]
-               ├─ ragfn.ask.llm ─────────── [predictor]
-               └─ ragfn.ask.cache_store ─── [ragfn.cache-check]
+One trace per question (remote spans in brackets, each under the HTTP CLIENT span of its call; `ragfn.ask`
+carries the rag.* attributes and ends last, after the final server-sent event when streaming):
+    ragfn.ask ─┬─ ragfn.ask.cache_lookup ── POST ── [ragfn.cache-check]
+               ├─ ragfn.ask.retrieve ────── POST ── [ragfn.retrieve]
+               ├─ ragfn.ask.llm ─────────── POST ── [predictor]
+               └─ ragfn.ask.cache_store ─── POST ── [ragfn.cache-check]
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ class Gateway:
 
     @contextmanager
     def _stage(self, name: str, remote: bool, **attributes: object) -> Iterator[trace.Span]:
-        kind = trace.SpanKind.CLIENT if remote else trace.SpanKind.INTERNAL
-        with tracer().start_as_current_span(name, kind=kind, attributes={"rag.remote": remote, **attributes}) as span:
+        # a stage is INTERNAL even when remote: the HTTP call inside it is the CLIENT span (traced_http_client)
+        with tracer().start_as_current_span(name, attributes={"rag.remote": remote, **attributes}) as span:
             yield span
 
     def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
@@ -214,8 +214,7 @@ class Gateway:
 
     def _generate(self, request: AskRequest, prepared: Prepared, started: float) -> Iterator[tuple[str, object]]:
         # Not current across yields (see iterate_in_span): made current only while the request goes out.
-        llm_span = tracer().start_span("ragfn.ask.llm", kind=trace.SpanKind.CLIENT if self.llm_remote else
-                                       trace.SpanKind.INTERNAL,
+        llm_span = tracer().start_span("ragfn.ask.llm",
                                        attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
         try:
             with trace.use_span(llm_span):

@@ -1,7 +1,7 @@
 """Retrieval and AnswerCache over HTTP: the retrieve and cache-check functions called as separate services.
 
 Both speak the functions' own JSON (`functions/retrieve`, `functions/cache_check`). Every call goes through one
-pooled `httpx.Client` (keep-alive connections, `traceparent` injected by `ragfn.core.telemetry.traced_http_client`),
+pooled `httpx.Client` (keep-alive connections; a span per request, `traceparent` carried on: `traced_http_client`),
 has its own timeout, and runs inside the implementation's circuit breaker, so a down service degrades the answer
 exactly as the in-process failure would.
 """

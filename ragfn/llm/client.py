@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from ragfn.core.errors import BadEvent, ConfigError, RateLimited, Unavailable
 from ragfn.llm.extractive import extractive_answer
@@ -171,7 +172,8 @@ class TextStream(Iterator[str]):
 
     def _parse(self) -> Iterator[str]:
         try:
-            for data in _sse_data(self._response):
+            for event in EventSource(self._response).iter_sse():
+                data = event.data
                 if data.strip() == "[DONE]":
                     return
                 try:
@@ -186,24 +188,12 @@ class TextStream(Iterator[str]):
                             yield content
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise Unavailable(f"malformed server-sent event from {self._source}: {data[:200]!r}") from exc
+        except SSEError as exc:  # not text/event-stream: an error page or a proxy's answer, not the model's
+            raise Unavailable(f"LLM at {self._source} did not stream server-sent events: {exc}") from exc
         except httpx.HTTPError as exc:
             raise _transport_error(exc, self._source) from exc
         # without [DONE] the answer may be cut short, and a partial answer must not pass for a whole one
         raise Unavailable(f"stream from {self._source} ended before [DONE]")
-
-
-def _sse_data(response: httpx.Response) -> Iterator[str]:
-    """The data of each server-sent event (multi-line data joined by newlines); comments and other fields skipped."""
-    lines: list[str] = []
-    for line in response.iter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[6:] if line.startswith("data: ") else line[5:])
-    if lines:  # some servers end the body without the final blank line
-        yield "\n".join(lines)
 
 
 def _transport_error(exc: httpx.HTTPError, url: str) -> Unavailable:

@@ -150,6 +150,12 @@ _REASONS = {200: "OK", 202: "Accepted", 400: "Bad request: the body, form or que
             "bug; retryable", 503: "A dependency the request needs is down; retryable"}
 
 
+_RETRY = {"Retry-After": {"description": "seconds until a retry may succeed: on a rate limit, and on an open breaker",
+                          "schema": {"type": "integer", "minimum": 1}}}
+_HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string", "const": 'Bearer realm="ragfn"'}}},
+            429: _RETRY, 503: _RETRY}
+
+
 class _Schemas:
     """Component schemas, each named after its type, shared by every route that uses the type."""
 
@@ -190,6 +196,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict:
             continue
         response = {"description": _REASONS.get(status, "OK"),
                     "content": {"application/json": {"schema": schemas.ref(model)}}}
+        if status in _HEADERS:
+            response["headers"] = _HEADERS[status]
         if route.body is AskRequest and status == 200:
             response["content"]["text/event-stream"] = {
                 "schema": {"type": "string"},

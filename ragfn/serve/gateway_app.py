@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import flask
+from opentelemetry import context as otel_context
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -188,7 +189,13 @@ def create_app() -> flask.Flask:
                     services.append(AskService(lazy.get()))
                 return route(services[0], flask.request)
 
-            return guarded("ask", run, lambda: None)
+            # a caller that traces (a UI, a proxy) gets what happens before the answer's span, such as the rate
+            # limiter's Redis call, in its trace too
+            token = otel_context.attach(context_from_headers(flask.request.headers))
+            try:
+                return guarded("ask", run, lambda: None)
+            finally:
+                otel_context.detach(token)
 
         view.__name__ = route.__name__
         return view

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -97,7 +98,11 @@ def error_response(error: RagfnError, event: InboundEvent | None = None) -> flas
     body = error.to_dict()
     if event is not None:
         body |= {"event_id": event.id, "event_type": event.type}
-    return flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+    response = flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+    retry_after = getattr(error, "retry_after", None)  # a rate limit or an open breaker knows when to come back
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 def reply(result: StageResult, *, as_event: bool) -> flask.Response:

@@ -48,7 +48,7 @@ class Runtime:
 
     @cached_property
     def http(self):
-        """One pooled HTTP client for the services this process calls; each request carries `traceparent`."""
+        """One pooled HTTP client for the services this process calls; each request is a span, carrying `traceparent`."""
         import httpx
 
         from ragfn.core.telemetry import traced_http_client
@@ -113,10 +113,12 @@ class Runtime:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        from ragfn.core.telemetry import traced_redis
+
         if not self.settings.redis_url:
             return None
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                    retry=Retry(NoBackoff(), 1))
+        return traced_redis(redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5,
+                                                 socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 1)))
 
     @cached_property
     def llm(self):
