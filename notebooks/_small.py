@@ -70,7 +70,8 @@ def faq_dir(home: Path) -> Path:
 
 
 def eval_set(faq: Path, out: Path, *, small: bool, limit: int | None) -> tuple[Path, list[EvalQuery]]:
-    """ragfn.evalset's corpus (question headings removed) and labelled queries, from all FAQ files or the small ones."""
+    """ragfn.retrieval.evalset's corpus (question headings removed) and labelled queries, from all FAQ files or the
+    small ones."""
     sources = out / "faq"
     sources.mkdir(parents=True, exist_ok=True)
     for path in sorted(faq.glob(f"*{SUFFIX}")):

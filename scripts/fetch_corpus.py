@@ -1,4 +1,5 @@
-"""Fetch Debian's python3.11-doc into RAGFN_HOME/corpora and print its Sphinx `_sources` folder (see docs/architecture.md).
+"""Fetch Debian's python3.11-doc into RAGFN_HOME/corpora and print its Sphinx `_sources` folder
+(see docs/architecture.md).
 
 The package holds the reStructuredText sources of the Python 3.11 documentation as `*.rst.txt` (about 9 MB):
 `_sources/faq/*.rst.txt` is the evaluation corpus, `_sources/library/` a larger one for ingestion benchmarks.

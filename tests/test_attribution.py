@@ -1,4 +1,5 @@
-"""Inferred citations for answers whose model cited nothing (ragfn.attribution), and how the gateway reports them."""
+"""Inferred citations for answers whose model cited nothing (ragfn.gateway.attribution), and how the gateway reports
+them."""
 
 from __future__ import annotations
 

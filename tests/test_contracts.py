@@ -41,7 +41,7 @@ _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9-]*(\.[A-Za-z0-9_-]+)+$")
 
 # Variables a ragfn container may get that no ragfn settings class declares, each read by something it runs.
 STANDARD_ENV = {
-    "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry SDK exporter (ragfn.telemetry enables OTLP when it is set)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry SDK exporter (ragfn.core.telemetry enables OTLP when it is set)",
     "OTEL_EXPORTER_OTLP_PROTOCOL": "OpenTelemetry SDK exporter",
     "OTEL_SERVICE_NAME": "OpenTelemetry SDK resource",
     "OTEL_RESOURCE_ATTRIBUTES": "OpenTelemetry SDK resource",

@@ -26,7 +26,7 @@ _TARGET = re.compile(r"\.\. _[^\n]*:\s*\Z")
 
 def raw_headings(text: str) -> list[tuple[int, int, str]]:
     """(first line, line after the heading, title line) of every section title: written independently of
-    ragfn.rst, by the plain rule "a non-blank line over a repeated-punctuation line at least as long"."""
+    ragfn.ingest.rst, by the plain rule "a non-blank line over a repeated-punctuation line at least as long"."""
     lines, found = text.split("\n"), []
     for i in range(len(lines) - 1):
         title, under = lines[i], lines[i + 1]

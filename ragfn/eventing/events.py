@@ -28,7 +28,7 @@ RESYNC_REQUESTED = "dev.ragfn.resync.requested.v1"
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
 GCS_DELETED = "google.cloud.storage.object.v1.deleted"
 # S3 and MinIO notifications carry their own record format; Knative sources wrap them in these types
-# (and MinIO's webhook posts them with no CloudEvent envelope at all, see ragfn.storage_events).
+# (and MinIO's webhook posts them with no CloudEvent envelope at all, see ragfn.ingest.storage_events).
 S3_NOTIFICATION = "com.amazonaws.s3.notification"
 MINIO_NOTIFICATION = "io.min.s3.notification"
 # Knative Eventing's IntegrationSource in aws.sqs mode: the data is the SQS message body, which for a bucket wired

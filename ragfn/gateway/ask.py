@@ -6,8 +6,8 @@
     LLM down (a call failed, or warm-ups gave up) -> the extractive engine   degraded: "llm-unavailable"
     LLM refuses the request (4xx: prompt too long, bad key) -> the extractive engine   degraded: "llm-rejected"
     Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
-Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`, `ragfn.gateway.remote`); each, and
-the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
+Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`,
+`ragfn.gateway.remote`); each, and the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
 
 One trace per question (remote spans in brackets, each under the HTTP CLIENT span of its call; `ragfn.ask`
 carries the rag.* attributes and ends last, after the final server-sent event when streaming):

@@ -61,8 +61,8 @@ def translate(body: object) -> Translation:
         MinIO webhook: {"EventName": "s3:ObjectCreated:Put", "Key": "bucket/key", "Records": [S3-style record]}
             -> io.min.s3.notification (com.amazonaws.s3.notification for records from AWS), data = the body as sent
 
-    Both are checked with ragfn.storage_events before anything is published, so junk is a 400 here, to the sender,
-    rather than a dead letter later; the Broker then gives the deliveries its retries and dead letters.
+    Both are checked with ragfn.ingest.storage_events before anything is published, so junk is a 400 here, to the
+    sender, rather than a dead letter later; the Broker then gives the deliveries its retries and dead letters.
     """
     if not isinstance(body, dict):
         raise BadEvent(f"the request body must be a JSON object, got {type(body).__name__}",

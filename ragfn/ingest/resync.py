@@ -62,7 +62,8 @@ def resync(request: ResyncRequested, runtime: IngestServices, publisher: Publish
             "next_start_after": page[-1][0] if rest else None}
 
 
-def _event(uri: str, action: str, request: ResyncRequested, runtime: IngestServices, run: str, now: int) -> OutboundEvent:
+def _event(uri: str, action: str, request: ResyncRequested, runtime: IngestServices, run: str,
+           now: int) -> OutboundEvent:
     if action == "upsert":
         return OutboundEvent(events.DOCUMENT_UPSERTED, DocumentUpserted(
             uri=uri, collection=request.collection, tenant=request.tenant, groups=request.groups),

@@ -1,4 +1,4 @@
-"""The ask gateway's HTTP contract: its response models, one table of routes, and the OpenAPI 3.1 document built from them.
+"""The ask gateway's HTTP contract: response models, one table of routes, and the OpenAPI 3.1 document built from them.
 
 The request models are the ones the gateway validates with (`AskRequest`, `FeedbackRequest`); the response models
 describe what the gateway's code returns, and tests/test_openapi.py holds real responses to them. The document is

@@ -48,7 +48,7 @@ class Runtime:
 
     @cached_property
     def http(self):
-        """One pooled HTTP client for the services this process calls; each request is a span, carrying `traceparent`."""
+        """One pooled HTTP client for the services this process calls; each request a span that sends `traceparent`."""
         import httpx
 
         from ragfn.core.telemetry import traced_http_client
