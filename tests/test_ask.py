@@ -194,3 +194,37 @@ def test_a_chat_polling_who_am_i_does_not_use_up_the_tenant_s_questions(gateway)
     assert [app.get("/v1/me", headers=headers).status_code for _ in range(3)] == [200, 200, 200]
     assert [ask(app, "How do I sort a list?").status_code for _ in range(2)] == [200, 429]
     assert app.get("/v1/me", headers=headers).status_code == 200  # and still answers over the limit
+
+
+def test_a_json_body_over_the_limit_is_refused_before_it_is_read(gateway):
+    """A caller with a key cannot make the gateway hold an unbounded body in memory (JSON routes cap at 64 KiB)."""
+    import httpx
+    from conftest import Served
+
+    client, _ = gateway
+    app = client()
+    big = {"question": "x" * 200_000}
+    for route in ("/v1/ask", "/v1/feedback"):
+        refused = app.post(route, json=big, headers={"Authorization": "Bearer key-acme"})
+        assert refused.status_code == 400 and refused.get_json()["error"] == "ObjectTooLarge", refused.get_json()
+    served = Served(app.application)
+
+    def chunked():  # no Content-Length: the cap must hold while the body streams in
+        for _ in range(100):
+            yield b" " * 100_000
+
+    try:
+        response = httpx.post(f"{served.url}v1/ask", content=chunked(), timeout=30, headers={
+            "Authorization": "Bearer key-acme", "Content-Type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"] == "ObjectTooLarge", response.text
+    finally:
+        served.server.shutdown()
+    assert ask(app, "How do I sort a list?").status_code == 200  # an ordinary question still goes through
+
+
+def test_the_unauthenticated_warmup_never_shows_the_predictors_credentials(gateway):
+    client, _ = gateway
+    app = client(RAGFN_LLM_URL="http://ragfn:s3cret@127.0.0.1:9/v1", RAGFN_LLM_WARMUP_GIVE_UP_SECONDS="1")
+    answer = app.post("/v1/warmup")
+    assert answer.status_code == 202
+    assert answer.get_json()["llm"] == "http://127.0.0.1:9/v1" and "s3cret" not in answer.get_data(as_text=True)

@@ -43,8 +43,7 @@ def test_every_route_the_app_serves_is_documented_and_nothing_else(api, gateway)
     served = {(method.lower(), rule.rule) for rule in app.application.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(method, path) for path, operations in document["paths"].items() for method in operations}
-    # GET /v1/warmup is served for the keep-alive's curl habits; it answers as POST does
-    assert served - documented == {("get", "/v1/warmup")}
+    assert served - documented == set()
     assert documented - served == {("get", "/")}  # readiness: any unrouted GET, served by the 404 handler
 
 
@@ -92,6 +91,11 @@ def test_an_upload_and_its_status_match_their_schemas(api, event_sink):
     receipt = app.post("/v1/documents", headers=HEADERS, content_type="multipart/form-data",
                        data={"file": (io.BytesIO(b"# Notes\n\nSorting is done with sorted().\n"), "notes.md")})
     check(document, "post", "/v1/documents", receipt)
+    documented = document["paths"]["/v1/documents"]["post"]["responses"]["202"]["headers"]
+    assert {"X-RateLimit-Limit", "X-RateLimit-Remaining"} <= set(documented) <= set(receipt.headers.keys())
+    check(document, "post", "/v1/documents", app.post(  # 403: groups beyond the caller's own
+        "/v1/documents", headers=HEADERS, content_type="multipart/form-data",
+        data={"file": (io.BytesIO(b"# Notes\n\nSecret.\n"), "secret.md"), "groups": "finance"}))
     body = receipt.get_json()
     check(document, "get", "/v1/documents/status", app.get("/v1/documents/status", headers=HEADERS, query_string={
         "document_id": body["document_id"], "version": body["version"], "collection": body["collection"]}))
@@ -104,3 +108,6 @@ def test_an_unrouted_post_names_the_routes_in_the_error_body(api):
     jsonschema.Draft202012Validator({"$ref": "#/components/schemas/ErrorBody", "components": document["components"]}
                                     ).validate(response.get_json())
     assert json.loads(response.get_data())["message"] == "no route /v1/nowhere"
+    for odd in (app.open("/v1/ask", method="OPTIONS"), app.post("/v1//ask", json={}), app.put("/v1/ask", json={})):
+        assert odd.status_code == 400 and odd.get_json()["error"] == "BadEvent", odd.get_data()  # never a redirect
+    assert app.post("/v1/ask/", json={}).status_code == 401  # one trailing slash is the route itself

@@ -6,4 +6,4 @@ from ragfn.serve.gateway_app import create_app, main
 app = create_app()
 
 if __name__ == "__main__":
-    main()
+    main(app=app)

@@ -57,6 +57,9 @@ def configure_tracing(settings: Settings, service: str) -> None:
     with _CONFIGURE_LOCK:
         if isinstance(trace.get_tracer_provider(), TracerProvider):
             return
+        # should an operator capture request headers on HTTP spans, credentials are still masked
+        os.environ.setdefault("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+                              "authorization,x-api-key,api-key,cookie")
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         if settings.trace_file:
             provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))

@@ -9,7 +9,7 @@ change the gateway's error format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -35,7 +35,8 @@ class _Body(BaseModel):
 class ErrorBody(_Body):
     """Every refusal and failure: the error class, what is wrong, whether to retry, and how to fix it."""
 
-    error: str = Field(description="the ragfn error class, e.g. BadEvent, Unauthorized, RateLimited, Unavailable")
+    error: str = Field(description="the ragfn error class, e.g. BadEvent, ObjectTooLarge, Unauthorized, Forbidden, "
+                       "RateLimitExceeded, Unavailable")
     message: str
     retryable: bool
     hint: str | None = Field(None, description="what to do about it; absent when there is nothing to add")
@@ -119,34 +120,38 @@ class Route:
     form: bool = False  # multipart/form-data (uploads)
     query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
     authenticated: bool = True
+    limited: bool = False  # counts against the tenant's rate limit: 2xx answers carry X-RateLimit-* (with Redis)
     tags: tuple[str, ...] = field(default=("gateway",))
 
 
-_CALLER = {401: ErrorBody, 429: ErrorBody, 500: ErrorBody, 503: ErrorBody}
+_CALLER = {401: ErrorBody, 500: ErrorBody, 503: ErrorBody}
+_LIMITED = _CALLER | {429: ErrorBody}
 _ASK = Route("post", "/v1/ask", "Ask a question: one JSON answer, or server-sent events with \"stream\": true",
-             {200: Answer, 400: ErrorBody} | _CALLER, body=AskRequest)
+             {200: Answer, 400: ErrorBody} | _LIMITED, body=AskRequest, limited=True)
+_WARMUP = {200: Warmup, 202: Warmup, 500: ErrorBody}
+_WAKE = "Wake the predictor in the background (a chat opened, or the keep-alive fired)"
 ROUTES = (
     _ASK,
     Route("post", "/", "The same as POST /v1/ask (kept for clients of the single-function gateway)",
-          _ASK.responses, body=AskRequest),
+          _ASK.responses, body=AskRequest, limited=True),
     Route("post", "/v1/feedback", "Rate one of your answers up or down, with an optional comment",
-          {200: FeedbackRecorded, 400: ErrorBody, 404: ErrorBody} | _CALLER, body=FeedbackRequest),
+          {200: FeedbackRecorded, 400: ErrorBody, 404: ErrorBody} | _LIMITED, body=FeedbackRequest, limited=True),
     Route("post", "/v1/documents", "Upload a document (multipart: file, collection?, groups?); queued for ingestion",
-          {202: UploadReceipt, 400: ErrorBody} | _CALLER, form=True),
+          {202: UploadReceipt, 400: ErrorBody, 403: ErrorBody} | _LIMITED, form=True, limited=True),
     Route("get", "/v1/documents/status", "How far an upload has got: queued, indexing, indexed, replaced or failed",
           {200: UploadStatus, 400: ErrorBody, 404: ErrorBody} | _CALLER,
           query=(("document_id", True, "from the upload's receipt"), ("version", True, "from the upload's receipt"),
                  ("collection", False, "default: default"), ("event_id", False, "ties a dead letter to the upload"))),
     Route("get", "/v1/me", "Who is signed in, and what their tenant has indexed per collection",
           {200: Me} | _CALLER),
-    Route("post", "/v1/warmup", "Wake the predictor in the background (a chat opened, or the keep-alive fired)",
-          {200: Warmup, 202: Warmup, 500: ErrorBody}, authenticated=False),
+    Route("post", "/v1/warmup", _WAKE, _WARMUP, authenticated=False),
+    Route("get", "/v1/warmup", _WAKE, _WARMUP, authenticated=False),
     Route("get", "/", "Readiness: any GET outside the API answers this", {200: Ready}, authenticated=False),
     Route("get", "/openapi.json", "This document", {200: "the OpenAPI 3.1 document"}, authenticated=False),
 )
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad request: the body, form or query is invalid (see message, hint)",
-            401: "Missing or invalid credentials (WWW-Authenticate: Bearer)", 404: "Not found",
-            429: "Over the tenant's rate limit (Retry-After, X-RateLimit-*)", 500: "Settings that cannot work, or a "
+            401: "Missing or invalid credentials (WWW-Authenticate: Bearer)", 403: "Groups beyond the caller's own",
+            404: "Not found", 429: "Over the tenant's rate limit (Retry-After)", 500: "Settings that cannot work, or a "
             "bug; retryable", 503: "A dependency the request needs is down; retryable"}
 
 
@@ -154,6 +159,8 @@ _RETRY = {"Retry-After": {"description": "seconds until a retry may succeed: on 
                           "schema": {"type": "integer", "minimum": 1}}}
 _HEADERS = {401: {"WWW-Authenticate": {"schema": {"type": "string", "const": 'Bearer realm="ragfn"'}}},
             429: _RETRY, 503: _RETRY}
+_LIMIT_HEADERS = {"X-RateLimit-Limit": {"description": "requests per window (Redis)", "schema": {"type": "integer"}},
+                  "X-RateLimit-Remaining": {"description": "left in this window", "schema": {"type": "integer"}}}
 
 
 class _Schemas:
@@ -165,11 +172,10 @@ class _Schemas:
     def ref(self, tp: type, mode: Literal["validation", "serialization"] = "serialization") -> dict:
         schema = TypeAdapter(tp).json_schema(ref_template=REF, mode=mode)
         self.components.update(schema.pop("$defs", {}))
-        name = getattr(tp, "__name__", None)
-        if name is None or not isinstance(tp, type):
+        if not (isinstance(tp, type) and (issubclass(tp, BaseModel) or is_dataclass(tp))):
             return schema  # list[Citation], str: inline
-        self.components[name] = schema
-        return {"$ref": REF.format(model=name)}
+        self.components[tp.__name__] = schema
+        return {"$ref": REF.format(model=tp.__name__)}
 
 
 def _operation(route: Route, schemas: _Schemas) -> dict:
@@ -177,7 +183,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict:
                        "operationId": f"{route.method}_{route.path.strip('/').replace('/', '_') or 'root'}",
                        "responses": {}}
     if route.authenticated:
-        operation["security"] = [{"bearer": []}]
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
     if route.body is not None:
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": schemas.ref(route.body, "validation")}}}
@@ -198,6 +204,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict:
                     "content": {"application/json": {"schema": schemas.ref(model)}}}
         if status in _HEADERS:
             response["headers"] = _HEADERS[status]
+        elif route.limited and status < 300:
+            response["headers"] = _LIMIT_HEADERS
         if route.body is AskRequest and status == 200:
             response["content"]["text/event-stream"] = {
                 "schema": {"type": "string"},
@@ -219,7 +227,8 @@ def openapi_document(version: str) -> dict:
                  "description": "Questions answered from your documents, with citations; uploads, ratings."},
         "paths": paths,
         "components": {"schemas": dict(sorted(schemas.components.items())),
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "an API key, or an HS256 JWT with tenant and "
-                                                                     "groups claims"}}},
+                       "securitySchemes": {
+                           "bearer": {"type": "http", "scheme": "bearer",
+                                      "description": "an API key, or an HS256 JWT with tenant and groups claims"},
+                           "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from urllib.parse import urlsplit, urlunsplit
 
 import flask
 from opentelemetry import context as otel_context
@@ -32,6 +33,7 @@ from ragfn.serve.runtime import Runtime
 from ragfn.serve.wsgi import serve
 
 FORM_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers, and the small fields beside the file
+MAX_JSON_BYTES = 64 * 1024  # a question (4,000 characters) or a rating (2,000), many times over
 ROUTES = "POST /v1/ask, /v1/feedback, /v1/documents or /v1/warmup; GET /v1/me or /v1/documents/status"
 
 
@@ -63,6 +65,18 @@ def read_upload(request: flask.Request, limit: int) -> Upload:
         raise BadEvent("the form has no `file` field", hint="send the document as a form field named `file`")
     return Upload(file.filename or "", file.stream.read(limit + 1), form.get("collection") or "default",
                   split_groups(form.get("groups")))
+
+
+def read_json_body(request: flask.Request) -> bytes:
+    """At most MAX_JSON_BYTES of the body, with or without a Content-Length; more is refused, never read."""
+    too_large = ObjectTooLarge(f"the request body is over {MAX_JSON_BYTES} bytes",
+                               hint="send the question or rating as JSON of a few kilobytes")
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise too_large
+    data = request.stream.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise too_large
+    return data
 
 
 class AskService:
@@ -97,7 +111,7 @@ class AskService:
         """Who is calling (401 otherwise), within their rate limit (429), with a valid body (400)."""
         identity, headers = self._identify(request)
         try:
-            body = schema.model_validate(decode_json(request.get_data(cache=False)))
+            body = schema.model_validate(decode_json(read_json_body(request)))
         except ValidationError as exc:
             raise BadEvent(f"invalid request: {problems(exc)}") from exc
         return identity, body, headers
@@ -166,13 +180,20 @@ def warmup(runtime: Runtime) -> flask.Response:
     if warmth is None:
         return flask.jsonify({"llm": runtime.llm.name, "state": "ready", "warming": False})
     warmth.ping()
-    return flask.Response(json.dumps({"llm": runtime.settings.llm_url, **warmth.describe()}), status=202,
-                          mimetype="application/json")
+    return flask.Response(json.dumps({"llm": without_userinfo(runtime.settings.llm_url), **warmth.describe()}),
+                          status=202, mimetype="application/json")
+
+
+def without_userinfo(url: str) -> str:
+    """The URL without a user:password part: /v1/warmup answers anyone, so it must not show credentials."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else url
 
 
 def create_app() -> flask.Flask:
     """The gateway as a Flask app; its Runtime (and the keys, limiter) are built on the first request, not here."""
     app = flask.Flask("ragfn.ask", static_folder=None)
+    app.url_map.merge_slashes = False  # "/v1//ask" is no route (a 400), not a redirect a POST cannot follow
     lazy = LazyRuntime("ragfn-ask")
     services: list[AskService] = []
     try:
@@ -205,13 +226,14 @@ def create_app() -> flask.Flask:
                                  ("/v1/documents", ["POST"], AskService.upload),
                                  ("/v1/documents/status", ["GET"], AskService.upload_status),
                                  ("/v1/me", ["GET"], AskService.me)):
-        app.add_url_rule(rule, f"{route.__name__}:{rule}", service(route), methods=methods, strict_slashes=False)
+        app.add_url_rule(rule, f"{route.__name__}:{rule}", service(route), methods=methods, strict_slashes=False,
+                         provide_automatic_options=False)
 
-    @app.route("/v1/warmup", methods=["GET", "POST"], strict_slashes=False)
+    @app.route("/v1/warmup", methods=["GET", "POST"], strict_slashes=False, provide_automatic_options=False)
     def wake() -> flask.Response:
         return guarded("ask", lambda: warmup(lazy.get()), lambda: None)
 
-    @app.get("/openapi.json")
+    @app.get("/openapi.json", provide_automatic_options=False)
     def openapi() -> flask.Response:
         return flask.jsonify(openapi_document(__version__))
 
@@ -232,7 +254,7 @@ def create_app() -> flask.Flask:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, app: flask.Flask | None = None) -> None:
     """`python -m ragfn.serve.gateway_app --port 8080`: the gateway on gunicorn, as Knative and `ragfn dev` run it."""
     import argparse
     import os
@@ -241,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     args = parser.parse_args(argv)
-    serve(create_app(), args.host, args.port)
+    serve(app or create_app(), args.host, args.port)
 
 
 if __name__ == "__main__":
