@@ -110,15 +110,29 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         tenant: TenantOption = None,
         groups: GroupsOption = "",
         as_json: JsonOption = False,
+        answers: Annotated[bool, typer.Option("--answers", help="score the gateway's answers, per engine")] = False,
+        unanswerable: Annotated[Optional[Path], typer.Option(
+            help="with --answers: JSONL of questions the corpus does not answer (scored for abstention)")] = None,
+        corpus: Annotated[Optional[Path], typer.Option(
+            help="with --answers: the folder of the labelled files (default: corpus/ beside --queries)")] = None,
+        limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N labelled questions")] = None,
+        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 256,
     ) -> None:
-        """R@1, R@5, R@10, MRR@10 and nDCG@10 of each retrieval mode on a labelled query set."""
+        """R@1, R@5, R@10, MRR@10 and nDCG@10 of each retrieval mode on a labelled query set; with --answers,
+        groundedness, correctness, citation precision, degenerate rate and abstention of each engine's answers."""
         from ragfn.retrieval.evalset import judge, load_queries
         from ragfn.retrieval.metrics import summarize
 
         try:
             if not queries.is_file():
                 raise BadEvent(f"no such queries file: {queries}", hint="build one with scripts/build_eval.py")
-            labelled, retriever = load_queries(queries), runtime_for().retriever
+            labelled = load_queries(queries)[:limit]
+            if answers:
+                _answers(runtime_for(), labelled, unanswerable, corpus or queries.parent / "corpus",
+                         collection=collection, caller=_caller(tenant, groups), max_tokens=max_tokens,
+                         as_json=as_json)
+                return
+            retriever = runtime_for().retriever
             report = {}
             for mode in [m.strip() for m in modes.split(",") if m.strip()]:
                 ranked = [judge(q, [hit.metadata for hit in retriever.search(
@@ -133,3 +147,30 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
         print(f"{len(labelled)} queries")
         for mode, figures in report.items():
             print(f"{mode:8} " + "  ".join(f"{name} {value:.3f}" for name, value in figures.items()))
+
+
+def _answers(runtime, labelled, unanswerable: Path | None, corpus: Path, *, collection: str, caller: Caller,
+             max_tokens: int, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ragfn.cli.answer_eval import engines, evaluate_answers
+
+    missing = sorted({q.source for q in labelled if not (corpus / q.source).is_file()})
+    if missing:
+        raise BadEvent(f"the labelled files {', '.join(missing[:3])} are not in {corpus}",
+                       hint="pass --corpus, the folder the labelled set was built from (scripts/build_eval.py)")
+    others = [row["question"] for row in _read_jsonl(unanswerable)] if unanswerable else []
+    total = (len(labelled) + len(others)) * len(engines(runtime))
+    with Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True),
+                  transient=True) as progress:
+        task = progress.add_task("answers", total=total)
+        report = evaluate_answers(runtime, labelled, others, collection=collection, caller=caller,
+                                  max_tokens=max_tokens, corpus_dir=corpus, advance=lambda: progress.advance(task))
+    if as_json:
+        print(json.dumps({"queries": len(labelled), "unanswerable": len(others), "engines": report}, indent=2))
+        return
+    print(f"{len(labelled)} labelled questions, {len(others)} unanswerable")
+    for name, row in report.items():
+        figures = {k: v for k, v in row.items() if k not in ("questions", "unanswerable", "degenerate")}
+        print(f"{name:24} " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in figures.items()))

@@ -1,0 +1,152 @@
+"""Answer checks (ragfn.gateway.answer_quality) and `ragfn eval --answers` through the real gateway path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ragfn.gateway.answer_quality import (
+    ABSTENTION,
+    answer_sentences,
+    degenerate,
+    groundedness,
+    overlap,
+    repetition_loop,
+    score,
+)
+from ragfn.ingest.walk import ingest
+from ragfn.serve.runtime import Runtime
+
+PASSAGE = "To sort a list in place, call list.sort(). The sorted() built-in returns a new sorted list."
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "int main() {\n" + "delete[] arr;\n" * 20,  # the loop the issue saw SmolLM2 write
+    "The answer to your question is:\n\nYes, Python can be compiled.\n\n" * 6,  # a loop whose turns are sentences
+    " ".join(f"- `memory.realloc(size, {n % 3})`" for n in range(30)),  # turns that vary a little
+])
+def test_repetition_loops_are_found(text):
+    assert repetition_loop(text) and degenerate(text, truncated=False) == "repetition"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    PASSAGE,
+    "Use sorted(d.items(), key=lambda kv: kv[1]) to sort a dict by value; add reverse=True for largest first.",
+    "Steps: 1. open the file. 2. read it. 3. close it. Each step returns quickly.",
+])
+def test_ordinary_answers_are_not_loops(text):
+    assert not repetition_loop(text) and degenerate(text, truncated=False) is None
+
+
+@pytest.mark.unit
+def test_empty_and_cut_off_answers_are_degenerate():
+    assert degenerate("", truncated=False) == "empty" and degenerate(" [1] ...", truncated=False) == "empty"
+    assert degenerate(PASSAGE, truncated=True) == "cut-off"
+
+
+@pytest.mark.unit
+def test_markers_after_a_full_stop_belong_to_the_sentence_before_them():
+    assert answer_sentences("Call list.sort(). [1] Or use sorted(). [2] [3]") == [
+        "Call list.sort() [1].", "Or use sorted() [2] [3]."]
+
+
+@pytest.mark.unit
+def test_groundedness_counts_the_sentences_their_passages_support():
+    cited = {1: PASSAGE, 2: "Open a file with open(path) and close it with close()."}
+    assert groundedness("Call list.sort() to sort the list in place. [1]", cited) == 1.0
+    # a marker pointing at the wrong passage does not count, although another passage would support the sentence
+    assert groundedness("Call list.sort() to sort the list in place. [2]", cited) == 0.0
+    assert groundedness("Call list.sort() to sort a list in place. Bananas grow in warm countries.", cited) == 0.5
+    assert groundedness("Yes.", cited) is None  # nothing to judge
+
+
+@pytest.mark.unit
+def test_correctness_is_token_f1_and_gold_recall_of_content_words():
+    f1, recall = overlap("Call list.sort() to sort the list in place.", PASSAGE)
+    assert 0 < recall < f1 < 1
+    assert overlap("Bananas grow in warm countries.", PASSAGE) == (0.0, 0.0)
+
+
+@pytest.mark.unit
+def test_abstentions_are_recognised_and_answers_are_not():
+    for text in ("I could not find anything about that in the documents.", "The documents do not mention it.",
+                 "This is not covered in the provided passages.", "There is no information about Slack here."):
+        assert ABSTENTION.search(text), text
+    assert not ABSTENTION.search(PASSAGE) and not ABSTENTION.search("Do not call sort() on a tuple.")
+
+
+@pytest.mark.unit
+def test_score_combines_the_checks():
+    result = score("Call list.sort() to sort the list in place. [1]", [{"n": 1, "text": PASSAGE}], truncated=False,
+                   gold=PASSAGE, relevant=[True])
+    assert result.groundedness == 1.0 and result.citation_precision == 1.0 and result.degenerate is None
+    assert result.correctness > 0.5 and not result.abstained
+    assert score("No idea.", [], truncated=False).citation_precision is None
+
+
+LISTS = "# Lists\n\nTo sort a list in place, call list.sort(). The sorted() built-in returns a new sorted list.\n"
+FILES = "# Files\n\nOpen a file with open(path) and read it with read(). Close it with close() when done.\n"
+
+
+@pytest.fixture
+def labelled(settings, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "lists.md").write_text(LISTS)
+    (corpus / "files.md").write_text(FILES)
+    ingest([str(corpus)], Runtime(settings))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"q{n}", "question": question, "source": name,
+                                           "gold": [[text.index(start), len(text.rstrip())]]}) + "\n"
+                               for n, (question, name, text, start) in enumerate([
+                                   ("How do I sort a list?", "lists.md", LISTS, "To sort"),
+                                   ("How do I read a file?", "files.md", FILES, "Open a file")])))
+    unanswerable = tmp_path / "unanswerable.jsonl"
+    unanswerable.write_text(json.dumps({"question": "What is our parental leave policy?"}) + "\n")
+    return settings, queries, unanswerable
+
+
+def ragfn(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAGFN_")} | {
+        "RAGFN_HOME": str(settings.home), "RAGFN_EMBED_MODEL": settings.embed_model,
+        "RAGFN_EMBED_MODEL_PATH": str(settings.embed_model_path), **env}
+    return subprocess.run([sys.executable, "-m", "ragfn", *args], cwd=REPO, env=environment, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.integration
+def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, predictor):
+    settings, queries, unanswerable = labelled
+    result = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--unanswerable", str(unanswerable),
+                   "--max-tokens", "48", "--json", RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["queries"] == 2 and report["unanswerable"] == 1
+    assert set(report["engines"]) == {"extractive", "llm:smollm"}
+    extractive = report["engines"]["extractive"]
+    # its sentences are the passages' own, each cited, so every one is supported, and both gold sections are found
+    assert extractive["groundedness"] == 1.0 and extractive["citation_precision"] == 1.0
+    assert extractive["correctness"] > 0.5 and extractive["degenerate_rate"] == 0.0
+    assert extractive["abstention"] == 0.0  # it answers from whatever it retrieved: the measure shows the gap
+    smollm = report["engines"]["llm:smollm"]
+    assert smollm["questions"] == 2 and 0.0 <= smollm["correctness"] <= 1.0
+    assert sum(smollm["degenerate"].values()) == round(smollm["degenerate_rate"] * 2)
+    assert smollm["latency_p50_s"] > extractive["latency_p50_s"]
+
+
+@pytest.mark.integration
+def test_eval_answers_says_what_is_wrong_with_its_input(labelled, tmp_path):
+    settings, queries, _ = labelled
+    missing = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--corpus", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "not in" in missing.stderr and "--corpus" in missing.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n")
+    bad = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--unanswerable", str(broken))
+    assert bad.returncode != 0 and "broken.jsonl:1 is not JSON" in bad.stderr
