@@ -79,8 +79,10 @@ class LlamaCppEngine:
     """llama-cpp-python on CPU with any chat GGUF. One model, one generation at a time (llama.cpp contexts are not
     re-entrant); the predictor's concurrency limit queues the rest."""
 
-    def __init__(self, model_path: Path, *, context_tokens: int = 4096, threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, *, context_tokens: int = 4096, threads: int | None = None,
+                 penalties: dict[str, float] | None = None) -> None:
         self.model_path, self.context_tokens, self.threads = Path(model_path), context_tokens, threads
+        self.penalties = dict(penalties or {})  # repeat/frequency/presence_penalty, passed to every generation
         self.name = self.model_path.stem
         self.concurrency = 1
         self._llama = None
@@ -117,7 +119,7 @@ class LlamaCppEngine:
             raise ConfigError("the llama.cpp engine is not loaded", hint="call load() first")
         with self._lock:
             options = {"max_tokens": request.max_tokens, "temperature": request.temperature,
-                       "stop": list(request.stop) or None, "stream": True}
+                       "stop": list(request.stop) or None, "stream": True, **self.penalties}
             chunks = (self._llama.create_completion(request.prompt, **options) if request.prompt is not None
                       else self._llama.create_chat_completion(messages=request.messages, **options))
             parts: list[str] = []

@@ -23,6 +23,10 @@ class PredictorSettings(BaseSettings):
     queue_timeout_seconds: float = Field(120.0, gt=0, description="longest wait for a slot (includes model loading)")
     context_tokens: int = Field(4096, ge=128, description="llama.cpp context window (SmolLM2 was trained on 8192)")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; all cores when unset")
+    # llama.cpp's sampling penalties; the defaults are llama.cpp's own (none), see docs/benchmarks.md, Answer quality
+    repeat_penalty: float = Field(1.0, ge=1.0, le=2.0, description="llama.cpp: divide the odds of recent tokens")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=2.0, description="llama.cpp: penalise tokens by their count")
+    presence_penalty: float = Field(0.0, ge=0.0, le=2.0, description="llama.cpp: penalise tokens already used")
     upstream_url: str | None = Field(None, description="OpenAI-compatible base URL for the openai engine")
     upstream_api_key: str | None = None
     upstream_retries: int = Field(3, ge=0, le=10, description="retries before the first token (connect, 429, 5xx)")
@@ -52,7 +56,10 @@ def build_engine(settings: PredictorSettings):
             raise ConfigError(f"RAGFN_LLM_MODEL={settings.model} is not a file",
                               hint="point it at a .gguf file; python scripts/fetch_llm.py fetches SmolLM2")
 
-        return LlamaCppEngine(Path(settings.model), context_tokens=settings.context_tokens, threads=settings.threads)
+        return LlamaCppEngine(Path(settings.model), context_tokens=settings.context_tokens, threads=settings.threads,
+                              penalties={"repeat_penalty": settings.repeat_penalty,
+                                         "frequency_penalty": settings.frequency_penalty,
+                                         "presence_penalty": settings.presence_penalty})
     if settings.engine == "extractive":
         from inference.engines import ExtractiveEngine
 

@@ -42,6 +42,21 @@ def test_greedy_decoding_is_repeatable(llama):
     assert "".join(p.text for p in llama.stream(request)) == "".join(p.text for p in llama.stream(request))
 
 
+def test_sampling_penalties_reach_llama_cpp(llama, gguf_model, monkeypatch):
+    from inference.settings import PredictorSettings, build_engine
+
+    for key, value in {"ENGINE": "llamacpp", "MODEL": str(gguf_model), "THREADS": "2", "REPEAT_PENALTY": "1.8",
+                       "FREQUENCY_PENALTY": "0.5"}.items():
+        monkeypatch.setenv(f"RAGFN_LLM_{key}", value)
+    penalised = build_engine(PredictorSettings())
+    assert penalised.penalties == {"repeat_penalty": 1.8, "frequency_penalty": 0.5, "presence_penalty": 0.0}
+    penalised.load()
+    request = ask("Write the word apple twenty times.", max_tokens=40)
+    plain = "".join(p.text for p in llama.stream(request))  # llama.cpp's defaults: no penalty
+    # greedy decoding repeats itself exactly (above), so a different text means the penalties took effect
+    assert "".join(p.text for p in penalised.stream(request)) != plain
+
+
 def test_closing_the_stream_cancels_and_frees_the_model(llama):
     stream = llama.stream(ask("Write a long story about a dragon.", max_tokens=200))
     first = [next(stream) for _ in range(3)]
