@@ -125,7 +125,8 @@ def ragfn(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
 def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, predictor):
     settings, queries, unanswerable = labelled
     result = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--unanswerable", str(unanswerable),
-                   "--max-tokens", "48", "--json", RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm")
+                   "--max-tokens", "32", "--json", RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm",
+                   RAGFN_LLM_TIMEOUT_SECONDS="300")  # a busy 2-core machine can take tens of seconds an answer
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["queries"] == 2 and report["unanswerable"] == 1
@@ -135,10 +136,26 @@ def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, p
     assert extractive["groundedness"] == 1.0 and extractive["citation_precision"] == 1.0
     assert extractive["correctness"] > 0.5 and extractive["degenerate_rate"] == 0.0
     assert extractive["abstention"] == 0.0  # it answers from whatever it retrieved: the measure shows the gap
+    assert extractive["degraded"] == {}
     smollm = report["engines"]["llm:smollm"]
+    assert smollm["degraded"] == {}, smollm  # the model wrote every answer, no fallback stood in
     assert smollm["questions"] == 2 and 0.0 <= smollm["correctness"] <= 1.0
     assert sum(smollm["degenerate"].values()) == round(smollm["degenerate_rate"] * 2)
     assert smollm["latency_p50_s"] > extractive["latency_p50_s"]
+
+
+@pytest.mark.integration
+def test_answers_from_a_fallback_are_counted_and_named_not_passed_off_as_the_engines(labelled):
+    import socket
+
+    settings, queries, _ = labelled
+    with socket.socket() as closed:  # a port nothing listens on: the predictor is down
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    result = ragfn(settings, "eval", "--queries", str(queries), "--answers", RAGFN_LLM_URL=url,
+                   RAGFN_LLM_SERVED_NAME="down", RAGFN_LLM_TIMEOUT_SECONDS="2")
+    assert result.returncode == 0, result.stderr
+    assert "llm:down" in result.stdout and "warning: degraded answers {'llm-unavailable': 2}" in result.stderr
 
 
 @pytest.mark.integration

@@ -53,9 +53,10 @@ def evaluate_answers(runtime: Runtime, labelled: list[EvalQuery], unanswerable: 
     report = {}
     for name, llm in engines(runtime).items():
         gateway = Gateway(llm, retrieval=runtime.local_retrieval, cache=NoAnswerCache())
-        answered, abstained, latencies = [], [], []
+        answered, abstained, latencies, degraded = [], [], [], []
         for query in labelled:
             result, seconds = _ask(gateway, query.question, collection, caller, max_tokens)
+            degraded.append(result["degraded"])
             verdicts = [is_relevant(query, c["source"], int(c["start"]), int(c["end"])) for c in result["citations"]]
             answered.append(score(result["answer"], result["citations"], truncated=result["truncated"],
                                   gold=gold_text(query, corpus), relevant=verdicts))
@@ -63,10 +64,11 @@ def evaluate_answers(runtime: Runtime, labelled: list[EvalQuery], unanswerable: 
             advance()
         for question in unanswerable:
             result, seconds = _ask(gateway, question, collection, caller, max_tokens)
+            degraded.append(result["degraded"])
             abstained.append(score(result["answer"], result["citations"], truncated=result["truncated"]).abstained)
             latencies.append(seconds)
             advance()
-        report[name] = summarize(answered, abstained, latencies)
+        report[name] = summarize(answered, abstained, latencies, degraded)
     return report
 
 
@@ -81,8 +83,12 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return round(statistics.fmean(known), 4) if known else None
 
 
-def summarize(answered: list[AnswerScore], abstained: list[bool], latencies: list[float]) -> dict:
+def summarize(answered: list[AnswerScore], abstained: list[bool], latencies: list[float],
+              degraded: list[str | None] = ()) -> dict:
+    """The engine's means; `degraded` counts answers the gateway did not get from the engine (llm-unavailable:
+    the extractive fallback wrote them), so a figure never passes for the engine's when it is not."""
     kinds = [s.degenerate for s in answered]
+    reasons = [r for reason in degraded if reason for r in reason.split("+")]
     return {
         "questions": len(answered), "unanswerable": len(abstained),
         "groundedness": _mean(s.groundedness for s in answered),
@@ -94,5 +100,6 @@ def summarize(answered: list[AnswerScore], abstained: list[bool], latencies: lis
         "abstention": round(sum(abstained) / len(abstained), 4) if abstained else None,
         "false_abstention": round(sum(s.abstained for s in answered) / len(answered), 4) if answered else None,
         "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
+        "degraded": {reason: reasons.count(reason) for reason in sorted(set(reasons))},
     }
 
