@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ragfn.gateway.attribution import MIN_SHARE, MIN_SHARED, words
+from ragfn.gateway.attribution import MIN_SHARED, supports, words
 from ragfn.llm.extractive import sentences
 
 LOOP_REPEATS = 4  # the same run of tokens this many times back to back is a loop
@@ -74,12 +74,6 @@ def degenerate(answer: str, *, truncated: bool) -> str | None:
     return "cut-off" if truncated else None
 
 
-def supported(sentence: str, passage_texts: Iterable[str]) -> bool:
-    terms = words(sentence)
-    return any(len(terms & words(text)) >= MIN_SHARED and len(terms & words(text)) >= MIN_SHARE * len(terms)
-               for text in passage_texts)
-
-
 def answer_sentences(answer: str) -> list[str]:
     """The answer's sentences, each with the [n] markers written after its full stop ("... list. [1] Next")."""
     return sentences(_TRAILING_CITES.sub(lambda m: m[2] + m[1], answer))
@@ -87,13 +81,14 @@ def answer_sentences(answer: str) -> list[str]:
 
 def groundedness(answer: str, cited: Mapping[int, str]) -> float | None:
     """`cited`: the text of each passage the answer cites or was credited, by its [n]."""
-    judged = [s for s in answer_sentences(answer) if len(words(s)) >= MIN_SHARED]
+    judged = [(s, terms) for s in answer_sentences(answer) if len(terms := words(s)) >= MIN_SHARED]
     if not judged:
         return None
+    vocabulary = {n: words(text) for n, text in cited.items()}  # each passage's words once, not once a sentence
     ok = 0
-    for sentence in judged:
-        own = [cited[int(n)] for n in _CITE.findall(sentence) if int(n) in cited]
-        ok += supported(sentence, own or cited.values())
+    for sentence, terms in judged:
+        own = [vocabulary[int(n)] for n in _CITE.findall(sentence) if int(n) in vocabulary]
+        ok += any(supports(len(terms & known), len(terms)) for known in own or vocabulary.values())
     return ok / len(judged)
 
 

@@ -31,6 +31,11 @@ def words(text: str) -> set[str]:
     return {term for term in query_terms(text) if not term.isdigit()}
 
 
+def supports(shared: int, terms: int) -> bool:
+    """Whether a sentence of `terms` content words, `shared` of them in a passage, is drawn from that passage."""
+    return shared >= MIN_SHARED and shared >= MIN_SHARE * terms
+
+
 def attribute(answer: str, passages: list[Passage]) -> list[Passage]:
     """The passages that some sentence of `answer` draws on, in order of first use; [] when none does."""
     vocabulary = {p.number: words(p.text) for p in passages}
@@ -43,6 +48,6 @@ def attribute(answer: str, passages: list[Passage]) -> list[Passage]:
         # the most shared words wins; on a tie the better-ranked (lower-numbered) passage
         shared, number = max(((len(terms & known), -n) for n, known in vocabulary.items()), default=(0, 0))
         number = -number
-        if shared >= MIN_SHARED and shared / len(terms) >= MIN_SHARE and number not in used:
+        if supports(shared, len(terms)) and number not in used:
             used[number] = by_number[number]
     return list(used.values())
