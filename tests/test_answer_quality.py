@@ -130,18 +130,26 @@ def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, p
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["queries"] == 2 and report["unanswerable"] == 1
-    assert set(report["engines"]) == {"extractive", "llm:smollm"}
+    assert set(report["engines"]) == {"extractive", "llm:smollm (gate off)", "llm:smollm (gate on)"}
     extractive = report["engines"]["extractive"]
     # its sentences are the passages' own, each cited, so every one is supported, and both gold sections are found
     assert extractive["groundedness"] == 1.0 and extractive["citation_precision"] == 1.0
     assert extractive["correctness"] > 0.5 and extractive["degenerate_rate"] == 0.0
     assert extractive["abstention"] == 0.0  # it answers from whatever it retrieved: the measure shows the gap
     assert extractive["degraded"] == {}
-    smollm = report["engines"]["llm:smollm"]
+    smollm = report["engines"]["llm:smollm (gate off)"]
     assert smollm["degraded"] == {}, smollm  # the model wrote every answer, no fallback stood in
     assert smollm["questions"] == 2 and 0.0 <= smollm["correctness"] <= 1.0
     assert sum(smollm["degenerate"].values()) == round(smollm["degenerate_rate"] * 2)
     assert smollm["latency_p50_s"] > extractive["latency_p50_s"]
+    # what users are shown: the gate replaced each answer it caught (32 tokens run out: cut-offs and loops) with
+    # the extractive one, so nothing degenerate but cut-offs the gate let through, which said something supported
+    shown = report["engines"]["llm:smollm (gate on)"]
+    gate = shown["gate"]
+    assert shown["degraded"] == ({"ungrounded-answer": gate["caught"]} if gate["caught"] else {})
+    assert gate["caught"] == sum(gate["reasons"].values()) and 0 <= gate["good_refused"] <= gate["caught"]
+    assert shown["degenerate"]["repetition"] == shown["degenerate"]["empty"] == 0
+    assert gate["min_groundedness"] == 0.5 and gate["latency_p50_ms"] >= 0
 
 
 @pytest.mark.integration

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import REPO
 
+from ragfn.gateway.answer_quality import repetition_loop
+
 pytestmark = pytest.mark.e2e
 
 SORTING = ("# Sorting\n\nTo sort a list in place, call list.sort(). The sorted() built-in returns a new sorted list "
@@ -53,6 +55,10 @@ def test_a_new_user_gets_a_streamed_cited_answer_in_the_browser(dev_chat, tmp_pa
     assert len(growing[0]) < len(growing[-1]) <= len(report["answer"])
     # the screenshot's moment: the whole answer, its timings, and the opened citation with its passage and source
     page = report["page_text"]
+    # never a degenerate answer: the model's, when it passed the gate, or the extractive one with its badge
+    assert not repetition_loop(report["answer"]), report["answer"]
+    replaced = "answered from them instead" in page
+    assert replaced == ("the model's answer" in report["answer"]), page
     lines = [line for line in report["answer"].splitlines() if len(line) > 20 and not line.startswith("⏱")]
     assert lines and all(line in page for line in lines), (lines, page)
     assert "⏱ cache" in page and "retrieve" in page and "generate" in page

@@ -32,7 +32,9 @@ def events(response) -> list[tuple[str, object]]:
 def test_the_gateway_answers_while_the_predictor_is_down_and_uses_it_once_up(gateway, gguf_model, tmp_path):
     client, _ = gateway
     predictor = PredictorProcess(tmp_path, llamacpp_env(gguf_model), port=free_port_block(1))
-    app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm", RAGFN_LLM_COLD_WAIT_SECONDS="0.3")
+    # the gate off: once warm, the answer must be the model's own, which the gate may replace (test_gate.py)
+    app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm", RAGFN_LLM_COLD_WAIT_SECONDS="0.3",
+                 RAGFN_ANSWER_GATE="false")
     try:
         cold = events(ask(app, QUESTION, stream=True))
         assert cold[0] == ("status", {"degraded": "cold-start",

@@ -97,8 +97,9 @@ def test_ask_prints_the_documented_json(indexed, tmp_path):
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert set(answer) == {"answer", "answer_id", "citations", "cache", "degraded", "citations_inferred",
-                           "truncated", "timings_ms"}
+                           "truncated", "model", "provider", "gate", "timings_ms"}
     assert answer["cache"] == "miss" and answer["degraded"] is None and "[1]" in answer["answer"]
+    assert (answer["model"], answer["provider"], answer["gate"]) == ("extractive", "extractive", None)
     assert answer["citations"][0] == {"source": f"file://{docs}/lists.md", "chunk_id": answer["citations"][0][
         "chunk_id"], "text": FAQ["lists.md"].split("\n\n", 1)[1].strip()}
     empty = ragfn(settings, "ask", "", cwd=tmp_path)

@@ -95,6 +95,11 @@ def test_an_upload_is_indexed_then_answers_stream_with_citations_badges_and_feed
     final = chat.session_state["history"]["ui-upload"][0]["final"]
     assert labels and all("sorting.md" in label for label in labels), (labels, answer, final)
     assert "list.sort()" in texts(chat) and "**Source** `file://" in texts(chat) and "**Section** Sorting" in texts(chat)
+    # what stays on the page is the final text: the model's answer, or the gate's replacement for it
+    turn = chat.session_state["history"]["ui-upload"][0]
+    assert turn["text"].strip() and turn["text"].strip() in answer, (turn["text"], answer)
+    if "ungrounded-answer" in (final["degraded"] or ""):
+        assert any("answering from the passages" in c.value for c in assistant.caption), texts(chat)
     badges = " ".join(m.value for m in assistant.markdown if "badge[" in m.value)
     assert ("sources matched by ragfn" in badges) == final["citations_inferred"], (badges, final)
     assert ("degraded" in badges) == bool(final["degraded"]) and ("cache hit" in badges) == (final["cache"] == "hit")

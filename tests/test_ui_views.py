@@ -19,6 +19,10 @@ def test_badges_say_cache_hit_each_degradation_and_inferred_sources() -> None:
         ("sources matched by ragfn: the model cited none", "violet")]
     assert badges({"degraded": "something-new"}) == [("degraded: something-new", "orange")]  # unknown: as is
     assert badges({"cache": "miss", "truncated": True}) == [("cut off at the token limit", "gray")]
+    assert badges({"cache": "miss", "degraded": "ungrounded-answer"}) == [
+        ("degraded: the model's answer was not supported by the passages: answered from them instead", "orange")]
+    assert badges({"cache": "miss", "model": "backup", "provider": "fallback"}) == [
+        ("answered by the fallback model backup", "blue")]
 
 
 def test_the_timing_line_names_each_stage_and_the_total() -> None:

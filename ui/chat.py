@@ -210,11 +210,15 @@ def ask(question: str, collection: str) -> dict:
         st.markdown(question)
     with st.chat_message("assistant"):
         notes = st.container()
+        streamed = st.empty()  # one slot, so a `replace` event's text takes the place of the withdrawn tokens
         answer = client().ask(question, collection=collection)
         try:
-            st.write_stream(answer.tokens(on_status=lambda status: notes.caption(f"⚠️ {status['message']}")))
+            with streamed:
+                st.write_stream(answer.tokens(on_status=lambda status: notes.caption(f"⚠️ {status['message']}")))
         except GatewayError as exc:
             answer.error = exc
+        if answer.replaced:
+            streamed.markdown(answer.text)
         turn.update(text=answer.text, statuses=answer.statuses, citations=answer.citations, final=answer.final,
                     error=answer.error)
         if answer.error:

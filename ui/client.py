@@ -84,12 +84,17 @@ class StreamedAnswer:
     final: dict = field(default_factory=dict)
     error: GatewayError | None = None
     text: str = ""
+    replaced: dict | None = None  # the `replace` event: the streamed text failed the gate; `text` is its replacement
 
     def tokens(self, on_status=lambda status: None) -> Iterator[str]:
         for name, data in self.events:
             if name == "token":
                 self.text += data
                 yield data
+            elif name == "replace":  # what was streamed is withdrawn: the page shows `text` instead
+                self.replaced, self.text = dict(data), data["text"]
+                self.statuses.append(data)
+                on_status(data)
             elif name == "status":
                 self.statuses.append(data)
                 on_status(data)

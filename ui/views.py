@@ -13,6 +13,7 @@ DEGRADED = {
     "cold-start": "model warming up: answered from the passages",
     "llm-unavailable": "model unavailable: answered from the passages",
     "llm-rejected": "model refused the request: answered from the passages",
+    "ungrounded-answer": "the model's answer was not supported by the passages: answered from them instead",
     "vector-store-unavailable": "no vector store: keyword search only",
     "retrieve-unavailable": "document search unavailable",
     "cache-unavailable": "cache unavailable",
@@ -31,6 +32,8 @@ def badges(final: dict) -> list[tuple[str, str]]:
         shown.append((f"degraded: {DEGRADED.get(reason, reason)}", "orange"))
     if final.get("truncated"):
         shown.append(("cut off at the token limit", "gray"))
+    if final.get("provider") == "fallback":
+        shown.append((f"answered by the fallback model {final.get('model')}", "blue"))
     if final.get("citations_inferred"):
         shown.append(("sources matched by ragfn: the model cited none", "violet"))
     return shown

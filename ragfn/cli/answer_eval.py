@@ -10,10 +10,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from ragfn.gateway.answer_quality import AnswerScore, score
-from ragfn.gateway.ask import AskRequest, Gateway
+from ragfn.gateway.ask import AskRequest, Gateway, Prepared
 from ragfn.gateway.backends import Lookup, gateway_breaker
+from ragfn.gateway.gate import UNGROUNDED
 from ragfn.llm.client import LLM, ExtractiveLLM
 from ragfn.retrieval.dense import Caller
 from ragfn.retrieval.evalset import EvalQuery, is_relevant, read_source
@@ -48,34 +50,89 @@ def gold_text(query: EvalQuery, corpus: dict[str, str]) -> str:
 
 def evaluate_answers(runtime: Runtime, labelled: list[EvalQuery], unanswerable: list[str], *, collection: str,
                      caller: Caller, max_tokens: int, corpus_dir, advance: Callable[[], None] = lambda: None) -> dict:
-    """{engine: summary} over `labelled` (scored against gold) and `unanswerable` (scored for abstention)."""
+    """{engine: summary} over `labelled` (scored against gold) and `unanswerable` (scored for abstention).
+
+    A model is asked once, through a gateway with the groundedness gate (when RAGFN_ANSWER_GATE is on): its
+    "gate on" row scores what users are shown, its "gate off" row the model's own answers, the ones the gate
+    withheld included. `gate` says what the gate did: answers it caught (by reason), and good answers it wrongly
+    refused (not degenerate, and at least the extractive answer's F1 on the same question)."""
     corpus = {name: read_source(corpus_dir / name) for name in sorted({q.source for q in labelled})}
-    report = {}
+    report, baseline = {}, []
     for name, llm in engines(runtime).items():
-        gateway = Gateway(llm, retrieval=runtime.local_retrieval, cache=NoAnswerCache())
-        answered, abstained, latencies, degraded = [], [], [], []
-        for query in labelled:
-            result, seconds = _ask(gateway, query.question, collection, caller, max_tokens)
-            degraded.append(result["degraded"])
-            verdicts = [is_relevant(query, c["source"], int(c["start"]), int(c["end"])) for c in result["citations"]]
-            answered.append(score(result["answer"], result["citations"], truncated=result["truncated"],
-                                  gold=gold_text(query, corpus), relevant=verdicts))
-            latencies.append(seconds)
+        gate = runtime.answer_gate if name != "extractive" else None
+        gateway = Gateway(llm, retrieval=runtime.local_retrieval, cache=NoAnswerCache(), gate=gate)
+        shown, own = Scores(), Scores()
+        refused, reasons, gate_ms = [], [], []
+        for i, query in enumerate(labelled):
+            result, prepared, seconds = _ask(gateway, query.question, collection, caller, max_tokens)
+            gold = gold_text(query, corpus)
+            shown.add(_score(result, query, gold), result["degraded"], seconds)
+            original = _score(prepared.withheld, query, gold) if prepared.withheld else shown.answered[-1]
+            own.add(original, _degraded_by_model(result["degraded"]), seconds)
+            if name == "extractive":
+                baseline.append(original.correctness)
+            if prepared.gate is not None:
+                gate_ms.append(prepared.timings_ms.get("gate", 0.0))
+                if not prepared.gate.passed:
+                    reasons.append(prepared.gate.reason)
+                    good = original.degenerate is None and i < len(baseline) and original.correctness >= baseline[i]
+                    refused.append(good)
             advance()
         for question in unanswerable:
-            result, seconds = _ask(gateway, question, collection, caller, max_tokens)
-            degraded.append(result["degraded"])
-            abstained.append(score(result["answer"], result["citations"], truncated=result["truncated"]).abstained)
-            latencies.append(seconds)
+            result, prepared, seconds = _ask(gateway, question, collection, caller, max_tokens)
+            shown.abstain(score(result["answer"], result["citations"], truncated=result["truncated"]).abstained)
+            withheld = prepared.withheld or result
+            own.abstain(score(withheld["answer"], withheld["citations"], truncated=withheld["truncated"]).abstained)
             advance()
-        report[name] = summarize(answered, abstained, latencies, degraded)
+        if gate is None:
+            report[name] = shown.summary()
+            continue
+        report[f"{name} (gate off)"] = own.summary()
+        report[f"{name} (gate on)"] = shown.summary() | {"gate": {
+            "caught": len(reasons), "reasons": {r: reasons.count(r) for r in sorted(set(reasons))},
+            "good_refused": sum(refused), "min_groundedness": gate.min_groundedness,
+            "latency_p50_ms": round(statistics.median(gate_ms), 3) if gate_ms else None}}
     return report
 
 
-def _ask(gateway: Gateway, question: str, collection: str, caller: Caller, max_tokens: int) -> tuple[dict, float]:
-    started = time.perf_counter()
-    result = gateway.ask(AskRequest(question=question[:4000], collection=collection, max_tokens=max_tokens), caller)
-    return result, time.perf_counter() - started
+def _degraded_by_model(reason: str | None) -> str | None:
+    """The degradations of the model's own answer: the gate's is not one of them."""
+    kept = [r for r in (reason or "").split("+") if r and r != UNGROUNDED]
+    return "+".join(kept) or None
+
+
+def _score(result: dict, query: EvalQuery, gold: str) -> AnswerScore:
+    verdicts = [is_relevant(query, c["source"], int(c["start"]), int(c["end"])) for c in result["citations"]]
+    return score(result["answer"], result["citations"], truncated=result["truncated"], gold=gold, relevant=verdicts)
+
+
+@dataclass
+class Scores:
+    """One engine's answers as they come: scores, abstentions, latencies and degradations."""
+
+    answered: list[AnswerScore] = field(default_factory=list)
+    abstained: list[bool] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    degraded: list[str | None] = field(default_factory=list)
+
+    def add(self, scored: AnswerScore, degraded: str | None, seconds: float) -> None:
+        self.answered.append(scored)
+        self.degraded.append(degraded)
+        self.latencies.append(seconds)
+
+    def abstain(self, abstained: bool) -> None:
+        self.abstained.append(abstained)
+
+    def summary(self) -> dict:
+        return summarize(self.answered, self.abstained, self.latencies, self.degraded)
+
+
+def _ask(gateway: Gateway, question: str, collection: str, caller: Caller,
+         max_tokens: int) -> tuple[dict, Prepared, float]:
+    started, prepared = time.perf_counter(), Prepared()
+    result = gateway.ask(AskRequest(question=question[:4000], collection=collection, max_tokens=max_tokens), caller,
+                         prepared=prepared)
+    return result, prepared, time.perf_counter() - started
 
 
 def _mean(values: Iterable[float | None]) -> float | None:

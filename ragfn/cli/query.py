@@ -172,8 +172,11 @@ def _answers(runtime, labelled, unanswerable: Path | None, corpus: Path, *, coll
         return
     print(f"{len(labelled)} labelled questions, {len(others)} unanswerable")
     for name, row in report.items():
-        figures = {k: v for k, v in row.items() if k not in ("questions", "unanswerable", "degenerate", "degraded")}
+        figures = {k: v for k, v in row.items()
+                   if k not in ("questions", "unanswerable", "degenerate", "degraded", "gate")}
         print(f"{name:24} " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in figures.items()))
-        if row["degraded"]:
-            print(f"{'':24} warning: degraded answers {row['degraded']}: those are not this engine's own "
+        if row.get("gate"):
+            print(f"{'':24} gate " + "  ".join(f"{k} {v}" for k, v in row["gate"].items()))
+        if not_own := {r: n for r, n in row["degraded"].items() if r != "ungrounded-answer"}:
+            print(f"{'':24} warning: degraded answers {not_own}: those are not this engine's own "
                   "(is the predictor at RAGFN_LLM_URL up?)", file=sys.stderr)

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
                                      "probe first (Knative may have scaled it to zero)")
     llm_warmup_give_up_seconds: float = Field(600.0, gt=0, description="a cold predictor that is not ready after "
                                               "this long is reported down (llm-unavailable), not warming up")
+    llm_fallback_url: str | None = Field(None, description="a second OpenAI-compatible model, asked when the "
+                                         "primary is cold beyond its wait, down, rate-limited or refusing")
+    llm_fallback_served_name: str = Field("ragfn", description="the model name the fallback serves")
+    llm_fallback_api_key: str | None = None
+    answer_gate: bool = Field(True, description="check each model answer before it is final (loops, useless "
+                              "cut-offs, unsupported sentences); a failing one is replaced by the extractive answer")
+    answer_gate_min_groundedness: float = Field(0.5, ge=0, le=1, description="the share of a model answer's "
+                                                "sentences the passages must support to pass the gate")
     keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
                                            "pings from the gateway; the cluster uses a PingSource instead")
 

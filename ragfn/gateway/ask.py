@@ -5,6 +5,9 @@
     LLM cold or loading   -> the extractive engine           degraded: "cold-start" (a warm-up runs meanwhile)
     LLM down (a call failed, or warm-ups gave up) -> the extractive engine   degraded: "llm-unavailable"
     LLM refuses the request (4xx: prompt too long, bad key) -> the extractive engine   degraded: "llm-rejected"
+      (each of the three LLM cases tries the second provider first, when one is set: `ragfn.gateway.providers`)
+    the model's answer fails the groundedness gate -> the extractive engine   degraded: "ungrounded-answer"
+      (`ragfn.gateway.gate`; a stream is corrected by a `replace` event)
     Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
 Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`,
 `ragfn.gateway.remote`); each, and the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
@@ -24,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from opentelemetry import context as otel_context
@@ -41,18 +44,17 @@ from ragfn.gateway.backends import (
     Lookup,
     Retrieval,
     RetrievalQuery,
-    gateway_breaker,
     retrieval_attributes,
 )
 from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
-from ragfn.llm.client import LLM, PROMPT_VERSION, ExtractiveLLM, LLMRejected, build_messages, citations
+from ragfn.gateway.gate import UNGROUNDED, AnswerGate, GateVerdict, LoopWatch
+from ragfn.gateway.providers import Generation, Providers, failed
+from ragfn.llm.client import LLM, PROMPT_VERSION, build_messages, citations
 from ragfn.llm.warmup import PredictorWarmth
 from ragfn.retrieval.context import Passage
 from ragfn.retrieval.dense import Caller, Hit
 
 log = logging.getLogger("ragfn.gateway")
-COLD_START = {"degraded": "cold-start", "message": "the model is warming up; answering from the passages meanwhile"}
-LLM_DOWN = {"degraded": "llm-unavailable", "message": "the model is unavailable; answering from the passages"}
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
                 "Please try again in a moment.")
 
@@ -87,6 +89,11 @@ class Prepared:
     inferred: bool = False  # the model cited nothing; the citations come from ragfn.gateway.attribution
     truncated: bool = False  # generation stopped at max_tokens: the answer is cut off
     answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what feedback names
+    model: str | None = None  # the model that wrote the answer shown ("extractive" for the engine)
+    provider: str | None = None  # primary | fallback | extractive; None when no model was asked
+    gate: GateVerdict | None = None  # None when the gate did not judge (gate off, a cache hit, the extractive engine)
+    withheld: dict | None = None  # the model's answer the gate refused (answer, citations, truncated): for
+    # `ragfn eval --answers`, never shown
     request: AskRequest | None = None
     caller: Caller | None = None
 
@@ -96,22 +103,18 @@ def _citation_json(passage: Passage) -> dict:
             "heading_path": passage.heading_path, "start": passage.start, "end": passage.end}
 
 
-def _failed(span: trace.Span, exc: BaseException, reason: str) -> None:
-    span.record_exception(exc)
-    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-    span.set_attribute("rag.fallback.reason", reason)
-
-
 class Gateway:
-    def __init__(self, llm: LLM, *, retrieval: Retrieval, cache: AnswerCache, fallback: LLM | None = None,
-                 warmth: PredictorWarmth | None = None, cold_wait_seconds: float = 1.0,
-                 feedback: FeedbackStore | None = None) -> None:
-        self.llm = llm
-        self.warmth, self.cold_wait_seconds, self.feedback = warmth, cold_wait_seconds, feedback
-        self.fallback = fallback or ExtractiveLLM()
+    """`llm` the primary model, `second` the provider tried when it cannot answer, `gate` the check of a model's
+    answer before it is final (None: answers are shown as the model wrote them)."""
+
+    def __init__(self, llm: LLM, *, retrieval: Retrieval, cache: AnswerCache, second: LLM | None = None,
+                 gate: AnswerGate | None = None, warmth: PredictorWarmth | None = None,
+                 cold_wait_seconds: float = 1.0, feedback: FeedbackStore | None = None) -> None:
+        self.llm, self.gate, self.feedback = llm, gate, feedback
+        self.providers = Providers(llm, second=second, warmth=warmth, cold_wait_seconds=cold_wait_seconds)
         self.retrieval, self.cache = retrieval, cache
         self.llm_remote = hasattr(llm, "base_url")  # an HTTP client (the predictor), not an in-process engine
-        self.breakers = {"llm": gateway_breaker("llm"), self.cache.breaker.name: self.cache.breaker,
+        self.breakers = {**self.providers.breakers, self.cache.breaker.name: self.cache.breaker,
                          self.retrieval.breaker.name: self.retrieval.breaker}
 
     def _timed(self, prepared: Prepared, stage: str, started: float) -> None:
@@ -126,13 +129,13 @@ class Gateway:
     def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
         prepared = prepared if prepared is not None else Prepared()
         prepared.request, prepared.caller = request, caller
-        key = AnswerKey(caller, request.collection, self.llm.name, PROMPT_VERSION)
+        key = AnswerKey(caller, request.collection, self.providers.expected_model(), PROMPT_VERSION)
         started = time.perf_counter()
         with self._stage("ragfn.ask.cache_lookup", self.cache.remote) as span:
             try:
                 lookup = self.cache.lookup(request.question, key)
             except RagfnError as exc:  # whatever the cache's trouble, the answer must not depend on it
-                _failed(span, exc, "cache-unavailable")
+                failed(span, exc, "cache-unavailable")
                 prepared.degraded.append("cache-unavailable")
                 lookup = Lookup("off")
             span.set_attribute("rag.cache", lookup.status)
@@ -151,7 +154,7 @@ class Gateway:
             try:
                 retrieved = self.retrieval.retrieve(query)
             except Unavailable as exc:
-                _failed(span, exc, "retrieve-unavailable")
+                failed(span, exc, "retrieve-unavailable")
                 prepared.degraded.append("retrieve-unavailable")
             else:
                 prepared.retrieved, prepared.hits, prepared.passages = True, retrieved.hits, retrieved.passages
@@ -163,11 +166,13 @@ class Gateway:
         prepared.messages = build_messages(request.question, prepared.passages)
         return prepared
 
-    def ask(self, request: AskRequest, caller: Caller, *, parent: otel_context.Context | None = None) -> dict:
-        """The whole answer as one JSON object; `parent` is the caller's trace context (e.g. from traceparent)."""
+    def ask(self, request: AskRequest, caller: Caller, *, parent: otel_context.Context | None = None,
+            prepared: Prepared | None = None) -> dict:
+        """The whole answer as one JSON object; `parent` is the caller's trace context (e.g. from traceparent);
+        `prepared`, when given, is filled in (an evaluation reads what the gate withheld from it)."""
         with tracer().start_as_current_span("ragfn.ask", context=parent, kind=trace.SpanKind.SERVER,
                                             attributes={"rag.stream": False}) as span:
-            prepared = Prepared()
+            prepared = prepared if prepared is not None else Prepared()
             try:
                 self.prepare(request, caller, prepared)
                 if prepared.hit:
@@ -176,17 +181,23 @@ class Gateway:
                     return self._result(prepared, NO_RETRIEVAL, [])
                 started = time.perf_counter()
                 with self._stage("ragfn.ask.llm", self.llm_remote, **{"rag.llm.model": self.llm.name}) as llm_span:
-                    completion, _ = self._call_llm(llm_span, prepared, "complete", request.max_tokens)
+                    generation = self._call_llm(llm_span, prepared, "complete", request.max_tokens)
+                completion = generation.result
                 self._timed(prepared, "generate", started)
-                cited = self._cite(prepared, completion.text)
-                self._store(request, prepared, completion.text, cited, completion.finish_reason == "length")
-                return self._result(prepared, completion.text, cited)
+                text, truncated = completion.text, completion.finish_reason == "length"
+                cited = self._cite(prepared, text)
+                if (replaced := self._judge(request, prepared, generation, text, cited, truncated)) is not None:
+                    text, cited, truncated = replaced
+                self._store(request, prepared, text, cited, truncated)
+                return self._result(prepared, text, cited)
             finally:
                 self._annotate(span, prepared)
 
     def stream(self, request: AskRequest, caller: Caller, *,
                parent: otel_context.Context | None = None) -> Iterator[tuple[str, object]]:
-        """("token", text)*, ("citations", [...]), ("final", {...}): the server-sent events of one answer.
+        """("status", {...})?, ("token", text)*, ("replace", {...})?, ("citations", [...]), ("final", {...}): the
+        server-sent events of one answer. A `replace` event means the tokens so far failed the groundedness gate:
+        its `text` is the answer to show instead (the extractive answer), and the citations that follow are its.
 
         Its `ragfn.ask` span stays open until the last event was taken (or the iterator closed)."""
         return iterate_in_span("ragfn.ask", lambda span: self._stream(request, caller, span), parent=parent,
@@ -216,19 +227,26 @@ class Gateway:
         # Not current across yields (see iterate_in_span): made current only while the request goes out.
         llm_span = tracer().start_span("ragfn.ask.llm",
                                        attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
+        looped = False
         try:
             with trace.use_span(llm_span):
-                deltas, status = self._call_llm(llm_span, prepared, "stream", request.max_tokens)
-            if status:
-                yield "status", status
+                generation = self._call_llm(llm_span, prepared, "stream", request.max_tokens)
+            deltas = generation.result
+            if generation.status:
+                yield "status", generation.status
+            # a model's stream is watched for loops, so a loop ends generation at once instead of at max_tokens
+            watch = LoopWatch() if self.gate is not None and generation.provider != "extractive" else None
             parts = []
             try:
                 for delta in deltas:
                     parts.append(delta)
                     yield "token", delta
+                    if watch is not None and watch.add(delta):
+                        looped = True
+                        llm_span.set_attribute("rag.llm.stopped", "repetition")
+                        break
             except Unavailable:
-                if self.warmth:
-                    self.warmth.failed()
+                self.providers.stream_failed(generation.provider)
                 raise
             finally:
                 getattr(deltas, "close", lambda: None)()  # a client that went away cancels the upstream stream
@@ -240,38 +258,46 @@ class Gateway:
             llm_span.end()
         self._timed(prepared, "generate", started)
         text = "".join(parts)
+        truncated = looped or getattr(deltas, "finish_reason", "stop") == "length"
         cited = self._cite(prepared, text)
+        if (replaced := self._judge(request, prepared, generation, text, cited, truncated)) is not None:
+            text, cited, truncated = replaced
+            yield "replace", {"text": text, "degraded": UNGROUNDED, "reason": prepared.gate.reason,
+                              "message": prepared.gate.message}
         yield "citations", cited
-        self._store(request, prepared, text, cited, getattr(deltas, "finish_reason", "stop") == "length")
+        self._store(request, prepared, text, cited, truncated)
         yield "final", self._final(prepared, text)
 
-    def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int):
-        """The LLM's `complete` or `stream`, or the fallback's with the status to show: cold-start when the predictor
-        is still warming up (nobody waits for a model to load), llm-unavailable when a call to it failed or warm-ups
-        gave up, llm-rejected when it refused the request."""
-        if self.warmth is not None and not self.warmth.ready(self.cold_wait_seconds):
-            status = LLM_DOWN if self.warmth.gave_up else COLD_START
-            span.set_attribute("rag.fallback.reason", status["degraded"])
-        else:
-            try:
-                result = self.breakers["llm"].call(getattr(self.llm, method), prepared.messages, max_tokens=max_tokens)
-            except Unavailable as exc:
-                if self.warmth is not None:
-                    self.warmth.failed()
-                _failed(span, exc, "llm-unavailable")
-                status = LLM_DOWN
-            except LLMRejected as exc:  # e.g. a prompt over the model's context: the question still gets an answer
-                _failed(span, exc, "llm-rejected")
-                log.warning("%s", exc)
-                status = {"degraded": "llm-rejected", "message": f"the model refused the request ({exc.message}); "
-                          "answering from the passages"}
-            else:
-                if self.warmth is not None:
-                    self.warmth.seen_ready()
-                return result, None
-        span.set_attribute("rag.llm.engine", self.fallback.name)
-        prepared.degraded.append(status["degraded"])
-        return getattr(self.fallback, method)(prepared.messages, max_tokens=max_tokens), status
+    def _call_llm(self, span: trace.Span, prepared: Prepared, method: str, max_tokens: int) -> Generation:
+        generation = self.providers.call(span, prepared.messages, method, max_tokens)
+        prepared.model, prepared.provider = generation.model, generation.provider
+        if generation.status:
+            prepared.degraded.append(generation.status["degraded"])
+        return generation
+
+    def _judge(self, request: AskRequest, prepared: Prepared, generation: Generation, text: str, cited: list[dict],
+               truncated: bool) -> tuple[str, list[dict], bool] | None:
+        """The gate's verdict on a model's answer; when it fails, the extractive answer (within the same max_tokens),
+        its citations and whether it was cut off."""
+        if self.gate is None or generation.provider == "extractive":
+            return None  # the extractive engine copies the passages: there is nothing to check
+        started = time.perf_counter()
+        with self._stage("ragfn.ask.gate", False) as span:
+            verdict = self.gate.check(text, {int(c["n"]): c["text"] for c in cited}, truncated=truncated)
+            prepared.gate = verdict
+            span.set_attributes({"rag.gate.passed": verdict.passed, "rag.gate.reason": verdict.reason or ""})
+            if verdict.passed:
+                self._timed(prepared, "gate", started)
+                return None
+            span.set_attribute("rag.fallback.reason", UNGROUNDED)
+            prepared.withheld = {"answer": text, "citations": cited, "truncated": truncated}
+            prepared.degraded.append(UNGROUNDED)
+            prepared.model, prepared.provider = self.providers.extractive.name, "extractive"
+            replacement = self.providers.extractive.complete(prepared.messages, max_tokens=request.max_tokens)
+            prepared.inferred = False
+            cited = self._cite(prepared, replacement.text)
+        self._timed(prepared, "gate", started)
+        return replacement.text, cited, replacement.finish_reason == "length"
 
     @staticmethod
     def _cite(prepared: Prepared, text: str) -> list[dict]:
@@ -287,14 +313,15 @@ class Gateway:
         if prepared.lookup is None or prepared.key is None or prepared.degraded or partial or not cited:
             return  # only complete, cited, non-degraded answers are worth repeating
         started = time.perf_counter()
-        answer = {"answer": text, "citations": cited, "citations_inferred": prepared.inferred}
+        answer = {"answer": text, "citations": cited, "citations_inferred": prepared.inferred, "model": prepared.model}
+        key = replace(prepared.key, model=prepared.model or prepared.key.model)  # cached under the model that wrote it
         documents = sorted({c["source"] for c in cited})
         with self._stage("ragfn.ask.cache_store", self.cache.remote) as span:
             try:
-                span.set_attribute("rag.cache.stored", self.cache.store(request.question, prepared.key, answer,
+                span.set_attribute("rag.cache.stored", self.cache.store(request.question, key, answer,
                                                                         documents, prepared.lookup))
             except RagfnError as exc:
-                _failed(span, exc, "cache-unavailable")
+                failed(span, exc, "cache-unavailable")
                 prepared.degraded.append("cache-unavailable")
         self._timed(prepared, "cache_store", started)
 
@@ -317,15 +344,17 @@ class Gateway:
         """The closing record of an answer; the answer is remembered under its id so it can be rated."""
         if prepared.hit:
             prepared.inferred = bool(prepared.hit.answer.get("citations_inferred"))
+            prepared.model = prepared.hit.answer.get("model")
         final = {"answer_id": prepared.answer_id, "cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,
-                 "citations_inferred": prepared.inferred, "truncated": prepared.truncated,
+                 "citations_inferred": prepared.inferred, "truncated": prepared.truncated, "model": prepared.model,
+                 "provider": prepared.provider, "gate": prepared.gate.to_json() if prepared.gate else None,
                  "timings_ms": prepared.timings_ms}
         if self.feedback is not None and prepared.request is not None:
             try:
                 hit = prepared.hit
                 self.feedback.remember(AnsweredQuestion(
                     prepared.answer_id, prepared.caller.tenant or "", prepared.request.collection,
-                    prepared.request.question, text, prepared.cache, final["degraded"], self.llm.name, PROMPT_VERSION,
+                    prepared.request.question, text, prepared.cache, final["degraded"], prepared.model or self.llm.name, PROMPT_VERSION,
                     hit.question if hit else None, round(hit.similarity, 4) if hit else None))
             except RagfnError as exc:  # rating is a nicety; the answer stands without it
                 log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)

@@ -133,24 +133,36 @@ def build_eval_set(faq_dir: Path, out_dir: Path) -> dict[str, int]:
     rewritten only when their content changes, so a re-build leaves mtimes alone and a re-ingest skips them; corpus
     files from an earlier build whose source is gone are removed. Files without questions (the FAQ's index, a
     bare toctree) are left out. Returns counts: files, questions, queries, skipped_empty."""
-    faq_dir, corpus = Path(faq_dir), Path(out_dir) / "corpus"
+    faq_dir = Path(faq_dir)
     sources = sorted(faq_dir.glob(f"*{SUFFIX}"))
     if not sources:
         raise FileNotFoundError(f"no *{SUFFIX} files in {faq_dir}")
-    corpus.mkdir(parents=True, exist_ok=True)
-    queries, written, questions = [], set(), 0
+    files = {}
     for path in sources:
         text, spans = strip_questions(read_source(path))
+        files[path.name] = (text, [(question.title, span) for question, span in spans])
+    return write_eval_set(out_dir, files, SUFFIX)
+
+
+def write_eval_set(out_dir: Path, files: Mapping[str, tuple[str, list[tuple[str, tuple[int, int]]]]],
+                   suffix: str) -> dict[str, int]:
+    """Write each corpus file (name -> text, [(question, gold span)]) under `out_dir/corpus/` and one query per
+    non-empty span to `out_dir/queries.jsonl` (ids: the file's stem and the question's position); files without
+    questions are left out, and corpus files `*suffix` from an earlier build that are no longer written go."""
+    corpus = Path(out_dir) / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    queries, written, questions = [], set(), 0
+    for name, (text, spans) in sorted(files.items()):
         if not spans:
             continue
         questions += len(spans)
-        stem = path.name[:-len(SUFFIX)]
-        for n, (question, (start, end)) in enumerate(spans, 1):
+        stem = name[:-len(suffix)]
+        for n, (title, (start, end)) in enumerate(spans, 1):
             if end > start:  # an empty section has nothing to find: no query
-                queries.append(EvalQuery(f"{stem}-{n:03d}", question.title, path.name, ((start, end),)))
-        _write_if_changed(corpus / path.name, text)
-        written.add(path.name)
-    for stale in corpus.glob(f"*{SUFFIX}"):
+                queries.append(EvalQuery(f"{stem}-{n:03d}", title, name, ((start, end),)))
+        _write_if_changed(corpus / name, text)
+        written.add(name)
+    for stale in corpus.glob(f"*{suffix}"):
         if stale.name not in written:
             stale.unlink()
     _write_if_changed(Path(out_dir) / "queries.jsonl", "".join(q.to_json() + "\n" for q in queries))

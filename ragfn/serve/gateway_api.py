@@ -52,15 +52,32 @@ class Citation(_Body):
     end: int
 
 
+class GateVerdict(_Body):
+    passed: bool
+    reason: Literal["empty", "repetition", "cut-off", "unsupported"] | None = Field(
+        description="why the model's answer failed: empty, a repetition loop, cut off with nothing supported, or "
+                    "sentences the passages do not support")
+    groundedness: float | None = Field(description="the share of its sentences the passages support; null when "
+                                       "no sentence had enough words to judge")
+
+
 class AnswerFinal(_Body):
     """The closing record of an answer: the last `final` event of a stream, and part of a JSON answer."""
 
     answer_id: str | None = Field(description="rate the answer with it (POST /v1/feedback); null without Redis")
     cache: Literal["hit", "miss", "off"]
     degraded: str | None = Field(description="why the answer is degraded, '+'-joined (cold-start, llm-unavailable, "
-                                 "llm-rejected, retrieve-unavailable, vector-store-unavailable, cache-unavailable)")
+                                 "llm-rejected, ungrounded-answer, retrieve-unavailable, vector-store-unavailable, "
+                                 "cache-unavailable)")
     citations_inferred: bool = Field(description="the model cited nothing; the sources were matched by ragfn")
     truncated: bool = Field(description="generation stopped at max_tokens")
+    model: str | None = Field(description="the model that wrote the answer shown ('extractive' for the model-free "
+                              "engine); null when none was asked")
+    provider: Literal["primary", "fallback", "extractive"] | None = Field(
+        description="which provider wrote it: the primary model, the second provider (RAGFN_LLM_FALLBACK_URL), "
+                    "or the extractive engine; null for a cache hit or when nothing was generated")
+    gate: GateVerdict | None = Field(description="the groundedness gate's verdict on the model's answer; null when "
+                                     "it did not judge one (gate off, a cache hit, the extractive engine)")
     timings_ms: dict[str, float] = Field(description="per stage: cache, retrieve, generate, cache_store")
 
 
@@ -73,6 +90,16 @@ class StreamStatus(_Body):
     """A `status` event: the answer that follows is degraded, and why."""
 
     degraded: str
+    message: str
+
+
+class StreamReplace(_Body):
+    """A `replace` event: the tokens streamed so far failed the groundedness gate; show `text` instead (the
+    extractive answer from the same passages). The `citations` event that follows is the replacement's."""
+
+    text: str
+    degraded: Literal["ungrounded-answer"]
+    reason: Literal["empty", "repetition", "cut-off", "unsupported"]
     message: str
 
 
@@ -106,8 +133,8 @@ class Ready(_Body):
     ready: bool
 
 
-STREAM_EVENTS = {"status": StreamStatus, "token": str, "citations": list[Citation], "final": AnswerFinal,
-                 "error": ErrorBody}
+STREAM_EVENTS = {"status": StreamStatus, "token": str, "replace": StreamReplace, "citations": list[Citation],
+                 "final": AnswerFinal, "error": ErrorBody}
 
 
 @dataclass(frozen=True)
@@ -211,7 +238,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict:
                 "schema": {"type": "string"},
                 "x-events": {name: schemas.ref(tp) for name, tp in STREAM_EVENTS.items()}}
             response["description"] = ("JSON, or with \"stream\": true server-sent events: status?, token*, "
-                                       "citations, final (or error once the stream has started)")
+                                       "replace?, citations, final (or error once the stream has started)")
         operation["responses"][str(status)] = response
     return operation
 

@@ -132,6 +132,23 @@ class Runtime:
                                 http=self.http)
 
     @cached_property
+    def second_llm(self):
+        """The provider asked when the primary cannot answer (RAGFN_LLM_FALLBACK_URL); None when unset."""
+        from ragfn.llm.client import OpenAIChatClient
+
+        if not self.settings.llm_fallback_url:
+            return None
+        return OpenAIChatClient(self.settings.llm_fallback_url, self.settings.llm_fallback_served_name,
+                                api_key=self.settings.llm_fallback_api_key,
+                                read_timeout=self.settings.llm_timeout_seconds, http=self.http)
+
+    @cached_property
+    def answer_gate(self):
+        from ragfn.gateway.gate import AnswerGate
+
+        return AnswerGate(self.settings.answer_gate_min_groundedness) if self.settings.answer_gate else None
+
+    @cached_property
     def warmth(self):
         """The gateway's view of a remote predictor's warmth; None for the in-process extractive engine."""
         from ragfn.llm.warmup import PredictorWarmth
@@ -147,7 +164,8 @@ class Runtime:
     def gateway(self):
         from ragfn.gateway.ask import Gateway
 
-        return Gateway(self.llm, retrieval=self.retrieval, cache=self.answer_cache, warmth=self.warmth,
+        return Gateway(self.llm, retrieval=self.retrieval, cache=self.answer_cache, second=self.second_llm,
+                       gate=self.answer_gate, warmth=self.warmth,
                        cold_wait_seconds=self.settings.llm_cold_wait_seconds, feedback=self.feedback)
 
     @cached_property

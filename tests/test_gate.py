@@ -1,0 +1,135 @@
+"""The groundedness gate (ragfn.gateway.gate): its checks, and the gateway replacing what fails them, in JSON and in
+a stream, with SmolLM2 on the real predictor and with misbehaving OpenAI-compatible servers (test_llm.ChatServer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ask
+from test_llm import API_KEY, ChatServer
+
+from ragfn.gateway.answer_quality import repetition_loop
+from ragfn.gateway.gate import LOOP_CHECK_EVERY, AnswerGate, LoopWatch
+from ragfn.llm.client import WORD
+
+PASSAGE = "To sort a list in place, call list.sort(). The sorted() built-in returns a new sorted list."
+LOOP = "int main() {\n" + "delete[] arr;\n" * 20  # the loop the issue saw SmolLM2 write
+QUESTION = "How do I sort a list?"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("answer", "truncated", "reason"), [
+    ("", False, "empty"),
+    (" [1] ...", False, "empty"),
+    (LOOP, True, "repetition"),
+    ("Sure", True, "cut-off"),  # nothing judgeable, and stopped at max_tokens
+    ("A digital wallet manages financial transactions securely.", True, "cut-off"),  # nothing supported
+    ("A digital wallet manages financial transactions securely. Banks love it.", False, "unsupported"),
+    ("Call list.sort() to sort the list in place [1]. Wallets manage financial transactions securely.", False, None),
+    ("Call list.sort() to sort the list in place [1]. The sorted() built-in returns a new list.", False, None),
+    ("Call list.sort() to sort the list in place [1]. The sorted() built-in", True, None),  # cut, but useful
+    ("Yes.", False, None),  # nothing to judge, nothing wrong
+])
+def test_the_gate_refuses_loops_empty_useless_cut_offs_and_unsupported_answers(answer, truncated, reason):
+    verdict = AnswerGate(0.5).check(answer, {1: PASSAGE}, truncated=truncated)
+    assert (verdict.passed, verdict.reason) == (reason is None, reason)
+    assert (verdict.message == "") == (reason is None)
+
+
+@pytest.mark.unit
+def test_an_answer_that_cites_nothing_supports_nothing():
+    assert AnswerGate().check("Call list.sort() to sort a list in place.", {}, truncated=False).reason == "unsupported"
+
+
+@pytest.mark.unit
+def test_a_threshold_of_zero_keeps_only_the_degeneration_checks():
+    unsupported = "A digital wallet manages financial transactions securely."
+    assert AnswerGate(0.0).check(unsupported, {1: PASSAGE}, truncated=False).passed
+    assert AnswerGate(0.0).check(LOOP, {1: PASSAGE}, truncated=False).reason == "repetition"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AnswerGate(1.5)
+
+
+@pytest.mark.unit
+def test_a_loop_is_seen_while_it_streams_and_an_answer_is_not():
+    watch = LoopWatch()
+    seen = next(i for i, delta in enumerate(WORD.findall(LOOP * 3), 1) if watch.add(delta))
+    first_loop = next(n for n in range(1, 200) if repetition_loop("".join(WORD.findall(LOOP)[:n])))
+    assert first_loop <= seen < first_loop + LOOP_CHECK_EVERY
+    calm = LoopWatch()
+    assert not any(calm.add(delta) for delta in WORD.findall(PASSAGE * 2 + " It also takes a key function."))
+
+
+def events(response) -> list[tuple[str, object]]:
+    blocks = response.get_data(as_text=True).strip().split("\n\n")
+    return [(name.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
+            for name, data in (block.split("\n", 1) for block in blocks)]
+
+
+@pytest.fixture(scope="module")
+def chat():
+    server = ChatServer()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.thread.join(5)
+
+
+@pytest.mark.integration
+def test_a_looping_stream_is_stopped_at_the_loop_and_replaced_by_the_extractive_answer(gateway, chat):
+    client, _ = gateway
+    # "endless" streams " more" for 30 s: a loop from its fourth token
+    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="endless", RAGFN_LLM_API_KEY=API_KEY)
+    chat.client_left.clear()
+    streamed = events(ask(app, QUESTION, stream=True))
+    names = [name for name, _ in streamed]
+    tokens = [data for name, data in streamed if name == "token"]
+    assert names[-3:] == ["replace", "citations", "final"] and len(tokens) == LOOP_CHECK_EVERY
+    assert chat.client_left.wait(5)  # generation upstream was cancelled, not run on to max_tokens
+    replace, final = dict(streamed)["replace"], dict(streamed)["final"]
+    assert replace["degraded"] == "ungrounded-answer" and replace["reason"] == "repetition"
+    assert "loop" in replace["message"] and "[1]" in replace["text"] and "list.sort()" in replace["text"]
+    assert [c["n"] for c in dict(streamed)["citations"]] == [1]
+    assert final["degraded"] == "ungrounded-answer" and final["gate"]["passed"] is False
+    assert (final["model"], final["provider"], final["truncated"]) == ("extractive", "extractive", False)
+    assert final["timings_ms"]["gate"] >= 0
+    again = events(ask(app, QUESTION, stream=True))  # an ungrounded answer was never cached
+    assert dict(again)["final"]["cache"] == "miss" and dict(again)["replace"] == replace
+
+
+@pytest.mark.integration
+def test_a_grounded_model_answer_passes_and_is_cached_under_its_model(gateway, chat):
+    client, _ = gateway
+    # served as "extractive" by a remote server: a model like any other to the gateway, whose answers are grounded
+    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY)
+    first = ask(app, QUESTION).get_json()
+    assert first["degraded"] is None and first["gate"] == {"passed": True, "reason": None, "groundedness": 1.0}
+    assert (first["model"], first["provider"]) == ("extractive", "primary")
+    streamed = events(ask(app, QUESTION, stream=True))
+    assert "replace" not in dict(streamed) and dict(streamed)["final"]["cache"] == "hit"
+    assert dict(streamed)["final"]["model"] == "extractive" and dict(streamed)["final"]["gate"] is None
+
+
+@pytest.mark.integration
+def test_smollm2_answers_that_fail_the_gate_are_never_shown(gateway, predictor):
+    client, _ = gateway
+    gated = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm", RAGFN_LLM_TIMEOUT_SECONDS="300")
+    # one token can say nothing the passages support: the gate must refuse it, whatever the token
+    cut = ask(gated, QUESTION, max_tokens=1).get_json()
+    assert cut["degraded"] == "ungrounded-answer" and cut["gate"]["reason"] in ("cut-off", "empty")
+    assert (cut["model"], cut["provider"]) == ("extractive", "extractive")
+    streamed = events(ask(gated, QUESTION, max_tokens=1, stream=True))
+    assert [name for name, _ in streamed][-3:] == ["replace", "citations", "final"]
+    assert dict(streamed)["replace"]["text"] == cut["answer"]  # the same replacement, streamed or not
+    extractive = ask(client(RAGFN_LLM_URL=""), QUESTION, max_tokens=1).get_json()  # no model: the engine itself
+    assert cut["answer"] == extractive["answer"] and cut["truncated"] == extractive["truncated"]
+    assert extractive["gate"] is None and extractive["provider"] == "extractive"
+    # a longer answer: whatever SmolLM2 writes, what is shown is no loop, and a refusal names its reason
+    answer = ask(gated, QUESTION, max_tokens=96).get_json()
+    assert not repetition_loop(answer["answer"]) and answer["gate"] is not None
+    assert (answer["degraded"] == "ungrounded-answer") == (not answer["gate"]["passed"])
+    assert answer["model"] == ("smollm" if answer["gate"]["passed"] else "extractive")
+    ungated = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_ANSWER_GATE="false")  # the model's answer as written
+    raw = ask(ungated, QUESTION, max_tokens=1).get_json()
+    assert raw["degraded"] is None and raw["gate"] is None and raw["truncated"] and raw["model"] == "smollm"
