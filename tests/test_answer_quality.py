@@ -77,7 +77,8 @@ def test_correctness_is_token_f1_and_gold_recall_of_content_words():
 @pytest.mark.unit
 def test_abstentions_are_recognised_and_answers_are_not():
     for text in ("I could not find anything about that in the documents.", "The documents do not mention it.",
-                 "This is not covered in the provided passages.", "There is no information about Slack here."):
+                 "This is not covered in the provided passages.", "There is no information about Slack here.",
+                 "The documents do not answer this."):  # prompt v3's own words
         assert ABSTENTION.search(text), text
     assert not ABSTENTION.search(PASSAGE) and not ABSTENTION.search("Do not call sort() on a tuple.")
 
@@ -124,8 +125,10 @@ def ragfn(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, predictor):
     settings, queries, unanswerable = labelled
+    rows = queries.parent / "answers.jsonl"
     result = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--unanswerable", str(unanswerable),
-                   "--max-tokens", "32", "--json", RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm",
+                   "--max-tokens", "32", "--json", "--answers-out", str(rows), RAGFN_LLM_URL=predictor.base_url,
+                   RAGFN_LLM_SERVED_NAME="smollm",
                    RAGFN_LLM_TIMEOUT_SECONDS="300")  # a busy 2-core machine can take tens of seconds an answer
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -150,6 +153,14 @@ def test_eval_answers_scores_the_extractive_engine_and_the_predictor(labelled, p
     assert gate["caught"] == sum(gate["reasons"].values()) and 0 <= gate["good_refused"] <= gate["caught"]
     assert shown["degenerate"]["repetition"] == shown["degenerate"]["empty"] == 0
     assert gate["min_groundedness"] == 0.5 and gate["latency_p50_ms"] >= 0
+    # every answer, and what the gate withheld, for a person to read
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert [row["engine"] for row in written] == ["extractive"] * 2 + ["llm:smollm"] * 2
+    for row in written[2:]:
+        assert (row["withheld"] is not None) == (row["gate"]["passed"] is False)
+        assert row["withheld"] is None or row["withheld"] != row["answer"]
+    bad = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--answers-out", "/nowhere/at/all.jsonl")
+    assert bad.returncode != 0 and "/nowhere/at" in bad.stderr
 
 
 @pytest.mark.integration
@@ -175,3 +186,58 @@ def test_eval_answers_says_what_is_wrong_with_its_input(labelled, tmp_path):
     broken.write_text("not json\n")
     bad = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--unanswerable", str(broken))
     assert bad.returncode != 0 and "broken.jsonl:1 is not JSON" in bad.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("reply", "relevance", "groundedness"), [
+    ('{"relevance": 4, "groundedness": 5, "reason": "ok"}', 0.75, 1.0),
+    ('Sure! Here is my verdict:\n```json\n{"Relevance": "2", "Groundedness": 1}\n```', 0.25, 0.0),
+    ("relevance: 3\ngroundedness: 4/5", 0.5, 0.75),
+    ("Relevance = 8/10, groundedness 10 out of 10.", 0.8, 1.0),
+    ('{"relevance": 9, "groundedness": 5}', None, 1.0),  # off the scale: no verdict, not a guess
+    ("The answer is good.", None, None),
+    ("", None, None),
+])
+def test_judge_verdicts_are_parsed_robustly_and_never_guessed(reply, relevance, groundedness):
+    from ragfn.llm.judge import parse_verdict
+
+    verdict = parse_verdict(reply)
+    assert (verdict.relevance, verdict.groundedness) == (relevance, groundedness)
+    assert verdict.parsed == (relevance is not None and groundedness is not None)
+
+
+@pytest.mark.unit
+def test_the_judges_prompt_holds_the_versioned_rubric_the_passages_and_the_answer():
+    from ragfn.llm.judge import RUBRIC, RUBRIC_VERSION, judge_messages
+    from ragfn.retrieval.context import Passage
+
+    system, user = judge_messages("How do I sort?", "Call sort() [1].", [Passage(1, "c", "s", "", 0, 1, PASSAGE, 1.0)])
+    assert RUBRIC_VERSION == "j1" and system["content"] == RUBRIC and "JSON" in RUBRIC
+    assert user["content"].startswith("Question: How do I sort?") and f"[1] {PASSAGE}" in user["content"]
+    assert "Answer:\nCall sort() [1]." in user["content"]
+
+
+@pytest.mark.integration
+def test_eval_answers_with_a_judge_scores_each_row_through_the_judges_model(labelled, predictor):
+    settings, queries, _ = labelled
+    # SmolLM2 judges here: a poor judge, but a real model behind the same OpenAI protocol a capable one speaks
+    result = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--max-tokens", "16", "--json",
+                   "--judge", predictor.base_url, "--judge-model", "smollm")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["engines"]["extractive"]["judge"]
+    assert row["rubric"] == "j1" and row["judged"] + row["unparsed"] + row["failed"] == 2 and row["failed"] == 0
+    assert all(v is None or 0.0 <= v <= 1.0 for v in (row["relevance"], row["groundedness"]))
+    down = ragfn(settings, "eval", "--queries", str(queries), "--answers", "--json", "--judge", "http://127.0.0.1:9/v1")
+    assert down.returncode == 0, down.stderr  # a judge that is down is counted, never a score
+    assert json.loads(down.stdout)["engines"]["extractive"]["judge"]["failed"] == 2
+
+
+@pytest.mark.unit
+def test_a_sentence_said_twice_is_a_restatement_and_related_sentences_are_not():
+    from ragfn.gateway.answer_quality import restated
+
+    assert restated("Call list.sort() to sort a list in place quickly. To sort a list in place quickly, call "
+                    "list.sort().")
+    assert not restated(PASSAGE) and not restated("It returns None. It returns None.")  # too short to compare
+    assert not restated("Use sorted() to get a new sorted list from any iterable. Call list.sort() to reorder the "
+                        "list itself in place, which returns None.")

@@ -28,13 +28,28 @@ QUESTION = "How do I sort a list?"
     ("A digital wallet manages financial transactions securely. Banks love it.", False, "unsupported"),
     ("Call list.sort() to sort the list in place [1]. Wallets manage financial transactions securely.", False, None),
     ("Call list.sort() to sort the list in place [1]. The sorted() built-in returns a new list.", False, None),
-    ("Call list.sort() to sort the list in place [1]. The sorted() built-in", True, None),  # cut, but useful
+    ("Call list.sort() to sort the list in place [1]. The sorted() built-in", True, "cut-off"),  # incomplete
     ("Yes.", False, None),  # nothing to judge, nothing wrong
+    # the Debian FAQ answer that passed the share test: every word is the passages', and it says it twice
+    ("Debian GNU/Linux is a Linux distribution developed by the GNU Project, and it is a free, open-source operating "
+     "system that is based on the GNU project. Debian is a Linux distribution that is designed to be a free, "
+     "open-source operating system that is based on the GNU project.", False, "repetition"),
 ])
-def test_the_gate_refuses_loops_empty_useless_cut_offs_and_unsupported_answers(answer, truncated, reason):
-    verdict = AnswerGate(0.5).check(answer, {1: PASSAGE}, truncated=truncated)
+def test_the_gate_refuses_loops_empty_cut_offs_and_unsupported_answers(answer, truncated, reason):
+    debian = "Debian GNU/Linux is a free operating system, a Linux distribution based on the GNU project's software."
+    verdict = AnswerGate(0.5).check(answer, {1: PASSAGE, 2: debian}, truncated=truncated)
     assert (verdict.passed, verdict.reason) == (reason is None, reason)
     assert (verdict.message == "") == (reason is None)
+
+
+@pytest.mark.unit
+def test_kept_cut_offs_pass_only_when_they_said_something_supported():
+    keep = AnswerGate(0.5, keep_cut_offs=True)
+    assert keep.check("Call list.sort() to sort the list in place [1]. The sorted() built-in", {1: PASSAGE},
+                      truncated=True).passed
+    assert keep.check("Sure", {1: PASSAGE}, truncated=True).reason == "cut-off"
+    assert keep.check("A digital wallet manages financial transactions securely.", {1: PASSAGE},
+                      truncated=True).reason == "cut-off"
 
 
 @pytest.mark.unit
@@ -133,3 +148,13 @@ def test_smollm2_answers_that_fail_the_gate_are_never_shown(gateway, predictor):
     ungated = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_ANSWER_GATE="false")  # the model's answer as written
     raw = ask(ungated, QUESTION, max_tokens=1).get_json()
     assert raw["degraded"] is None and raw["gate"] is None and raw["truncated"] and raw["model"] == "smollm"
+
+
+@pytest.mark.integration
+def test_the_prompt_version_is_a_setting_that_names_what_is_wrong(gateway, chat):
+    client, _ = gateway
+    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY,
+                 RAGFN_PROMPT_VERSION="v3")
+    assert ask(app, QUESTION).get_json()["degraded"] is None
+    wrong = ask(client(RAGFN_PROMPT_VERSION="v9"), QUESTION)
+    assert wrong.status_code == 500 and "v9" in wrong.get_json()["message"] and "v3" in wrong.get_json()["hint"]

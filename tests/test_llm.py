@@ -164,6 +164,11 @@ class TestPromptAndCitations:
         assert "[2] s3://bucket/team/doc2.md › Built-ins › sorted\n" in v1[1]["content"]
         assert v1[0] == here[0]  # the same rules
 
+    def test_v3_asks_for_quotes_with_the_same_passages_and_question(self):
+        system, user = build_messages(QUESTION, PASSAGES, prompt_version="v3")
+        assert "word for word" in system["content"] and "The documents do not answer this." in system["content"]
+        assert user == build_messages(QUESTION, PASSAGES)[1] and parse_messages([system, user])[0] == QUESTION
+
     def test_the_extractive_llm_reads_back_exactly_what_build_messages_wrote(self):
         question, parsed = parse_messages(build_messages(QUESTION, PASSAGES))
         assert question == QUESTION

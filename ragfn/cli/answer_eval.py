@@ -7,19 +7,25 @@ the predictor at RAGFN_LLM_URL when one is set (llama.cpp, vLLM or an OpenAI-com
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from ragfn.core.errors import RagfnError
+from ragfn.gateway.answer import Prepared
 from ragfn.gateway.answer_quality import AnswerScore, score
-from ragfn.gateway.ask import AskRequest, Gateway, Prepared
+from ragfn.gateway.ask import AskRequest, Gateway
 from ragfn.gateway.backends import Lookup, gateway_breaker
 from ragfn.gateway.gate import UNGROUNDED
 from ragfn.llm.client import LLM, ExtractiveLLM
+from ragfn.llm.judge import RUBRIC_VERSION, Judge, Verdict
 from ragfn.retrieval.dense import Caller
 from ragfn.retrieval.evalset import EvalQuery, is_relevant, read_source
 from ragfn.serve.runtime import Runtime
+
+log = logging.getLogger("ragfn.eval")
 
 
 class NoAnswerCache:
@@ -49,18 +55,23 @@ def gold_text(query: EvalQuery, corpus: dict[str, str]) -> str:
 
 
 def evaluate_answers(runtime: Runtime, labelled: list[EvalQuery], unanswerable: list[str], *, collection: str,
-                     caller: Caller, max_tokens: int, corpus_dir, advance: Callable[[], None] = lambda: None) -> dict:
+                     caller: Caller, max_tokens: int, corpus_dir, advance: Callable[[], None] = lambda: None,
+                     judge: Judge | None = None, record: Callable[[dict], None] = lambda row: None) -> dict:
     """{engine: summary} over `labelled` (scored against gold) and `unanswerable` (scored for abstention).
 
     A model is asked once, through a gateway with the groundedness gate (when RAGFN_ANSWER_GATE is on): its
     "gate on" row scores what users are shown, its "gate off" row the model's own answers, the ones the gate
     withheld included. `gate` says what the gate did: answers it caught (by reason), and good answers it wrongly
-    refused (not degenerate, and at least the extractive answer's F1 on the same question)."""
+    refused (not degenerate, and at least the extractive answer's F1 on the same question). With a `judge`, each
+    row also has the judge model's mean relevance and groundedness of its answers (each distinct answer judged
+    once). `record` receives one row per answer (question, engine, what was shown, what the gate withheld, the
+    scores) for `--answers-out`."""
     corpus = {name: read_source(corpus_dir / name) for name in sorted({q.source for q in labelled})}
-    report, baseline = {}, []
+    report, baseline, verdicts = {}, [], Verdicts(judge)
     for name, llm in engines(runtime).items():
         gate = runtime.answer_gate if name != "extractive" else None
-        gateway = Gateway(llm, retrieval=runtime.local_retrieval, cache=NoAnswerCache(), gate=gate)
+        gateway = Gateway(llm, retrieval=runtime.local_retrieval, cache=NoAnswerCache(), gate=gate,
+                          prompt_version=runtime.settings.prompt_version)
         shown, own = Scores(), Scores()
         refused, reasons, gate_ms = [], [], []
         for i, query in enumerate(labelled):
@@ -69,6 +80,12 @@ def evaluate_answers(runtime: Runtime, labelled: list[EvalQuery], unanswerable: 
             shown.add(_score(result, query, gold), result["degraded"], seconds)
             original = _score(prepared.withheld, query, gold) if prepared.withheld else shown.answered[-1]
             own.add(original, _degraded_by_model(result["degraded"]), seconds)
+            record({"id": query.id, "question": query.question, "engine": name, "answer": result["answer"],
+                    "degraded": result["degraded"], "gate": result["gate"], "withheld": (prepared.withheld or {}).get(
+                        "answer"), "shown": asdict(shown.answered[-1]), "own": asdict(original)})
+            if judge is not None:
+                shown.judged(verdicts.of(query.question, result["answer"], prepared.passages))
+                own.judged(verdicts.of(query.question, (prepared.withheld or result)["answer"], prepared.passages))
             if name == "extractive":
                 baseline.append(original.correctness)
             if prepared.gate is not None:
@@ -106,6 +123,23 @@ def _score(result: dict, query: EvalQuery, gold: str) -> AnswerScore:
     return score(result["answer"], result["citations"], truncated=result["truncated"], gold=gold, relevant=verdicts)
 
 
+class Verdicts:
+    """The judge's verdicts, each distinct (question, answer) asked once; a judge that fails is counted, not
+    scored."""
+
+    def __init__(self, judge: Judge | None) -> None:
+        self.judge, self.seen = judge, {}
+
+    def of(self, question: str, answer: str, passages) -> Verdict | None:
+        if (question, answer) not in self.seen:
+            try:
+                self.seen[question, answer] = self.judge.verdict(question, answer, passages)
+            except RagfnError as exc:
+                log.warning("the judge failed on %r: %s", question[:80], exc)
+                self.seen[question, answer] = None
+        return self.seen[question, answer]
+
+
 @dataclass
 class Scores:
     """One engine's answers as they come: scores, abstentions, latencies and degradations."""
@@ -114,6 +148,10 @@ class Scores:
     abstained: list[bool] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     degraded: list[str | None] = field(default_factory=list)
+    verdicts: list[Verdict | None] = field(default_factory=list)
+
+    def judged(self, verdict: Verdict | None) -> None:
+        self.verdicts.append(verdict)
 
     def add(self, scored: AnswerScore, degraded: str | None, seconds: float) -> None:
         self.answered.append(scored)
@@ -124,7 +162,15 @@ class Scores:
         self.abstained.append(abstained)
 
     def summary(self) -> dict:
-        return summarize(self.answered, self.abstained, self.latencies, self.degraded)
+        summary = summarize(self.answered, self.abstained, self.latencies, self.degraded)
+        if self.verdicts:
+            parsed = [v for v in self.verdicts if v is not None and v.parsed]
+            summary["judge"] = {"rubric": RUBRIC_VERSION, "judged": len(parsed),
+                                "unparsed": sum(v is not None and not v.parsed for v in self.verdicts),
+                                "failed": sum(v is None for v in self.verdicts),
+                                "relevance": _mean(v.relevance for v in parsed),
+                                "groundedness": _mean(v.groundedness for v in parsed)}
+        return summary
 
 
 def _ask(gateway: Gateway, question: str, collection: str, caller: Caller,

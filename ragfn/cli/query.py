@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -117,6 +118,12 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
             help="with --answers: the folder of the labelled files (default: corpus/ beside --queries)")] = None,
         limit: Annotated[Optional[int], typer.Option(min=1, help="only the first N labelled questions")] = None,
         max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 256,
+        judge_url: Annotated[Optional[str], typer.Option(
+            "--judge", help="with --answers: an OpenAI-compatible base URL whose model scores relevance and groundedness "
+                 "(key: RAGFN_JUDGE_API_KEY)")] = None,
+        judge_model: Annotated[str, typer.Option(help="the model name the judge serves")] = "ragfn",
+        answers_out: Annotated[Optional[Path], typer.Option(
+            help="with --answers: write every answer, what the gate withheld and its scores here (JSONL)")] = None,
     ) -> None:
         """R@1, R@5, R@10, MRR@10 and nDCG@10 of each retrieval mode on a labelled query set; with --answers,
         groundedness, correctness, citation precision, degenerate rate and abstention of each engine's answers."""
@@ -130,7 +137,7 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
             if answers:
                 _answers(runtime_for(), labelled, unanswerable, corpus or queries.parent / "corpus",
                          collection=collection, caller=_caller(tenant, groups), max_tokens=max_tokens,
-                         as_json=as_json)
+                         as_json=as_json, judge=_judge(judge_url, judge_model), answers_out=answers_out)
                 return
             retriever = runtime_for().retriever
             report = {}
@@ -149,8 +156,19 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
             print(f"{mode:8} " + "  ".join(f"{name} {value:.3f}" for name, value in figures.items()))
 
 
+def _judge(url: str | None, model: str):
+    if url is None:
+        return None
+    import os
+
+    from ragfn.llm.client import OpenAIChatClient
+    from ragfn.llm.judge import Judge
+
+    return Judge(OpenAIChatClient(url, model, api_key=os.environ.get("RAGFN_JUDGE_API_KEY"), read_timeout=300))
+
+
 def _answers(runtime, labelled, unanswerable: Path | None, corpus: Path, *, collection: str, caller: Caller,
-             max_tokens: int, as_json: bool) -> None:
+             max_tokens: int, as_json: bool, judge=None, answers_out: Path | None = None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -160,23 +178,29 @@ def _answers(runtime, labelled, unanswerable: Path | None, corpus: Path, *, coll
     if missing:
         raise BadEvent(f"the labelled files {', '.join(missing[:3])} are not in {corpus}",
                        hint="pass --corpus, the folder the labelled set was built from (scripts/build_eval.py)")
+    if answers_out is not None and not answers_out.parent.is_dir():
+        raise BadEvent(f"no folder {answers_out.parent} to write --answers-out into", hint="create it first")
     others = [row["question"] for row in _read_jsonl(unanswerable)] if unanswerable else []
     total = (len(labelled) + len(others)) * len(engines(runtime))
+    rows = answers_out.open("w", encoding="utf-8") if answers_out else None
     with Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True),
-                  transient=True) as progress:
+                  transient=True) as progress, contextlib.nullcontext() if rows is None else rows:
         task = progress.add_task("answers", total=total)
         report = evaluate_answers(runtime, labelled, others, collection=collection, caller=caller,
-                                  max_tokens=max_tokens, corpus_dir=corpus, advance=lambda: progress.advance(task))
+                                  max_tokens=max_tokens, corpus_dir=corpus, advance=lambda: progress.advance(task),
+                                  judge=judge, record=(lambda row: rows.write(json.dumps(row) + "\n")) if rows
+                                  else (lambda row: None))
     if as_json:
         print(json.dumps({"queries": len(labelled), "unanswerable": len(others), "engines": report}, indent=2))
         return
     print(f"{len(labelled)} labelled questions, {len(others)} unanswerable")
     for name, row in report.items():
         figures = {k: v for k, v in row.items()
-                   if k not in ("questions", "unanswerable", "degenerate", "degraded", "gate")}
+                   if k not in ("questions", "unanswerable", "degenerate", "degraded", "gate", "judge")}
         print(f"{name:24} " + "  ".join(f"{k} {v if v is not None else '-'}" for k, v in figures.items()))
-        if row.get("gate"):
-            print(f"{'':24} gate " + "  ".join(f"{k} {v}" for k, v in row["gate"].items()))
+        for part in ("gate", "judge"):
+            if row.get(part):
+                print(f"{'':24} {part} " + "  ".join(f"{k} {v}" for k, v in row[part].items()))
         if not_own := {r: n for r, n in row["degraded"].items() if r != "ungrounded-answer"}:
             print(f"{'':24} warning: degraded answers {not_own}: those are not this engine's own "
                   "(is the predictor at RAGFN_LLM_URL up?)", file=sys.stderr)

@@ -57,10 +57,14 @@ class Settings(BaseSettings):
                                          "primary is cold beyond its wait, down, rate-limited or refusing")
     llm_fallback_served_name: str = Field("ragfn", description="the model name the fallback serves")
     llm_fallback_api_key: str | None = None
+    prompt_version: str = Field("v2", description="the prompt the gateway asks models with (ragfn.llm.client.PROMPTS: "
+                                "v2 cites, v3 quotes); part of the cache scope")
     answer_gate: bool = Field(True, description="check each model answer before it is final (loops, useless "
                               "cut-offs, unsupported sentences); a failing one is replaced by the extractive answer")
     answer_gate_min_groundedness: float = Field(0.5, ge=0, le=1, description="the share of a model answer's "
                                                 "sentences the passages must support to pass the gate")
+    answer_gate_keep_cut_offs: bool = Field(False, description="let an answer cut off at max_tokens pass the gate "
+                                            "when it said something supported (by default a cut-off fails)")
     keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
                                            "pings from the gateway; the cluster uses a PingSource instead")
 

@@ -28,12 +28,14 @@ LOOP_REPEATS = 4  # the same run of tokens this many times back to back is a loo
 LOOP_MAX_RUN = 12  # the longest run (in tokens) looked for
 DISTINCT_MIN_TOKENS = 40  # below this an answer is too short to judge by its share of distinct 4-grams
 DISTINCT_MIN_SHARE = 0.5
+RESTATED_MIN_WORDS = 5  # sentences shorter than this are not compared: "It returns None." twice is no restatement
+RESTATED_SHARE = 0.8
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
 _CITE = re.compile(r"\[(\d{1,3})\]")
 _TRAILING_CITES = re.compile(r"([.!?])((?:\s*\[\d{1,3}\])+)")
 _ABSTAINING = (r"(?:is|are|was|were) not (?:in|covered|mentioned|described|answered)",
                r"(?:could|can)(?: not|not|n't) (?:find|answer|tell|be answered)", r"not (?:found )?in the documents",
-               r"(?:do|does)(?: not|n't) (?:say|mention|cover|contain)", r"no information", r"not enough information",
+               r"(?:do|does)(?: not|n't) (?:say|mention|cover|contain|answer)", r"no information", r"not enough information",
                r"(?:don't|do not) know")
 ABSTENTION = re.compile(r"\b(?:" + "|".join(_ABSTAINING) + r")\b", re.IGNORECASE)
 
@@ -63,6 +65,21 @@ def repetition_loop(text: str) -> bool:
     if len(tokens) >= DISTINCT_MIN_TOKENS:
         grams = [tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3)]
         return len(set(grams)) < DISTINCT_MIN_SHARE * len(grams)
+    return False
+
+
+def restated(text: str) -> bool:
+    """Whether two sentences of RESTATED_MIN_WORDS content words or more share at least RESTATED_SHARE of the shorter
+    one's: the answer says the same thing twice ("X is a free operating system based on GNU. X is ... a free
+    operating system based on GNU."), a loop of two turns that `repetition_loop` does not count."""
+    seen: list[set[str]] = []
+    for sentence in answer_sentences(text):
+        terms = words(sentence)
+        if len(terms) < RESTATED_MIN_WORDS:
+            continue
+        if any(len(terms & other) >= RESTATED_SHARE * min(len(terms), len(other)) for other in seen):
+            return True
+        seen.append(terms)
     return False
 
 

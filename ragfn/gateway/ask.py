@@ -10,7 +10,8 @@
       (`ragfn.gateway.gate`; a stream is corrected by a `replace` event)
     Redis or cache-check down -> no cache ("cache": "off")   degraded: "cache-unavailable"
 Retrieval and the cache run in this process or as remote functions (`ragfn.gateway.backends`,
-`ragfn.gateway.remote`); each, and the LLM, sits behind a circuit breaker, so a dead one costs one fast failure, not a timeout per request.
+`ragfn.gateway.remote`); each, and each model, sits behind a circuit breaker, so a dead one costs one fast failure,
+not a timeout per request.
 
 One trace per question (remote spans in brackets, each under the HTTP CLIENT span of its call; `ragfn.ask`
 carries the rag.* attributes and ends last, after the final server-sent event when streaming):
@@ -24,83 +25,30 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field
 
-from ragfn.cache.redis_cache import CacheHit
-from ragfn.core.errors import RagfnError, Unavailable
+from ragfn.core.errors import ConfigError, RagfnError, Unavailable
 from ragfn.core.telemetry import iterate_in_span, tracer
+from ragfn.gateway.answer import AskRequest, Prepared, citation_json
 from ragfn.gateway.attribution import attribute
-from ragfn.gateway.backends import (
-    AnswerCache,
-    AnswerKey,
-    Lookup,
-    Retrieval,
-    RetrievalQuery,
-    retrieval_attributes,
-)
+from ragfn.gateway.backends import AnswerCache, AnswerKey, Lookup, Retrieval, RetrievalQuery, retrieval_attributes
 from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
-from ragfn.gateway.gate import UNGROUNDED, AnswerGate, GateVerdict, LoopWatch
+from ragfn.gateway.gate import UNGROUNDED, AnswerGate, LoopWatch
 from ragfn.gateway.providers import Generation, Providers, failed
-from ragfn.llm.client import LLM, PROMPT_VERSION, build_messages, citations
+from ragfn.llm.client import LLM, PROMPT_VERSION, PROMPTS, build_messages, citations
 from ragfn.llm.warmup import PredictorWarmth
-from ragfn.retrieval.context import Passage
-from ragfn.retrieval.dense import Caller, Hit
+from ragfn.retrieval.dense import Caller
+
+__all__ = ["NO_RETRIEVAL", "AskRequest", "Gateway", "Prepared"]  # AskRequest and Prepared live in .answer
 
 log = logging.getLogger("ragfn.gateway")
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
                 "Please try again in a moment.")
-
-
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(min_length=1, max_length=4000)
-    collection: str = "default"
-    top_k: int = Field(8, ge=1, le=50)
-    mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
-    stream: bool = False
-    max_tokens: int = Field(256, ge=1, le=4096)
-    budget_tokens: int = Field(1500, ge=50, le=32000)
-
-
-@dataclass
-class Prepared:
-    """Everything before generation: a cache hit, or the passages and the messages for the LLM."""
-
-    hit: CacheHit | None = None
-    hits: list[Hit] = field(default_factory=list)
-    passages: list[Passage] = field(default_factory=list)
-    messages: list[dict] = field(default_factory=list)
-    retrieved: bool = False  # False when retrieval failed outright: there is nothing to answer from
-    cache: str = "off"  # hit | miss | off
-    degraded: list[str] = field(default_factory=list)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    key: AnswerKey | None = None
-    lookup: Lookup | None = None  # set on a miss only: what the answer may be stored under
-    cited: int = 0
-    inferred: bool = False  # the model cited nothing; the citations come from ragfn.gateway.attribution
-    truncated: bool = False  # generation stopped at max_tokens: the answer is cut off
-    answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what feedback names
-    model: str | None = None  # the model that wrote the answer shown ("extractive" for the engine)
-    provider: str | None = None  # primary | fallback | extractive; None when no model was asked
-    gate: GateVerdict | None = None  # None when the gate did not judge (gate off, a cache hit, the extractive engine)
-    withheld: dict | None = None  # the model's answer the gate refused (answer, citations, truncated): for
-    # `ragfn eval --answers`, never shown
-    request: AskRequest | None = None
-    caller: Caller | None = None
-
-
-def _citation_json(passage: Passage) -> dict:
-    return {"n": passage.number, "source": passage.source, "chunk_id": passage.chunk_id, "text": passage.text,
-            "heading_path": passage.heading_path, "start": passage.start, "end": passage.end}
 
 
 class Gateway:
@@ -109,8 +57,11 @@ class Gateway:
 
     def __init__(self, llm: LLM, *, retrieval: Retrieval, cache: AnswerCache, second: LLM | None = None,
                  gate: AnswerGate | None = None, warmth: PredictorWarmth | None = None,
-                 cold_wait_seconds: float = 1.0, feedback: FeedbackStore | None = None) -> None:
-        self.llm, self.gate, self.feedback = llm, gate, feedback
+                 cold_wait_seconds: float = 1.0, feedback: FeedbackStore | None = None,
+                 prompt_version: str = PROMPT_VERSION) -> None:
+        if prompt_version not in PROMPTS:
+            raise ConfigError(f"unknown prompt version {prompt_version!r}", hint=f"one of {', '.join(PROMPTS)}")
+        self.llm, self.gate, self.feedback, self.prompt_version = llm, gate, feedback, prompt_version
         self.providers = Providers(llm, second=second, warmth=warmth, cold_wait_seconds=cold_wait_seconds)
         self.retrieval, self.cache = retrieval, cache
         self.llm_remote = hasattr(llm, "base_url")  # an HTTP client (the predictor), not an in-process engine
@@ -129,7 +80,7 @@ class Gateway:
     def prepare(self, request: AskRequest, caller: Caller, prepared: Prepared | None = None) -> Prepared:
         prepared = prepared if prepared is not None else Prepared()
         prepared.request, prepared.caller = request, caller
-        key = AnswerKey(caller, request.collection, self.providers.expected_model(), PROMPT_VERSION)
+        key = AnswerKey(caller, request.collection, self.providers.expected_model(), self.prompt_version)
         started = time.perf_counter()
         with self._stage("ragfn.ask.cache_lookup", self.cache.remote) as span:
             try:
@@ -163,7 +114,7 @@ class Gateway:
                 if retrieved.degraded:
                     span.set_attribute("rag.fallback.reason", "+".join(retrieved.degraded))
         self._timed(prepared, "retrieve", started)
-        prepared.messages = build_messages(request.question, prepared.passages)
+        prepared.messages = build_messages(request.question, prepared.passages, prompt_version=self.prompt_version)
         return prepared
 
     def ask(self, request: AskRequest, caller: Caller, *, parent: otel_context.Context | None = None,
@@ -306,7 +257,7 @@ class Gateway:
         if not cited and prepared.passages:
             cited = attribute(text, prepared.passages)
             prepared.inferred = bool(cited)
-        return [_citation_json(p) for p in cited]
+        return [citation_json(p) for p in cited]
 
     def _store(self, request: AskRequest, prepared: Prepared, text: str, cited: list[dict], partial: bool) -> None:
         prepared.cited, prepared.truncated = len(cited), partial
@@ -345,7 +296,8 @@ class Gateway:
         if prepared.hit:
             prepared.inferred = bool(prepared.hit.answer.get("citations_inferred"))
             prepared.model = prepared.hit.answer.get("model")
-        final = {"answer_id": prepared.answer_id, "cache": prepared.cache, "degraded": "+".join(prepared.degraded) or None,
+        final = {"answer_id": prepared.answer_id, "cache": prepared.cache,
+                 "degraded": "+".join(prepared.degraded) or None,
                  "citations_inferred": prepared.inferred, "truncated": prepared.truncated, "model": prepared.model,
                  "provider": prepared.provider, "gate": prepared.gate.to_json() if prepared.gate else None,
                  "timings_ms": prepared.timings_ms}
@@ -354,8 +306,9 @@ class Gateway:
                 hit = prepared.hit
                 self.feedback.remember(AnsweredQuestion(
                     prepared.answer_id, prepared.caller.tenant or "", prepared.request.collection,
-                    prepared.request.question, text, prepared.cache, final["degraded"], prepared.model or self.llm.name, PROMPT_VERSION,
-                    hit.question if hit else None, round(hit.similarity, 4) if hit else None))
+                    prepared.request.question, text, prepared.cache, final["degraded"],
+                    prepared.model or self.llm.name, self.prompt_version, hit.question if hit else None,
+                    round(hit.similarity, 4) if hit else None))
             except RagfnError as exc:  # rating is a nicety; the answer stands without it
                 log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)
                 final["answer_id"] = None

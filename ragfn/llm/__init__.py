@@ -1,5 +1,5 @@
 """The answering side: the `LLM` protocol, the OpenAI-compatible client of the predictor, prompts, the extractive
-engine, and what is known of the predictor's warmth.
+engine, what is known of the predictor's warmth, and an LLM judge of answers.
 
 May import: ragfn.core, ragfn.retrieval.
 """

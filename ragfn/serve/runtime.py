@@ -146,7 +146,9 @@ class Runtime:
     def answer_gate(self):
         from ragfn.gateway.gate import AnswerGate
 
-        return AnswerGate(self.settings.answer_gate_min_groundedness) if self.settings.answer_gate else None
+        if not self.settings.answer_gate:
+            return None
+        return AnswerGate(self.settings.answer_gate_min_groundedness, self.settings.answer_gate_keep_cut_offs)
 
     @cached_property
     def warmth(self):
@@ -166,7 +168,8 @@ class Runtime:
 
         return Gateway(self.llm, retrieval=self.retrieval, cache=self.answer_cache, second=self.second_llm,
                        gate=self.answer_gate, warmth=self.warmth,
-                       cold_wait_seconds=self.settings.llm_cold_wait_seconds, feedback=self.feedback)
+                       cold_wait_seconds=self.settings.llm_cold_wait_seconds, feedback=self.feedback,
+                       prompt_version=self.settings.prompt_version)
 
     @cached_property
     def feedback(self):
