@@ -97,7 +97,8 @@ def test_a_warmup_ping_wakes_the_predictor_without_waiting(gateway, gguf_model, 
             assert time.monotonic() < deadline, predictor.log()
             time.sleep(0.2)
         answer = ask(app, QUESTION, max_tokens=32).get_json()  # short: on a loaded machine 256 tokens can take 30 s
-        assert answer["degraded"] is None, answer
+        # the warm model answered (the gate then judged what it wrote; at 32 tokens it may well refuse a cut-off)
+        assert answer["degraded"] in (None, "ungrounded-answer") and answer["gate"] is not None, answer
     finally:
         predictor.stop()
 
