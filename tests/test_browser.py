@@ -52,13 +52,14 @@ def test_a_new_user_gets_a_streamed_cited_answer_in_the_browser(dev_chat, tmp_pa
     # the answer streamed: the page showed it growing, several lengths before its final form
     growing = [text for text in report["stream"] if "⏱" not in text and scenario["question"] not in text]
     assert len(growing) >= 3, report["stream"]
-    assert len(growing[0]) < len(growing[-1]) <= len(report["answer"])
     # the screenshot's moment: the whole answer, its timings, and the opened citation with its passage and source
     page = report["page_text"]
     # never a degenerate answer: the model's, when it passed the gate, or the extractive one with its badge
     assert not repetition_loop(report["answer"]), report["answer"]
     replaced = "answered from them instead" in page
     assert replaced == ("the model's answer" in report["answer"]), page
+    # a replaced stream may have grown longer than the answer that took its place
+    assert len(growing[0]) < len(growing[-1]) and (replaced or len(growing[-1]) <= len(report["answer"]))
     lines = [line for line in report["answer"].splitlines() if len(line) > 20 and not line.startswith("⏱")]
     assert lines and all(line in page for line in lines), (lines, page)
     assert "⏱ cache" in page and "retrieve" in page and "generate" in page
