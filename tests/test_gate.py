@@ -10,7 +10,7 @@ from conftest import ask
 from test_llm import API_KEY, ChatServer
 
 from ragfn.gateway.answer_quality import repetition_loop
-from ragfn.gateway.gate import LOOP_CHECK_EVERY, AnswerGate, LoopWatch
+from ragfn.gateway.gate import AnswerGate, LoopWatch
 from ragfn.llm.client import WORD
 
 PASSAGE = "To sort a list in place, call list.sort(). The sorted() built-in returns a new sorted list."
@@ -71,9 +71,32 @@ def test_a_loop_is_seen_while_it_streams_and_an_answer_is_not():
     watch = LoopWatch()
     seen = next(i for i, delta in enumerate(WORD.findall(LOOP * 3), 1) if watch.add(delta))
     first_loop = next(n for n in range(1, 200) if repetition_loop("".join(WORD.findall(LOOP)[:n])))
-    assert first_loop <= seen < first_loop + LOOP_CHECK_EVERY
+    assert first_loop <= seen <= first_loop + 1  # its last token counts once the next delta shows it is whole
     calm = LoopWatch()
     assert not any(calm.add(delta) for delta in WORD.findall(PASSAGE * 2 + " It also takes a key function."))
+
+
+@pytest.mark.unit
+def test_deltas_that_split_words_are_watched_as_the_whole_text_would_be():
+    text = "int main() {\n" + "delete[] arr;\n" * 3 + "return 0; }"  # three turns: not yet a loop
+    for cut in (1, 2, 3, 5, 7):
+        watch = LoopWatch()
+        assert not any(watch.add(text[i:i + cut]) for i in range(0, len(text), cut)), cut
+        assert watch.add("delete[] arr;\n" * 4 + " ")  # now it is, however the text came in
+
+
+@pytest.mark.unit
+def test_watching_a_long_stream_looks_at_each_token_once():
+    from ragfn.gateway.answer_quality import TOKEN
+
+    words = " ".join(f"w{n % 997}x{n % 13}" + ("." if n % 11 == 0 else "") for n in range(4096))
+    watch, seen = LoopWatch(), []
+    add = watch.detector.add
+    watch.detector.add = lambda token: (seen.append(token), add(token))  # type: ignore[method-assign]
+    assert not any(watch.add(delta) for delta in WORD.findall(words))
+    # a rescan of the whole text every few deltas was quadratic (about 10 s of CPU for these 4,096 words); each
+    # token is now added once, and adding one costs at most LOOP_MAX_RUN * LOOP_REPEATS comparisons
+    assert seen == TOKEN.findall(words)[:-1]  # all but the last, which waits for a delta that shows it is whole
 
 
 def events(response) -> list[tuple[str, object]]:
@@ -100,7 +123,7 @@ def test_a_looping_stream_is_stopped_at_the_loop_and_replaced_by_the_extractive_
     streamed = events(ask(app, QUESTION, stream=True))
     names = [name for name, _ in streamed]
     tokens = [data for name, data in streamed if name == "token"]
-    assert names[-3:] == ["replace", "citations", "final"] and len(tokens) == LOOP_CHECK_EVERY
+    assert names[-3:] == ["replace", "citations", "final"] and len(tokens) <= 6  # a loop from the fourth " more"
     assert chat.client_left.wait(5)  # generation upstream was cancelled, not run on to max_tokens
     replace, final = dict(streamed)["replace"], dict(streamed)["final"]
     assert replace["degraded"] == "ungrounded-answer" and replace["reason"] == "repetition"

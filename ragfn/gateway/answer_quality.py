@@ -30,7 +30,7 @@ DISTINCT_MIN_TOKENS = 40  # below this an answer is too short to judge by its sh
 DISTINCT_MIN_SHARE = 0.5
 RESTATED_MIN_WORDS = 5  # sentences shorter than this are not compared: "It returns None." twice is no restatement
 RESTATED_SHARE = 0.8
-_TOKEN = re.compile(r"\w+|[^\w\s]+")
+TOKEN = re.compile(r"\w+|[^\w\s]+")  # also `ragfn.gateway.gate.LoopWatch`'s tokens
 _CITE = re.compile(r"\[(\d{1,3})\]")
 _TRAILING_CITES = re.compile(r"([.!?])((?:\s*\[\d{1,3}\])+)")
 _ABSTAINING = (r"(?:is|are|was|were) not (?:in|covered|mentioned|described|answered)",
@@ -54,18 +54,38 @@ def repetition_loop(text: str) -> bool:
     """A run of 1 to LOOP_MAX_RUN tokens repeated LOOP_REPEATS times back to back ("delete[] arr; delete[] arr; ..."),
     or, in an answer of DISTINCT_MIN_TOKENS tokens or more, fewer than DISTINCT_MIN_SHARE of its 4-grams distinct
     (a loop whose turns vary a little)."""
-    tokens = [t.lower() for t in _TOKEN.findall(text)]
-    for size in range(1, LOOP_MAX_RUN + 1):
-        span = size * LOOP_REPEATS
-        for start in range(len(tokens) - span + 1):
-            run = tokens[start:start + size]
-            if all(tokens[start + k * size:start + (k + 1) * size] == run for k in range(1, LOOP_REPEATS)):
-                if size > 1 or run[0].isalnum():  # "....." or "!!!!" alone is punctuation, not a loop
-                    return True
-    if len(tokens) >= DISTINCT_MIN_TOKENS:
-        grams = [tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3)]
-        return len(set(grams)) < DISTINCT_MIN_SHARE * len(grams)
-    return False
+    detector = LoopDetector()
+    for token in TOKEN.findall(text):
+        detector.add(token)
+    return detector.looping()
+
+
+class LoopDetector:
+    """`repetition_loop` token by token, for a stream: each token costs at most LOOP_MAX_RUN * LOOP_REPEATS
+    comparisons, so watching a whole answer is linear in its length, not a rescan per check."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.grams: set[tuple[str, ...]] = set()
+        self.back_to_back = False
+
+    def add(self, token: str) -> None:
+        tokens = self.tokens
+        tokens.append(token.lower())
+        n = len(tokens)
+        if n >= 4:
+            self.grams.add(tuple(tokens[-4:]))
+        for size in range(1, LOOP_MAX_RUN + 1):  # only runs that end at this token are new
+            if self.back_to_back or size * LOOP_REPEATS > n:
+                break
+            run = tokens[n - size:]
+            if all(tokens[n - (k + 1) * size:n - k * size] == run for k in range(1, LOOP_REPEATS)):
+                # "....." or "!!!!" alone is punctuation, not a loop
+                self.back_to_back = size > 1 or run[0].isalnum()
+
+    def looping(self) -> bool:
+        n = len(self.tokens)
+        return self.back_to_back or (n >= DISTINCT_MIN_TOKENS and len(self.grams) < DISTINCT_MIN_SHARE * (n - 3))
 
 
 def restated(text: str) -> bool:

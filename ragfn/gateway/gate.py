@@ -3,7 +3,8 @@
 A model's answer fails the gate when it is
     empty        no content words;
     repetition   a loop (`answer_quality.repetition_loop`: the same run of tokens four times back to back, or mostly
-                 repeated 4-grams), found while it streams, so generation stops at the loop instead of at max_tokens;
+                 repeated 4-grams), watched for token by token while it streams, so generation stops at the loop
+                 instead of at max_tokens;
                  or a sentence said twice (`answer_quality.restated`);
     cut-off      stopped at max_tokens: incomplete (by default; with `keep_cut_offs`, only when no sentence of it is
                  supported: nothing useful was said);
@@ -19,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ragfn.gateway.answer_quality import degenerate, groundedness, repetition_loop, restated
+from ragfn.gateway.answer_quality import TOKEN, LoopDetector, degenerate, groundedness, restated
 
 UNGROUNDED = "ungrounded-answer"
-LOOP_CHECK_EVERY = 16  # deltas between two loop checks of a stream: a loop is caught within this many tokens
 REASONS = {
     "empty": "the model's answer was empty",
     "repetition": "the model's answer repeated itself in a loop",
@@ -74,11 +74,15 @@ class AnswerGate:
 
 
 class LoopWatch:
-    """Follows a stream's deltas and says when the text so far has become a repetition loop."""
+    """Follows a stream's deltas and says when the text so far has become a repetition loop. A delta may end inside
+    a word, so the last token waits for the next delta before it counts; each token is looked at once."""
 
-    def __init__(self, every: int = LOOP_CHECK_EVERY) -> None:
-        self.every, self.parts = every, []
+    def __init__(self) -> None:
+        self.detector, self.pending = LoopDetector(), ""
 
     def add(self, delta: str) -> bool:
-        self.parts.append(delta)
-        return len(self.parts) % self.every == 0 and repetition_loop("".join(self.parts))
+        tokens = TOKEN.findall(self.pending + delta)
+        self.pending = tokens.pop() if tokens and (self.pending + delta)[-1:].strip() else ""
+        for token in tokens:
+            self.detector.add(token)
+        return self.detector.looping()
