@@ -181,3 +181,13 @@ def test_the_prompt_version_is_a_setting_that_names_what_is_wrong(gateway, chat)
     assert ask(app, QUESTION).get_json()["degraded"] is None
     wrong = ask(client(RAGFN_PROMPT_VERSION="v9"), QUESTION)
     assert wrong.status_code == 500 and "v9" in wrong.get_json()["message"] and "v3" in wrong.get_json()["hint"]
+
+
+@pytest.mark.unit
+def test_a_token_that_never_ends_is_counted_not_re_read():
+    watch, seen = LoopWatch(), []
+    add = watch.detector.add
+    watch.detector.add = lambda token: (seen.append(token), add(token))  # type: ignore[method-assign]
+    for _ in range(4096):  # a line of dashes, one delta at a time, which no loop rule stops
+        watch.add("-" * 16)
+    assert len(watch.pending) <= 64 and sum(map(len, seen)) + len(watch.pending) == 16 * 4096

@@ -107,3 +107,33 @@ def test_each_provider_has_its_own_breaker_and_key(settings, chat):
 def test_without_a_fallback_url_there_is_no_second_provider(settings):
     runtime = Runtime(settings)
     assert runtime.second_llm is None and set(runtime.gateway.providers.breakers) == {"llm"}
+
+
+def test_a_fallback_serving_the_primarys_name_is_cached_apart_from_it(gateway, backup):
+    client, _ = gateway
+    # both serve "backup" (two predictors left at one default name): the fallback's answers must not become the
+    # primary's, so while the primary is asked first its scope never holds them
+    app = client(RAGFN_LLM_URL=closed_url(), RAGFN_LLM_SERVED_NAME="backup", RAGFN_LLM_COLD_WAIT_SECONDS="0.2",
+                 RAGFN_LLM_FALLBACK_URL=backup.base_url, RAGFN_LLM_FALLBACK_SERVED_NAME="backup")
+    for _ in range(2):
+        body = ask(app, QUESTION).get_json()
+        assert (body["provider"], body["model"], body["cache"]) == ("fallback", "backup", "miss")
+    runtime = Runtime(Settings())  # the same settings (the environment): what that gateway caches under
+    assert runtime.gateway.providers.cache_names == {"primary": "backup", "fallback": "backup+fallback"}
+
+
+def test_llm_urls_are_checked_when_the_settings_load_and_never_shown_with_credentials(settings, chat):
+    from pydantic import ValidationError
+
+    from ragfn.core.errors import Unavailable
+    from ragfn.llm.client import OpenAIChatClient
+
+    for bad in ({"llm_url": "http://host:notaport/v1"}, {"llm_url": "ftp://host/v1"},
+                {"llm_fallback_url": "http://host:notaport/v1", "llm_url": chat.base_url},
+                {"llm_fallback_url": chat.base_url}):  # a fallback with no primary
+        with pytest.raises(ValidationError, match="RAGFN_LLM"):
+            Settings(**{**settings.model_dump(), **bad})
+    down = OpenAIChatClient(closed_url().replace("http://", "http://user:secret@") + "?key=secret", "m")
+    with pytest.raises(Unavailable) as raised:
+        down.complete([{"role": "user", "content": "hi"}], max_tokens=4)
+    assert "secret" not in str(raised.value) and "127.0.0.1" in str(raised.value)

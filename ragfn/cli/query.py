@@ -134,10 +134,13 @@ def register(app: typer.Typer, runtime_for, fail) -> None:
             if not queries.is_file():
                 raise BadEvent(f"no such queries file: {queries}", hint="build one with scripts/build_eval.py")
             labelled = load_queries(queries)[:limit]
+            if not answers and (judge_url or answers_out):
+                raise BadEvent("--judge and --answers-out score answers", hint="add --answers")
             if answers:
+                judge = _judge(judge_url, judge_model)  # a bad judge URL is refused before anything is loaded
                 _answers(runtime_for(), labelled, unanswerable, corpus or queries.parent / "corpus",
                          collection=collection, caller=_caller(tenant, groups), max_tokens=max_tokens,
-                         as_json=as_json, judge=_judge(judge_url, judge_model), answers_out=answers_out)
+                         as_json=as_json, judge=judge, answers_out=answers_out)
                 return
             retriever = runtime_for().retriever
             report = {}
@@ -182,7 +185,10 @@ def _answers(runtime, labelled, unanswerable: Path | None, corpus: Path, *, coll
         raise BadEvent(f"no folder {answers_out.parent} to write --answers-out into", hint="create it first")
     others = [row["question"] for row in _read_jsonl(unanswerable)] if unanswerable else []
     total = (len(labelled) + len(others)) * len(engines(runtime))
-    rows = answers_out.open("w", encoding="utf-8") if answers_out else None
+    try:
+        rows = answers_out.open("w", encoding="utf-8") if answers_out else None
+    except OSError as exc:
+        raise BadEvent(f"cannot write --answers-out {answers_out}: {exc.strerror}", hint="name a file you may write")
     with Progress(TextColumn("answers"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True),
                   transient=True) as progress, contextlib.nullcontext() if rows is None else rows:
         task = progress.add_task("answers", total=total)

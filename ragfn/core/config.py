@@ -118,10 +118,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
         return value.strip() if value is not None else None
 
+    @field_validator("llm_url", "llm_fallback_url")
+    @classmethod
+    def _check_llm_url(cls, value: str | None, info) -> str | None:
+        if value:
+            import httpx
+
+            try:
+                url = httpx.URL(value)
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"RAGFN_{info.field_name.upper()} is not a URL: {exc}") from exc
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError(f"RAGFN_{info.field_name.upper()} must be an http(s) URL, e.g. http://predictor/v1")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError("RAGFN_CHUNK_OVERLAP_TOKENS must be smaller than RAGFN_CHUNK_TOKENS")
+        if self.llm_fallback_url and not self.llm_url:
+            raise ValueError("RAGFN_LLM_FALLBACK_URL is set without RAGFN_LLM_URL: the fallback backs up a primary "
+                             "model; set RAGFN_LLM_URL (to the fallback's URL, if it is the only model)")
         return self
 
     @property

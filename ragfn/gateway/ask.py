@@ -47,6 +47,7 @@ from ragfn.retrieval.dense import Caller
 __all__ = ["NO_RETRIEVAL", "AskRequest", "Gateway", "Prepared"]  # AskRequest and Prepared live in .answer
 
 log = logging.getLogger("ragfn.gateway")
+MAX_CHARS_PER_TOKEN = 64  # far above any tokenizer's longest token: more text than this means max_tokens was ignored
 NO_RETRIEVAL = ("Document search is unavailable right now, so this question cannot be answered from the documents. "
                 "Please try again in a moment.")
 
@@ -136,6 +137,8 @@ class Gateway:
                 completion = generation.result
                 self._timed(prepared, "generate", started)
                 text, truncated = completion.text, completion.finish_reason == "length"
+                if len(text) > MAX_CHARS_PER_TOKEN * request.max_tokens:  # a server that ignored max_tokens
+                    text, truncated = text[:MAX_CHARS_PER_TOKEN * request.max_tokens], True
                 cited = self._cite(prepared, text)
                 if (replaced := self._judge(request, prepared, generation, text, cited, truncated)) is not None:
                     text, cited, truncated = replaced
@@ -195,6 +198,10 @@ class Gateway:
                     if watch is not None and watch.add(delta):
                         looped = True
                         llm_span.set_attribute("rag.llm.stopped", "repetition")
+                        break
+                    if len(parts) > request.max_tokens:  # each delta holds a token or more: a server ignoring
+                        looped = True  # max_tokens is stopped here, and its answer counts as cut off
+                        llm_span.set_attribute("rag.llm.stopped", "max-tokens-ignored")
                         break
             except Unavailable:
                 self.providers.stream_failed(generation.provider)
@@ -265,7 +272,8 @@ class Gateway:
             return  # only complete, cited, non-degraded answers are worth repeating
         started = time.perf_counter()
         answer = {"answer": text, "citations": cited, "citations_inferred": prepared.inferred, "model": prepared.model}
-        key = replace(prepared.key, model=prepared.model or prepared.key.model)  # cached under the model that wrote it
+        # cached under the model that wrote it, so the fallback's answers are never served as the primary's
+        key = replace(prepared.key, model=self.providers.cache_names.get(prepared.provider, prepared.key.model))
         documents = sorted({c["source"] for c in cited})
         with self._stage("ragfn.ask.cache_store", self.cache.remote) as span:
             try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ragfn.gateway.answer_quality import TOKEN, LoopDetector, degenerate, groundedness, restated
 
 UNGROUNDED = "ungrounded-answer"
+MAX_PENDING = 64  # characters of an unfinished token held back for the next delta
 REASONS = {
     "empty": "the model's answer was empty",
     "repetition": "the model's answer repeated itself in a loop",
@@ -83,6 +84,9 @@ class LoopWatch:
     def add(self, delta: str) -> bool:
         tokens = TOKEN.findall(self.pending + delta)
         self.pending = tokens.pop() if tokens and (self.pending + delta)[-1:].strip() else ""
+        if len(self.pending) > MAX_PENDING:  # "-----..." one delta at a time: count it now, not re-read it forever
+            tokens.append(self.pending)
+            self.pending = ""
         for token in tokens:
             self.detector.add(token)
         return self.detector.looping()

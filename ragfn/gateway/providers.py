@@ -50,8 +50,12 @@ class Providers:
         self.extractive = extractive or ExtractiveLLM()
         self.warmth, self.cold_wait_seconds = warmth, cold_wait_seconds
         self.breakers = {"llm": gateway_breaker("llm")}
+        # The name a model's answers are cached under: two servers may well serve the same name ("ragfn", KServe's
+        # default), and the fallback's answers must never be served as the primary's.
+        self.cache_names = {"primary": primary.name}
         if second is not None:
             self.breakers["llm-fallback"] = gateway_breaker("llm-fallback")
+            self.cache_names["fallback"] = second.name if second.name != primary.name else f"{second.name}+fallback"
 
     def call(self, span: trace.Span, messages: list[dict], method: str, max_tokens: int) -> Generation:
         """The primary's `complete` or `stream`; else the second provider's; else the extractive engine's, with the
@@ -98,8 +102,8 @@ class Providers:
         """The model a question will most likely be answered by, whose cached answers a lookup should see: the
         second provider's while the primary's circuit is open, else the primary's."""
         if self.second is not None and self.breakers["llm"].state == "open":
-            return self.second.name
-        return self.primary.name
+            return self.cache_names["fallback"]
+        return self.cache_names["primary"]
 
     def stream_failed(self, provider: Provider) -> None:
         """A stream that broke after it started: a primary's warm-up state learns it is down."""

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -81,9 +82,15 @@ class OpenAIChatClient(LLM):
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, connect_timeout: float = 3.0,
                  read_timeout: float = 60.0, http: httpx.Client | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM base URL {base_url!r} is not http(s)", hint="e.g. http://predictor/v1")
+        try:
+            parsed = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"LLM base URL {shown_url(base_url)!r} is not a URL: {exc}",
+                              hint="e.g. http://predictor/v1") from exc
+        if parsed.scheme not in ("http", "https"):
+            raise ConfigError(f"LLM base URL {shown_url(base_url)!r} is not http(s)", hint="e.g. http://predictor/v1")
         self.base_url = base_url.rstrip("/")
+        self.shown_url = shown_url(self.base_url)  # what errors may say: they reach users (an SSE error event)
         self.model = self.name = model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # connect fails fast (nothing listening); read is the longest silence tolerated between two stream chunks
@@ -99,7 +106,7 @@ class OpenAIChatClient(LLM):
         try:
             return self._completion(response.read())
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
+            raise _transport_error(exc, self.shown_url) from exc
         finally:
             response.close()
 
@@ -107,13 +114,13 @@ class OpenAIChatClient(LLM):
                temperature: float = 0.0) -> TextStream:
         # Sent eagerly, so a down or refusing server raises here and the caller can fall back before streaming.
         response = self._post(messages, max_tokens, stop, temperature, stream=True)
-        return TextStream(response, self.base_url)
+        return TextStream(response, self.shown_url)
 
     def stream_prompt(self, prompt: str, *, max_tokens: int, stop: list[str] | None = None,
                       temperature: float = 0.0) -> TextStream:
         """A raw text completion (`/completions`, no chat template), streamed like `stream`."""
         response = self._post(None, max_tokens, stop, temperature, stream=True, prompt=prompt)
-        return TextStream(response, self.base_url)
+        return TextStream(response, self.shown_url)
 
     def warmup(self, timeout: float = 5.0) -> bool:
         """Wake a scaled-to-zero server; True when it is ready (`ragfn.llm.warmup.probe`). Never raises."""
@@ -131,7 +138,7 @@ class OpenAIChatClient(LLM):
             request = self._http.build_request("POST", url, json=body, headers=self.headers, timeout=self._timeout)
             response = self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, url) from exc
+            raise _transport_error(exc, shown_url(url)) from exc
         if response.status_code >= 400:
             try:
                 detail = _upstream_message(response.read(), response.reason_phrase)
@@ -139,7 +146,7 @@ class OpenAIChatClient(LLM):
                 detail = response.reason_phrase
             finally:
                 response.close()
-            raise _status_error(response.status_code, detail, url, response.headers.get("retry-after"))
+            raise _status_error(response.status_code, detail, shown_url(url), response.headers.get("retry-after"))
         return response
 
     def _completion(self, raw: bytes) -> Completion:
@@ -152,7 +159,7 @@ class OpenAIChatClient(LLM):
                               int(usage.get("completion_tokens", len(text.split()))),
                               str(payload.get("model") or self.model), choice.get("finish_reason") or "stop")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise Unavailable(f"malformed chat completion from {self.base_url}: {raw[:200]!r}") from exc
+            raise Unavailable(f"malformed chat completion from {self.shown_url}: {raw[:200]!r}") from exc
 
 
 class TextStream(Iterator[str]):
@@ -202,6 +209,12 @@ class TextStream(Iterator[str]):
             raise _transport_error(exc, self._source) from exc
         # without [DONE] the answer may be cut short, and a partial answer must not pass for a whole one
         raise Unavailable(f"stream from {self._source} ended before [DONE]")
+
+
+def shown_url(url: str) -> str:
+    """The URL without user:password and query: error messages travel to users, credentials must not."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 def _transport_error(exc: httpx.HTTPError, url: str) -> Unavailable:

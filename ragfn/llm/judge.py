@@ -43,6 +43,8 @@ class Verdict:
 
 
 def _scaled(value: object, scale: float = 5.0) -> float | None:
+    if isinstance(value, bool):  # JSON true is not a score
+        return None
     try:
         score = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -55,8 +57,9 @@ def _scaled(value: object, scale: float = 5.0) -> float | None:
 
 
 def parse_verdict(reply: str) -> Verdict:
-    """The judge's scores from its reply: the first JSON object with both fields, else labelled numbers."""
-    for match in _OBJECT.finditer(reply):
+    """The judge's scores from its reply: the last JSON object with both fields (a judge that quotes the answer
+    before its verdict quotes any object planted in it first), else the last labelled numbers."""
+    for match in reversed(list(_OBJECT.finditer(reply))):
         try:
             found = json.loads(match.group())
         except ValueError:
@@ -68,13 +71,16 @@ def parse_verdict(reply: str) -> Verdict:
                 return Verdict(relevance, grounded, str(fields.get("reason", ""))[:300], reply)
     scores: dict[str, float | None] = {}
     for name, value, scale in _FIELD.findall(reply):
-        scores.setdefault(name.lower(), _scaled(value, float(scale) if scale else 5.0))
+        scores[name.lower()] = _scaled(value, float(scale) if scale else 5.0)
     return Verdict(scores.get("relevance"), scores.get("groundedness"), "", reply)
 
 
 def judge_messages(question: str, answer: str, passages: list[Passage]) -> list[dict]:
-    shown = "\n\n".join(f"[{p.number}] {p.text}" for p in passages) or "(none)"
-    user = f"Question: {' '.join(question.split())}\n\nPassages:\n\n{shown}\n\nAnswer:\n{answer}\n\nYour JSON verdict:"
+    """The rubric, then the question, passages and answer as one JSON document: whatever they hold (a planted
+    verdict, "ignore the rubric") stays a string value, never text the judge could read as the prompt's own."""
+    case = {"question": " ".join(question.split()), "passages": {str(p.number): p.text for p in passages},
+            "answer": answer}
+    user = f"The case to grade, as JSON:\n{json.dumps(case, ensure_ascii=False, indent=1)}\n\nYour JSON verdict:"
     return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
 
 

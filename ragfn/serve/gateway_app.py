@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from urllib.parse import urlsplit, urlunsplit
 
 import flask
 from opentelemetry import context as otel_context
@@ -26,6 +25,7 @@ from ragfn.core.telemetry import context_from_headers
 from ragfn.gateway.ask import AskRequest
 from ragfn.gateway.keepalive import KeepAlive
 from ragfn.gateway.uploads import StatusQuery, Upload, Uploads, split_groups
+from ragfn.llm.client import shown_url
 from ragfn.retrieval.dense import Caller
 from ragfn.serve.gateway_api import FeedbackRequest, openapi_document
 from ragfn.serve.handler import LazyRuntime, decode_json, error_response, guarded
@@ -180,14 +180,8 @@ def warmup(runtime: Runtime) -> flask.Response:
     if warmth is None:
         return flask.jsonify({"llm": runtime.llm.name, "state": "ready", "warming": False})
     warmth.ping()
-    return flask.Response(json.dumps({"llm": without_userinfo(runtime.settings.llm_url), **warmth.describe()}),
+    return flask.Response(json.dumps({"llm": shown_url(runtime.settings.llm_url), **warmth.describe()}),
                           status=202, mimetype="application/json")
-
-
-def without_userinfo(url: str) -> str:
-    """The URL without a user:password part: /v1/warmup answers anyone, so it must not show credentials."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else url
 
 
 def create_app() -> flask.Flask:
