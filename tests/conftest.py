@@ -397,3 +397,15 @@ def gcs_emulator(bucket: str):
             yield storage.Client(project="test").bucket(bucket)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_server():
+    """tests/chat_server.py's misbehaving OpenAI-compatible server, for the gateway's failure-mode tests."""
+    from chat_server import ChatServer
+
+    server = ChatServer()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.thread.join(5)

@@ -1,13 +1,12 @@
 """The groundedness gate (ragfn.gateway.gate): its checks, and the gateway replacing what fails them, in JSON and in
-a stream, with SmolLM2 on the real predictor and with misbehaving OpenAI-compatible servers (test_llm.ChatServer)."""
+a stream, with SmolLM2 on the real predictor and with misbehaving OpenAI-compatible servers (tests/chat_server.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from chat_server import API_KEY
 from conftest import ask
-from test_llm import API_KEY, ChatServer
+from test_cold_start import events
 
 from ragfn.gateway.answer_quality import repetition_loop
 from ragfn.gateway.gate import AnswerGate, LoopWatch
@@ -99,32 +98,17 @@ def test_watching_a_long_stream_looks_at_each_token_once():
     assert seen == TOKEN.findall(words)[:-1]  # all but the last, which waits for a delta that shows it is whole
 
 
-def events(response) -> list[tuple[str, object]]:
-    blocks = response.get_data(as_text=True).strip().split("\n\n")
-    return [(name.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
-            for name, data in (block.split("\n", 1) for block in blocks)]
-
-
-@pytest.fixture(scope="module")
-def chat():
-    server = ChatServer()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.thread.join(5)
-
-
 @pytest.mark.integration
-def test_a_looping_stream_is_stopped_at_the_loop_and_replaced_by_the_extractive_answer(gateway, chat):
+def test_a_looping_stream_is_stopped_at_the_loop_and_replaced_by_the_extractive_answer(gateway, chat_server):
     client, _ = gateway
     # "endless" streams " more" for 30 s: a loop from its fourth token
-    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="endless", RAGFN_LLM_API_KEY=API_KEY)
-    chat.client_left.clear()
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="endless", RAGFN_LLM_API_KEY=API_KEY)
+    chat_server.client_left.clear()
     streamed = events(ask(app, QUESTION, stream=True))
     names = [name for name, _ in streamed]
     tokens = [data for name, data in streamed if name == "token"]
     assert names[-3:] == ["replace", "citations", "final"] and len(tokens) <= 6  # a loop from the fourth " more"
-    assert chat.client_left.wait(5)  # generation upstream was cancelled, not run on to max_tokens
+    assert chat_server.client_left.wait(5)  # generation upstream was cancelled, not run on to max_tokens
     replace, final = dict(streamed)["replace"], dict(streamed)["final"]
     assert replace["degraded"] == "ungrounded-answer" and replace["reason"] == "repetition"
     assert "loop" in replace["message"] and "[1]" in replace["text"] and "list.sort()" in replace["text"]
@@ -137,10 +121,10 @@ def test_a_looping_stream_is_stopped_at_the_loop_and_replaced_by_the_extractive_
 
 
 @pytest.mark.integration
-def test_a_grounded_model_answer_passes_and_is_cached_under_its_model(gateway, chat):
+def test_a_grounded_model_answer_passes_and_is_cached_under_its_model(gateway, chat_server):
     client, _ = gateway
     # served as "extractive" by a remote server: a model like any other to the gateway, whose answers are grounded
-    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY)
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY)
     first = ask(app, QUESTION).get_json()
     assert first["degraded"] is None and first["gate"] == {"passed": True, "reason": None, "groundedness": 1.0}
     assert (first["model"], first["provider"]) == ("extractive", "primary")
@@ -174,9 +158,9 @@ def test_smollm2_answers_that_fail_the_gate_are_never_shown(gateway, predictor):
 
 
 @pytest.mark.integration
-def test_the_prompt_version_is_a_setting_that_names_what_is_wrong(gateway, chat):
+def test_the_prompt_version_is_a_setting_that_names_what_is_wrong(gateway, chat_server):
     client, _ = gateway
-    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY,
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="extractive", RAGFN_LLM_API_KEY=API_KEY,
                  RAGFN_PROMPT_VERSION="v3")
     assert ask(app, QUESTION).get_json()["degraded"] is None
     wrong = ask(client(RAGFN_PROMPT_VERSION="v9"), QUESTION)
@@ -191,3 +175,18 @@ def test_a_token_that_never_ends_is_counted_not_re_read():
     for _ in range(4096):  # a line of dashes, one delta at a time, which no loop rule stops
         watch.add("-" * 16)
     assert len(watch.pending) <= 64 and sum(map(len, seen)) + len(watch.pending) == 16 * 4096
+
+
+@pytest.mark.integration
+def test_a_server_that_ignores_max_tokens_is_stopped_and_its_answer_counts_as_cut_off(gateway, chat_server):
+    client, _ = gateway
+    # "verbose" streams for 30 s and answers 20,000 words whatever max_tokens says; the gate is off, so nothing
+    # else would stop it
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="verbose", RAGFN_LLM_API_KEY=API_KEY,
+                 RAGFN_ANSWER_GATE="false")
+    chat_server.client_left.clear()
+    streamed = events(ask(app, QUESTION, stream=True, max_tokens=8))
+    assert len([name for name, _ in streamed if name == "token"]) == 9 and dict(streamed)["final"]["truncated"]
+    assert chat_server.client_left.wait(5)  # and the upstream was told to stop
+    whole = ask(app, QUESTION, max_tokens=8).get_json()
+    assert len(whole["answer"]) == 64 * 8 and whole["truncated"] and whole["cache"] == "miss"

@@ -1,7 +1,8 @@
 """The ask gateway in cluster shape: retrieve, cache-check and ask as separate functions-framework servers.
 
-One module-scoped set of real servers (a `chroma run` server, Redis, the predictor stand-in from test_llm) and one
-JSONL trace file they all append to; the tests read the trace back to check that one question is one trace.
+One module-scoped set of real servers (a `chroma run` server, Redis, the predictor stand-in from
+tests/chat_server.py) and one JSONL trace file they all append to; the tests read the trace back to check that one
+question is one trace.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from chat_server import API_KEY, ChatServer
 from conftest import REPO, free_port, wait_http
-from test_llm import API_KEY, ChatServer
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 

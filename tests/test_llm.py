@@ -5,18 +5,14 @@ a minimal OpenAI-compatible server around the extractive engine, standing in for
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from chat_server import API_KEY, ChatServer
 from conftest import REPO, free_port
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from ragfn.core.errors import BadEvent, ConfigError, RateLimited, Unavailable
 from ragfn.core.uris import document_name
@@ -33,7 +29,6 @@ from ragfn.llm.client import (
 from ragfn.llm.extractive import extractive_answer
 from ragfn.retrieval.context import Passage, render
 
-API_KEY = "sk-local-test"
 QUESTION = "How do I sort a list?"
 
 
@@ -49,91 +44,9 @@ PASSAGES = [
 ]
 
 
-class ChatServer:
-    """Serves `ExtractiveLLM` as model "extractive", and models that misbehave the way real upstreams do."""
-
-    MODELS = ("extractive", "fails-500", "busy-429", "slow", "garbled", "truncated", "endless")
-
-    def __init__(self) -> None:
-        self.engine = ExtractiveLLM()
-        self.client_left = threading.Event()  # set when a stream's writer finds the client gone
-        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    @staticmethod
-    def error(status: int, message: str, **headers: str) -> Response:
-        body = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}}
-        return Response(json.dumps(body), status, headers=headers, mimetype="application/json")
-
-    @Request.application
-    def app(self, request: Request) -> Response:
-        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
-            return self.error(401, "invalid API key")
-        if request.method == "GET" and request.path == "/v1/models":
-            data = [{"id": name, "object": "model", "owned_by": "ragfn"} for name in self.MODELS]
-            return Response(json.dumps({"object": "list", "data": data}), mimetype="application/json")
-        if request.method != "POST" or request.path != "/v1/chat/completions":
-            return self.error(404, f"no route {request.method} {request.path}")
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            return self.error(400, "messages must be a non-empty list")
-        max_tokens = body.get("max_tokens", 256)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            return self.error(400, f"max_tokens must be at least 1, got {max_tokens!r}")
-        model = body.get("model")
-        if model not in self.MODELS:
-            return self.error(404, f"model {model!r} not found")
-        if model == "fails-500":
-            return self.error(500, "engine crashed")
-        if model == "busy-429":
-            return self.error(429, "too many requests", **{"Retry-After": "2"})
-        if model == "slow":
-            time.sleep(2.0)
-        args = {"max_tokens": max_tokens, "stop": body.get("stop"), "temperature": body.get("temperature", 0.0)}
-        if body.get("stream"):
-            return Response(self.sse(model, body["messages"], args), mimetype="text/event-stream")
-        done = self.engine.complete(body["messages"], **args)
-        return Response(json.dumps({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": done.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                         "finish_reason": done.finish_reason}],
-            "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                      "total_tokens": done.prompt_tokens + done.completion_tokens}}), mimetype="application/json")
-
-    def sse(self, model: str, messages: list[dict], args: dict) -> Iterator[str]:
-        def event(delta: dict, finish: str | None = None) -> str:
-            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "extractive",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(chunk)}\n\n"
-
-        yield ": keep-alive comment, which clients must skip\n\n" + event({"role": "assistant"})
-        if model == "endless":
-            try:
-                for _ in range(3000):  # ~30 s: long enough that only a client leaving ends it early
-                    time.sleep(0.01)
-                    yield event({"content": " more"})
-            except GeneratorExit:
-                self.client_left.set()
-                raise
-            return
-        done = self.engine.complete(messages, **args)
-        for delta in self.engine.stream(messages, **args):
-            yield event({"content": delta})
-        if model == "garbled":
-            yield "data: {not json\n\n"
-        yield event({}, done.finish_reason)
-        if model != "truncated":
-            yield "data: [DONE]\n\n"
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[ChatServer]:
-    chat = ChatServer()
-    chat.thread.start()
-    yield chat
-    chat.server.shutdown()
-    chat.thread.join(5)
+def server(chat_server: ChatServer) -> ChatServer:
+    return chat_server
 
 
 def client(server: ChatServer, model: str = "extractive", **kwargs: object) -> OpenAIChatClient:

@@ -2,31 +2,22 @@
 down or refusing, behind its own breaker; its answers carry its model and are cached under it.
 
 The fallback is the real predictor (KServe's ModelServer) with its extractive engine, served as "backup"; the primary
-is a misbehaving OpenAI-compatible server (test_llm.ChatServer: a 429, a 500, a refused key) or a closed port."""
+is a misbehaving OpenAI-compatible server (tests/chat_server.py: a 429, a 500, a refused key) or a closed port."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+from chat_server import API_KEY
 from conftest import PredictorProcess, ask
-from test_gate import events
-from test_llm import API_KEY, ChatServer
+from test_cold_start import events
 
 from ragfn.core.config import Settings
 from ragfn.serve.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 QUESTION = "How do I sort a list?"
-
-
-@pytest.fixture(scope="module")
-def chat():
-    server = ChatServer()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +35,9 @@ def closed_url() -> str:
 
 
 def test_a_rate_limited_primary_hands_the_question_to_the_fallback_which_is_cached_under_its_model(
-        gateway, chat, backup):
+        gateway, chat_server, backup):
     client, _ = gateway
-    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="busy-429", RAGFN_LLM_API_KEY=API_KEY,
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="busy-429", RAGFN_LLM_API_KEY=API_KEY,
                  RAGFN_LLM_FALLBACK_URL=backup.base_url, RAGFN_LLM_FALLBACK_SERVED_NAME="backup")
     first = ask(app, QUESTION).get_json()
     assert first["degraded"] is None and (first["model"], first["provider"]) == ("backup", "fallback")
@@ -63,10 +54,10 @@ def test_a_rate_limited_primary_hands_the_question_to_the_fallback_which_is_cach
 
 
 @pytest.mark.parametrize(("url", "served"), [("chat", "fails-500"), ("chat", "nope"), ("closed", "smollm")])
-def test_a_down_or_refusing_primary_falls_back_to_the_second_provider(gateway, chat, backup, url, served):
+def test_a_down_or_refusing_primary_falls_back_to_the_second_provider(gateway, chat_server, backup, url, served):
     client, _ = gateway
     # "nope" is a model the server does not have (404: refused); a closed port is a predictor that is not there
-    app = client(RAGFN_LLM_URL=chat.base_url if url == "chat" else closed_url(), RAGFN_LLM_SERVED_NAME=served,
+    app = client(RAGFN_LLM_URL=chat_server.base_url if url == "chat" else closed_url(), RAGFN_LLM_SERVED_NAME=served,
                  RAGFN_LLM_API_KEY=API_KEY, RAGFN_LLM_COLD_WAIT_SECONDS="0.2",
                  RAGFN_LLM_FALLBACK_URL=backup.base_url, RAGFN_LLM_FALLBACK_SERVED_NAME="backup")
     body = ask(app, QUESTION).get_json()
@@ -74,9 +65,9 @@ def test_a_down_or_refusing_primary_falls_back_to_the_second_provider(gateway, c
     assert body["citations"][0]["n"] == 1
 
 
-def test_when_both_providers_fail_the_extractive_engine_answers_with_the_primarys_reason(gateway, chat):
+def test_when_both_providers_fail_the_extractive_engine_answers_with_the_primarys_reason(gateway, chat_server):
     client, _ = gateway
-    app = client(RAGFN_LLM_URL=chat.base_url, RAGFN_LLM_SERVED_NAME="fails-500", RAGFN_LLM_API_KEY=API_KEY,
+    app = client(RAGFN_LLM_URL=chat_server.base_url, RAGFN_LLM_SERVED_NAME="fails-500", RAGFN_LLM_API_KEY=API_KEY,
                  RAGFN_LLM_FALLBACK_URL=closed_url(), RAGFN_LLM_FALLBACK_SERVED_NAME="backup")
     for _ in range(4):
         body = ask(app, QUESTION).get_json()
@@ -85,10 +76,11 @@ def test_when_both_providers_fail_the_extractive_engine_answers_with_the_primary
         assert "[1]" in body["answer"] and body["gate"] is None
 
 
-def test_each_provider_has_its_own_breaker_and_key(settings, chat):
-    runtime = Runtime(Settings(**{**settings.model_dump(), "llm_url": chat.base_url, "llm_served_name": "fails-500",
-                                  "llm_api_key": API_KEY, "llm_fallback_url": closed_url(),
-                                  "llm_fallback_served_name": "backup", "llm_fallback_api_key": "sk-other"}))
+def test_each_provider_has_its_own_breaker_and_key(settings, chat_server):
+    runtime = Runtime(Settings(**{**settings.model_dump(), "llm_url": chat_server.base_url,
+                                  "llm_served_name": "fails-500", "llm_api_key": API_KEY,
+                                  "llm_fallback_url": closed_url(), "llm_fallback_served_name": "backup",
+                                  "llm_fallback_api_key": "sk-other"}))
     gateway = runtime.gateway
     assert runtime.second_llm.headers == {"Authorization": "Bearer sk-other"} and runtime.llm.headers != \
         runtime.second_llm.headers
@@ -122,15 +114,15 @@ def test_a_fallback_serving_the_primarys_name_is_cached_apart_from_it(gateway, b
     assert runtime.gateway.providers.cache_names == {"primary": "backup", "fallback": "backup+fallback"}
 
 
-def test_llm_urls_are_checked_when_the_settings_load_and_never_shown_with_credentials(settings, chat):
+def test_llm_urls_are_checked_when_the_settings_load_and_never_shown_with_credentials(settings, chat_server):
     from pydantic import ValidationError
 
     from ragfn.core.errors import Unavailable
     from ragfn.llm.client import OpenAIChatClient
 
     for bad in ({"llm_url": "http://host:notaport/v1"}, {"llm_url": "ftp://host/v1"},
-                {"llm_fallback_url": "http://host:notaport/v1", "llm_url": chat.base_url},
-                {"llm_fallback_url": chat.base_url}):  # a fallback with no primary
+                {"llm_fallback_url": "http://host:notaport/v1", "llm_url": chat_server.base_url},
+                {"llm_fallback_url": chat_server.base_url}):  # a fallback with no primary
         with pytest.raises(ValidationError, match="RAGFN_LLM"):
             Settings(**{**settings.model_dump(), **bad})
     down = OpenAIChatClient(closed_url().replace("http://", "http://user:secret@") + "?key=secret", "m")

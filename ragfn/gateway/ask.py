@@ -140,7 +140,7 @@ class Gateway:
                 if len(text) > MAX_CHARS_PER_TOKEN * request.max_tokens:  # a server that ignored max_tokens
                     text, truncated = text[:MAX_CHARS_PER_TOKEN * request.max_tokens], True
                 cited = self._cite(prepared, text)
-                if (replaced := self._judge(request, prepared, generation, text, cited, truncated)) is not None:
+                if (replaced := self._apply_gate(request, prepared, generation, text, cited, truncated)) is not None:
                     text, cited, truncated = replaced
                 self._store(request, prepared, text, cited, truncated)
                 return self._result(prepared, text, cited)
@@ -181,7 +181,7 @@ class Gateway:
         # Not current across yields (see iterate_in_span): made current only while the request goes out.
         llm_span = tracer().start_span("ragfn.ask.llm",
                                        attributes={"rag.remote": self.llm_remote, "rag.llm.model": self.llm.name})
-        looped = False
+        stopped = False
         try:
             with trace.use_span(llm_span):
                 generation = self._call_llm(llm_span, prepared, "stream", request.max_tokens)
@@ -196,11 +196,11 @@ class Gateway:
                     parts.append(delta)
                     yield "token", delta
                     if watch is not None and watch.add(delta):
-                        looped = True
+                        stopped = True
                         llm_span.set_attribute("rag.llm.stopped", "repetition")
                         break
                     if len(parts) > request.max_tokens:  # each delta holds a token or more: a server ignoring
-                        looped = True  # max_tokens is stopped here, and its answer counts as cut off
+                        stopped = True  # max_tokens is cut off here, and its answer counts as cut off
                         llm_span.set_attribute("rag.llm.stopped", "max-tokens-ignored")
                         break
             except Unavailable:
@@ -216,9 +216,9 @@ class Gateway:
             llm_span.end()
         self._timed(prepared, "generate", started)
         text = "".join(parts)
-        truncated = looped or getattr(deltas, "finish_reason", "stop") == "length"
+        truncated = stopped or getattr(deltas, "finish_reason", "stop") == "length"
         cited = self._cite(prepared, text)
-        if (replaced := self._judge(request, prepared, generation, text, cited, truncated)) is not None:
+        if (replaced := self._apply_gate(request, prepared, generation, text, cited, truncated)) is not None:
             text, cited, truncated = replaced
             yield "replace", {"text": text, "degraded": UNGROUNDED, "reason": prepared.gate.reason,
                               "message": prepared.gate.message}
@@ -233,7 +233,7 @@ class Gateway:
             prepared.degraded.append(generation.status["degraded"])
         return generation
 
-    def _judge(self, request: AskRequest, prepared: Prepared, generation: Generation, text: str, cited: list[dict],
+    def _apply_gate(self, request: AskRequest, prepared: Prepared, generation: Generation, text: str, cited: list[dict],
                truncated: bool) -> tuple[str, list[dict], bool] | None:
         """The gate's verdict on a model's answer; when it fails, the extractive answer (within the same max_tokens),
         its citations and whether it was cut off."""

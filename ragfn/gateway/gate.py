@@ -82,8 +82,9 @@ class LoopWatch:
         self.detector, self.pending = LoopDetector(), ""
 
     def add(self, delta: str) -> bool:
-        tokens = TOKEN.findall(self.pending + delta)
-        self.pending = tokens.pop() if tokens and (self.pending + delta)[-1:].strip() else ""
+        text = self.pending + delta
+        tokens = TOKEN.findall(text)
+        self.pending = tokens.pop() if tokens and not text[-1].isspace() else ""
         if len(self.pending) > MAX_PENDING:  # "-----..." one delta at a time: count it now, not re-read it forever
             tokens.append(self.pending)
             self.pending = ""
