@@ -1,6 +1,10 @@
 """A minimal OpenAI-compatible server around the extractive engine, and models that misbehave the way real upstreams
 do: a 500, a 429, a slow one, garbled or unfinished streams, one that streams forever, one that ignores max_tokens.
-A test peer for failure modes the real predictor cannot produce on demand, named as such where it is used."""
+A test peer for failure modes the real predictor cannot produce on demand, named as such where it is used.
+
+"word-judge" stands in for a capable judge model, which cannot run here (SmolLM2, the only model that can, rarely
+returns a verdict): it reads the case the judge sends (ragfn.llm.judge's JSON) and scores it by words, groundedness
+with ragfn's offline measure and relevance by the question's content words found in the answer."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ API_KEY = "sk-local-test"
 class ChatServer:
     """Serves `ExtractiveLLM` as model "extractive", and models that misbehave the way real upstreams do."""
 
-    MODELS = ("extractive", "fails-500", "busy-429", "slow", "garbled", "truncated", "endless", "verbose")
+    MODELS = ("extractive", "fails-500", "busy-429", "slow", "garbled", "truncated", "endless", "verbose",
+              "word-judge")
 
     def __init__(self) -> None:
         self.engine = ExtractiveLLM()
@@ -63,6 +68,8 @@ class ChatServer:
         if body.get("stream"):
             return Response(self.sse(model, body["messages"], args), mimetype="text/event-stream")
         done = self.engine.complete(body["messages"], **args)
+        if model == "word-judge":
+            done = replace(done, text=word_verdict(body["messages"][-1]["content"]), finish_reason="stop")
         if model == "verbose":  # ignores max_tokens: 20,000 words whatever was asked
             done = replace(done, text="more " * 20000, completion_tokens=20000, finish_reason="stop")
         return Response(json.dumps({
@@ -96,3 +103,16 @@ class ChatServer:
         yield event({}, done.finish_reason)
         if model != "truncated":
             yield "data: [DONE]\n\n"
+
+
+def word_verdict(case_message: str) -> str:
+    """The rubric's JSON verdict on the case in the judge's message, scored by words (1 to 5)."""
+    from ragfn.gateway.answer_quality import groundedness
+    from ragfn.gateway.attribution import words
+
+    case = json.loads(case_message[case_message.index("{"):case_message.rindex("}") + 1])
+    grounded = groundedness(case["answer"], {int(n): text for n, text in case["passages"].items()}) or 0.0
+    asked = words(case["question"])
+    relevance = len(asked & words(case["answer"])) / len(asked) if asked else 0.0
+    return ("Verdict: " + json.dumps({"relevance": 1 + round(4 * relevance), "groundedness": 1 + round(4 * grounded),
+                                      "reason": "scored by shared words"}))

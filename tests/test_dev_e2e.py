@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import httpx
@@ -25,8 +26,10 @@ GUIDE = "# Caching\n\nThe cache keeps answers for a day.\n\n## Invalidation\n\nA
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, model_dir):
+def stack(tmp_path_factory, model_dir, chat_server):
     from moto.server import ThreadedMotoServer
+
+    from chat_server import API_KEY
 
     root = tmp_path_factory.mktemp("dev")
     moto_port = free_port()
@@ -35,7 +38,10 @@ def stack(tmp_path_factory, model_dir):
     env = dict(os.environ, RAGFN_HOME=str(root / "home"), RAGFN_EMBED_MODEL="sentence-transformers/all-MiniLM-L6-v2",
                RAGFN_EMBED_MODEL_PATH=str(model_dir), RAGFN_FILE_ROOTS=str(root / "docs"),
                RAGFN_TRACE_FILE=str(root / "traces.jsonl"), RAGFN_S3_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
-               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+               # the background judge on: every answer sampled, to chat_server's stand-in for a capable judge model
+               RAGFN_JUDGE_URL=chat_server.base_url, RAGFN_JUDGE_SERVED_NAME="word-judge",
+               RAGFN_JUDGE_API_KEY=API_KEY, RAGFN_JUDGE_SAMPLE_RATE="1")
     for key in ("RAGFN_CHROMA_URL", "K_SINK"):
         env.pop(key, None)
     dev = DevProcess(root, env).start(timeout=120)
@@ -187,6 +193,33 @@ def test_ask_answers_through_the_dev_stacks_predictor(stack):
     assert answer["degraded"] is None and "KServe predictor" in answer["answer"]
     metrics = httpx.get(predictor.removesuffix("/v1") + "/metrics").text
     assert 'ragfn_predictor_requests_total{model="ragfn",outcome="stop"}' in metrics
+
+
+def test_sampled_answers_reach_the_background_judge_through_the_broker(stack):
+    docs = stack["root"] / "docs"
+    (docs / "judge.md").write_text("# Judge\n\nThe background judge scores sampled answers from the gateway.\n")
+    assert cli(stack, "ingest", "--dev", str(docs / "judge.md")).returncode == 0
+    wait_idle(stack)
+    judge = stack["state"]["functions"]["ragfn-judge"]
+
+    def scored() -> float:
+        text = httpx.get(f"{judge}/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith('ragfn_judge_samples_total{outcome="scored"}'))
+        return float(line.split()[-1])
+
+    before = scored()
+    key = Path(stack["state"]["dev_key_file"]).read_text().strip()
+    answer = httpx.post(f"{stack['state']['ask']}/v1/ask", json={"question": "What does the background judge score?"},
+                        headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 30
+    while scored() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert scored() == before + 1
+    metrics = httpx.get(f"{judge}/metrics").text
+    final = answer.json()
+    assert f'ragfn_answer_groundedness_count{{model="{final["model"]}",provider="{final["provider"]}"}} 1.0' in metrics
+    assert httpx.get(f"{stack['state']['broker']}/status").json()["in_flight"] == 0
 
 
 def test_a_taken_port_is_named_before_anything_starts(tmp_path, model_dir):

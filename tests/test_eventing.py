@@ -100,7 +100,7 @@ def test_every_produced_type_has_a_consumer_or_is_terminal():
 
 def test_the_local_broker_reads_only_triggers(tmp_path):
     names = sorted(t.name for t in load_triggers(EVENTING / "triggers"))
-    assert names == ["ragfn-cache-invalidate", "ragfn-chunk", "ragfn-embed", "ragfn-index", "ragfn-resync"]
+    assert names == ["ragfn-cache-invalidate", "ragfn-chunk", "ragfn-embed", "ragfn-index", "ragfn-judge", "ragfn-resync"]
     (tmp_path / "kustomization.yaml").write_text("resources: [a.yaml]\n")
     (tmp_path / "a.yaml").write_text((EVENTING / "triggers" / "embed.yaml").read_text() + "---\nkind: PingSource\n")
     assert [t.name for t in load_triggers(tmp_path)] == ["ragfn-embed"]

@@ -35,6 +35,7 @@ FUNCTIONS = {
     "resync": ("resync", "handle"),
     "bucket-events": ("bucket_events", "handle"),
     "dead-letter": ("dead_letter", "handle"),
+    "judge": ("judge", "handle"),  # idle unless RAGFN_JUDGE_URL is set: then the gateway samples answers to it
 }
 
 

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
                                                 "sentences the passages must support to pass the gate")
     answer_gate_keep_cut_offs: bool = Field(False, description="let an answer cut off at max_tokens pass the gate "
                                             "when it said something supported (by default a cut-off fails)")
+    judge_url: str | None = Field(None, description="OpenAI-compatible base URL of the background judge's model; "
+                                  "live answers are sampled to the judge function only when it is set")
+    judge_served_name: str = Field("ragfn", description="the model name the judge serves")
+    judge_api_key: str | None = None
+    judge_sample_rate: float = Field(0.05, ge=0, le=1, description="the share of live answers the gateway sends "
+                                     "to the background judge (when RAGFN_JUDGE_URL is set)")
+    judge_timeout_seconds: float = Field(60.0, gt=0, description="the judge function's limit for one verdict")
     keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
                                            "pings from the gateway; the cluster uses a PingSource instead")
 
@@ -118,7 +125,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
         return value.strip() if value is not None else None
 
-    @field_validator("llm_url", "llm_fallback_url")
+    @field_validator("llm_url", "llm_fallback_url", "judge_url")
     @classmethod
     def _check_llm_url(cls, value: str | None, info) -> str | None:
         if value:

@@ -23,6 +23,7 @@ DOCUMENT_TOMBSTONED = "dev.ragfn.document.tombstoned.v1"
 DOCUMENT_INDEXED = "dev.ragfn.document.indexed.v1"
 DOCUMENT_REMOVED = "dev.ragfn.document.removed.v1"
 RESYNC_REQUESTED = "dev.ragfn.resync.requested.v1"
+ANSWER_SAMPLED = "dev.ragfn.answer.sampled.v1"
 
 # Storage providers' types that the chunk function accepts as they are.
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
@@ -50,6 +51,7 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     DOCUMENT_INDEXED: ("ragfn-index (reply)",),
     DOCUMENT_REMOVED: ("ragfn-index (reply)",),
     RESYNC_REQUESTED: ("ragfn-resync (the next page of a large prefix)", "operators (any CloudEvents client)"),
+    ANSWER_SAMPLED: ("the ask gateway (a sampled share of live answers, when RAGFN_JUDGE_URL is set)",),
     GCS_FINALIZED: ("ragfn-bucket-events (GCS Pub/Sub push)",),
     GCS_DELETED: ("ragfn-bucket-events (GCS Pub/Sub push)",),
     S3_NOTIFICATION: ("ragfn-bucket-events (S3-style webhook posts)",),
@@ -173,6 +175,27 @@ class ResyncRequested(_Model):
     start_after: str | None = Field(None, description="continuation: the last document URI the previous page did")
 
 
+class SampledPassage(_Model):
+    n: int = Field(ge=1, description="the [n] the answer cites it by")
+    text: str = Field(max_length=2000)
+
+
+class AnswerSampled(_Model):
+    """A live answer the ask gateway sampled for the background judge (functions/judge): what the user was shown,
+    and the passages it was written from. Carries no tenant or groups: the judge scores text, not people."""
+
+    answer_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the answer's id in its final record")
+    question: str = Field(min_length=1, max_length=4000)
+    answer: str = Field(max_length=8000, description="as shown; a longer one is cut here, so judge it as cut off")
+    passages: list[SampledPassage] = Field(max_length=12, description="the first passages the model was given")
+    model: str = Field(pattern=r"^[\w.:/+-]{1,100}$", description="the model that wrote it; 'extractive' for the "
+                       "engine (a metric label, so its characters and length are bounded)")
+    provider: Literal["primary", "fallback", "extractive"]
+    collection: str = "default"
+    prompt_version: str = Field(max_length=20)
+    degraded: str | None = Field(None, max_length=200, description="as in the final record")
+
+
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     DOCUMENT_UPSERTED: DocumentUpserted,
     DOCUMENT_DELETED: DocumentDeleted,
@@ -182,6 +205,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     DOCUMENT_INDEXED: DocumentIndexed,
     DOCUMENT_REMOVED: DocumentRemoved,
     RESYNC_REQUESTED: ResyncRequested,
+    ANSWER_SAMPLED: AnswerSampled,
 }
 
 
@@ -207,5 +231,5 @@ def export_schemas(directory: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in export_schemas(Path(__file__).resolve().parent.parent / "eventing" / "schemas"):
+    for path in export_schemas(Path(__file__).resolve().parents[2] / "eventing" / "schemas"):  # the repo's eventing/
         print(path)

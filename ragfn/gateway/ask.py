@@ -40,6 +40,7 @@ from ragfn.gateway.backends import AnswerCache, AnswerKey, Lookup, Retrieval, Re
 from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
 from ragfn.gateway.gate import UNGROUNDED, AnswerGate, LoopWatch
 from ragfn.gateway.providers import Generation, Providers, failed
+from ragfn.gateway.sampling import AnswerSampler, answer_sample
 from ragfn.llm.client import LLM, PROMPT_VERSION, PROMPTS, build_messages, citations
 from ragfn.llm.warmup import PredictorWarmth
 from ragfn.retrieval.dense import Caller
@@ -54,15 +55,17 @@ NO_RETRIEVAL = ("Document search is unavailable right now, so this question cann
 
 class Gateway:
     """`llm` the primary model, `second` the provider tried when it cannot answer, `gate` the check of a model's
-    answer before it is final (None: answers are shown as the model wrote them)."""
+    answer before it is final (None: answers are shown as the model wrote them), `sampler` what sends a share of
+    answers to the background judge (None: none are)."""
 
     def __init__(self, llm: LLM, *, retrieval: Retrieval, cache: AnswerCache, second: LLM | None = None,
                  gate: AnswerGate | None = None, warmth: PredictorWarmth | None = None,
                  cold_wait_seconds: float = 1.0, feedback: FeedbackStore | None = None,
-                 prompt_version: str = PROMPT_VERSION) -> None:
+                 prompt_version: str = PROMPT_VERSION, sampler: AnswerSampler | None = None) -> None:
         if prompt_version not in PROMPTS:
             raise ConfigError(f"unknown prompt version {prompt_version!r}", hint=f"one of {', '.join(PROMPTS)}")
         self.llm, self.gate, self.feedback, self.prompt_version = llm, gate, feedback, prompt_version
+        self.sampler = sampler
         self.providers = Providers(llm, second=second, warmth=warmth, cold_wait_seconds=cold_wait_seconds)
         self.retrieval, self.cache = retrieval, cache
         self.llm_remote = hasattr(llm, "base_url")  # an HTTP client (the predictor), not an in-process engine
@@ -320,6 +323,11 @@ class Gateway:
             except RagfnError as exc:  # rating is a nicety; the answer stands without it
                 log.warning("answer %s not remembered for feedback: %s", prepared.answer_id, exc)
                 final["answer_id"] = None
+        if self.sampler is not None and prepared.provider and not prepared.hit:  # a hit was sampled when written
+            self.sampler.offer(lambda: answer_sample(
+                prepared.answer_id, prepared.request.question, text, prepared.passages, model=prepared.model,
+                provider=prepared.provider, collection=prepared.request.collection,
+                prompt_version=self.prompt_version, degraded=final["degraded"]))
         return final
 
     def _result(self, prepared: Prepared, text: str, cited: list[dict]) -> dict:

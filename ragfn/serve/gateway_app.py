@@ -91,6 +91,7 @@ class AskService:
                                  jwt_audience=settings.jwt_audience) if settings.api_keys_file else ApiKeys(
             {}, jwt_secret=settings.jwt_secret, jwt_audience=settings.jwt_audience)
         self.runtime, self.keys, self.uploads = runtime, keys, Uploads(runtime)
+        runtime.gateway.sampler = runtime.answer_sampler  # the background judge's share of live answers, if set
         self.limiter = None
         if runtime.redis is not None:
             from ragfn.gateway.ratelimit import RateLimiter

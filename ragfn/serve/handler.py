@@ -159,14 +159,26 @@ def _ready(name: str) -> flask.Response:
     return flask.jsonify({"function": name, "ready": True})
 
 
+def _metrics_response(registry) -> flask.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return flask.Response(generate_latest(registry), status=200, mimetype=None,
+                          headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
-                   allow_plain_json: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+                   allow_plain_json: bool = False, metrics: Callable[[Runtime], object] | None = None,
+                   ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+    """`metrics`, when given, returns the function's Prometheus registry: served on GET /metrics."""
+
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
         runtime = LazyRuntime(f"ragfn-{name}")
 
         @functions_framework.http
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
+            if request.method == "GET" and metrics is not None and request.path == "/metrics":
+                return guarded(name, lambda: _metrics_response(metrics(runtime.get())), lambda: None)
             if request.method == "GET":  # readiness probe
                 return _ready(name)
             parsed: list[InboundEvent] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from ragfn.core.config import Settings
+from ragfn.core.errors import ConfigError
 from ragfn.eventing.publish import HttpPublisher, Publisher
 
 
@@ -151,6 +152,13 @@ class Runtime:
         return AnswerGate(self.settings.answer_gate_min_groundedness, self.settings.answer_gate_keep_cut_offs)
 
     @cached_property
+    def judge_metrics(self):
+        """The judge function's Prometheus metrics (ragfn.llm.background_judge), in this runtime's own registry."""
+        from ragfn.llm.background_judge import JudgeMetrics
+
+        return JudgeMetrics()
+
+    @cached_property
     def warmth(self):
         """The gateway's view of a remote predictor's warmth; None for the in-process extractive engine."""
         from ragfn.llm.warmup import PredictorWarmth
@@ -170,6 +178,34 @@ class Runtime:
                        gate=self.answer_gate, warmth=self.warmth,
                        cold_wait_seconds=self.settings.llm_cold_wait_seconds, feedback=self.feedback,
                        prompt_version=self.settings.prompt_version)
+
+    @cached_property
+    def answer_sampler(self):
+        """Sends a share of live answers to the background judge; None unless RAGFN_JUDGE_URL is set. The served
+        gateway (ragfn.serve.gateway_app) uses it; a one-shot `ragfn ask` would exit before its sample left."""
+        from ragfn.gateway.sampling import AnswerSampler
+
+        if not self.settings.judge_url or self.settings.judge_sample_rate == 0:
+            return None
+        if not self.settings.sink:
+            raise ConfigError("RAGFN_JUDGE_URL is set, but the gateway has no event sink to send sampled answers to",
+                              hint="set K_SINK or RAGFN_SINK to the broker (`ragfn dev` and the SinkBinding do), "
+                                   "or unset RAGFN_JUDGE_URL")
+        return AnswerSampler(HttpPublisher.from_settings(self.settings), self.settings.judge_sample_rate)
+
+    @cached_property
+    def judge(self):
+        """The background judge's model (functions/judge); a ConfigError without RAGFN_JUDGE_URL."""
+        from ragfn.llm.client import OpenAIChatClient
+        from ragfn.llm.judge import Judge
+
+        if not self.settings.judge_url:
+            raise ConfigError("the judge function has no model to ask: RAGFN_JUDGE_URL is not set",
+                              hint="set RAGFN_JUDGE_URL (and RAGFN_JUDGE_SERVED_NAME, RAGFN_JUDGE_API_KEY) to an "
+                                   "OpenAI-compatible server")
+        return Judge(OpenAIChatClient(self.settings.judge_url, self.settings.judge_served_name,
+                                      api_key=self.settings.judge_api_key,
+                                      read_timeout=self.settings.judge_timeout_seconds, http=self.http))
 
     @cached_property
     def feedback(self):
