@@ -82,6 +82,16 @@ def test_the_judge_function_serves_its_scores_as_prometheus_metrics(judge_client
     assert outcome(found, "scored") == 2 and found[("ragfn_judge_seconds_count", ())] == 2
 
 
+def test_senders_cannot_grow_the_metrics_series_without_bound(judge_client):
+    from ragfn.llm.background_judge import MAX_MODELS
+
+    for i in range(MAX_MODELS + 5):
+        assert post(judge_client, sample("Call list.sort() [1].", model=f"model-{i}")).status_code == 200
+    models = {dict(labels).get("model") for name, labels in metrics(judge_client)
+              if name == "ragfn_answer_groundedness_count"}
+    assert len(models) == MAX_MODELS + 1 and "other" in models and "model-0" in models
+
+
 def test_a_judge_that_is_down_or_refuses_costs_the_sample_not_a_retry(judge_client, monkeypatch):
     monkeypatch.setenv("RAGFN_JUDGE_API_KEY", "sk-wrong")  # read when the function's runtime is built: first request
     refused = post(judge_client, sample("Call list.sort() [1]."))

@@ -13,6 +13,7 @@ dead-letter store with events nobody replays.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -26,6 +27,7 @@ from ragfn.retrieval.context import Passage
 log = logging.getLogger("ragfn.judge")
 SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the rubric's five scores, 1 to 5
 OUTCOMES = ("scored", "unparsed", "judge-unavailable", "judge-rejected")
+MAX_MODELS = 16  # distinct model labels kept; more are counted as "other", so no sender can grow the series unbounded
 
 
 class JudgeMetrics:
@@ -46,6 +48,14 @@ class JudgeMetrics:
                                  buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=self.registry)
         for outcome in OUTCOMES:  # every outcome's series exists from the start, so rate() sees the first one
             self.samples.labels(outcome)
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+
+    def model_label(self, model: str) -> str:
+        with self._lock:
+            if model not in self._models and len(self._models) < MAX_MODELS:
+                self._models.add(model)
+            return model if model in self._models else "other"
 
 
 def judge_sample(sample: AnswerSampled, judge: Judge, metrics: JudgeMetrics) -> dict:
@@ -66,7 +76,8 @@ def judge_sample(sample: AnswerSampled, judge: Judge, metrics: JudgeMetrics) -> 
         log.info("answer %s: the judge's reply held no verdict: %r", sample.answer_id, verdict.raw[:200])
         return {"answer_id": sample.answer_id, "outcome": "unparsed", "rubric": RUBRIC_VERSION}
     metrics.samples.labels("scored").inc()
-    metrics.relevance.labels(sample.model, sample.provider).observe(verdict.relevance)
-    metrics.groundedness.labels(sample.model, sample.provider).observe(verdict.groundedness)
+    model = metrics.model_label(sample.model)
+    metrics.relevance.labels(model, sample.provider).observe(verdict.relevance)
+    metrics.groundedness.labels(model, sample.provider).observe(verdict.groundedness)
     return {"answer_id": sample.answer_id, "outcome": "scored", "rubric": RUBRIC_VERSION,
             "relevance": verdict.relevance, "groundedness": verdict.groundedness, "reason": verdict.reason}
