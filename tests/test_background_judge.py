@@ -130,12 +130,14 @@ def test_the_judge_function_refuses_other_event_types(judge_client):
     assert response.status_code == 400 and events.ANSWER_SAMPLED in response.get_json()["hint"]
 
 
-def test_without_a_judge_url_the_function_says_what_to_set(ragfn_env, monkeypatch):
+def test_without_a_judge_url_the_function_counts_the_sample_and_says_what_to_set(ragfn_env, monkeypatch):
     monkeypatch.delenv("RAGFN_JUDGE_URL", raising=False)
     client = create_app(target="handle", source=str(REPO / "functions" / "judge" / "main.py"),
                         signature_type="http").test_client()
     response = post(client, sample("Call list.sort() [1]."))
-    assert response.status_code == 500 and "RAGFN_JUDGE_URL" in response.get_json()["message"]
+    assert response.status_code == 200 and response.get_json()["outcome"] == "judge-unconfigured"
+    assert "RAGFN_JUDGE_URL" in response.get_json()["error"]
+    assert outcome(metrics(client), "judge-unconfigured") == 1
 
 
 def test_the_llamacpp_predictor_judges_a_sample_through_the_function(ragfn_env, monkeypatch, predictor):
@@ -212,6 +214,22 @@ def test_a_judge_url_without_an_event_sink_is_a_clear_error(gateway, monkeypatch
     assert response.status_code == 500 and "K_SINK" in response.get_json()["hint"]
 
 
+@pytest.mark.parametrize("env, named", [
+    ({"RAGFN_JUDGE_URL": "http://judge.invalid/v1"}, "K_SINK"),  # a judge URL with no sink to send samples to
+    ({"RAGFN_JUDGE_URL": "judge.invalid"}, "RAGFN_JUDGE_URL"),
+    ({"RAGFN_JUDGE_SAMPLE_RATE": "5%"}, "judge_sample_rate"),
+])
+def test_the_gateway_refuses_to_start_with_bad_judge_settings(ragfn_env, env, named):
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("K_SINK", "RAGFN_SINK", "RAGFN_JUDGE_URL")}
+    done = subprocess.run([sys.executable, "-m", "ragfn.serve.gateway_app", "--port", "9"], env=clean | env,
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode != 0 and "ragfn-ask cannot start" in done.stderr and named in done.stderr
+
+
 class BlockedSink(Served):
     """A sink that holds every request until `release` is set: a broker that stopped answering."""
 
@@ -256,6 +274,11 @@ def test_a_broker_that_is_down_or_a_bad_sample_never_reaches_the_answer():
     assert not sampler.offer(lambda: answer_sample("d" * 32, "q?", "a", passages, model="my model", provider="primary",
                                                    collection="default", prompt_version="v2", degraded=None))
     assert sampler.failed == 2
+
+    def broken() -> AnswerSampled:
+        raise KeyError("no request")  # any bug in building a sample
+
+    assert not sampler.offer(broken) and sampler.failed == 3
 
 
 def test_samples_are_cut_to_the_events_bounds():

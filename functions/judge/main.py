@@ -15,4 +15,4 @@ from ragfn.serve.runtime import Runtime
 @cloud_function("judge", accepts={events.ANSWER_SAMPLED: AnswerSampled}, reply_with_event=False,
                 metrics=lambda runtime: runtime.judge_metrics.registry)
 def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
-    return StageResult([], judge_sample(event.data, runtime.judge, runtime.judge_metrics))
+    return StageResult([], judge_sample(event.data, lambda: runtime.judge, runtime.judge_metrics))

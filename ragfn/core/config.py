@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     judge_api_key: str | None = None
     judge_sample_rate: float = Field(0.05, ge=0, le=1, description="the share of live answers the gateway sends "
                                      "to the background judge (when RAGFN_JUDGE_URL is set)")
-    judge_timeout_seconds: float = Field(60.0, gt=0, description="the judge function's limit for one verdict")
+    judge_timeout_seconds: float = Field(60.0, gt=0, le=110, description="the judge function's limit for one "
+                                         "verdict (under its Knative Service's 120 s request timeout)")
     keepalive_schedule: str | None = Field(None, description="cron (5 fields, local time) of predictor warm-up "
                                            "pings from the gateway; the cluster uses a PingSource instead")
 

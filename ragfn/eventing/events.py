@@ -186,7 +186,7 @@ class AnswerSampled(_Model):
 
     answer_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the answer's id in its final record")
     question: str = Field(min_length=1, max_length=4000)
-    answer: str = Field(max_length=8000, description="as shown; a longer one is cut here, so judge it as cut off")
+    answer: str = Field(max_length=8000, description="the answer as shown, its first 8,000 characters")
     passages: list[SampledPassage] = Field(max_length=12, description="the first passages the model was given")
     model: str = Field(pattern=r"^[\w.:/+-]{1,100}$", description="the model that wrote it; 'extractive' for the "
                        "engine (a metric label, so its characters and length are bounded)")

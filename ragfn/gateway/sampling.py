@@ -2,8 +2,8 @@
 
 Sampling is off the request path: the gateway offers each answer (`offer`), and one worker thread publishes
 those drawn. The queue is bounded, so a slow or absent broker drops samples (counted) instead of holding answers
-or memory: a sample is a measurement, and losing one loses nothing a user sees. Publishing failures are logged and
-counted the same way, never raised into an answer.
+or memory: a sample is a measurement, and losing one loses nothing a user sees. Publishing failures are logged (and
+counted in `sent`, `dropped`, `failed`), never raised into an answer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import random
 import threading
 from collections.abc import Callable
 
-from ragfn.core.errors import RagfnError
+from pydantic import ValidationError
+
+from ragfn.core.errors import RagfnError, problems
 from ragfn.eventing import events
 from ragfn.eventing.events import AnswerSampled, SampledPassage
 from ragfn.eventing.publish import OutboundEvent, Publisher
@@ -55,23 +57,28 @@ class AnswerSampler:
             return False
         try:
             sample = build()
-        except ValueError as exc:  # pydantic's ValidationError: e.g. a served name that is no metric label
-            self.failed += 1
-            log.warning("answer not sampled: %s", exc)
+        except Exception as exc:  # e.g. a served name that is no metric label: the answer goes on unsampled
+            self._count("failed")
+            # the problems only: a validation error's text would carry pieces of the question and passages
+            log.warning("answer not sampled: %s", problems(exc) if isinstance(exc, ValidationError) else repr(exc))
             return False
-        try:
-            self._queue.put_nowait(sample)
-        except queue.Full:
-            self.dropped += 1
-            log.warning("answer %s not sampled: %d samples already wait for the broker", sample.answer_id,
-                        self._queue.maxsize)
-            return False
-        with self._lock:
+        with self._lock:  # a worker that died (it should not) is replaced before anything waits for it
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._publish_forever, name="ragfn-answer-sampler",
                                                 daemon=True)
                 self._worker.start()
+        try:
+            self._queue.put_nowait(sample)
+        except queue.Full:
+            self._count("dropped")
+            log.warning("answer %s not sampled: %d samples already wait for the broker", sample.answer_id,
+                        self._queue.maxsize)
+            return False
         return True
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued sample was published or failed (shutdown, tests); False on timeout."""
@@ -84,12 +91,12 @@ class AnswerSampler:
             sample = self._queue.get()
             try:
                 self.publisher.publish([OutboundEvent(events.ANSWER_SAMPLED, sample, key=sample.answer_id)])
-                self.sent += 1
+                self._count("sent")
             except RagfnError as exc:
-                self.failed += 1
+                self._count("failed")
                 log.warning("answer %s not sent to the judge: %s", sample.answer_id, exc)
             except Exception:  # the worker must outlive any one sample
-                self.failed += 1
+                self._count("failed")
                 log.exception("answer %s not sent to the judge", sample.answer_id)
             finally:
                 self._queue.task_done()

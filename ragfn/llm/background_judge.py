@@ -2,7 +2,8 @@
 
     ragfn_answer_relevance{model,provider}      histogram of the judge's relevance, 0 (score 1) to 1 (score 5)
     ragfn_answer_groundedness{model,provider}   histogram of its groundedness, likewise
-    ragfn_judge_samples_total{outcome}          scored | unparsed | judge-unavailable | judge-rejected
+    ragfn_judge_samples_total{outcome}          scored | unparsed | judge-unavailable | judge-rejected |
+                                                judge-unconfigured (no RAGFN_JUDGE_URL on the function)
     ragfn_judge_seconds                         time the judge took per sample
 
 A judge that is down or refuses costs the sample, not a retry: the outcome is counted and the event acknowledged.
@@ -15,10 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ragfn.core.errors import RagfnError
+from ragfn.core.errors import ConfigError, RagfnError
 from ragfn.eventing.events import AnswerSampled
 from ragfn.llm.client import LLMRejected
 from ragfn.llm.judge import RUBRIC_VERSION, Judge
@@ -26,7 +28,7 @@ from ragfn.retrieval.context import Passage
 
 log = logging.getLogger("ragfn.judge")
 SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the rubric's five scores, 1 to 5
-OUTCOMES = ("scored", "unparsed", "judge-unavailable", "judge-rejected")
+OUTCOMES = ("scored", "unparsed", "judge-unavailable", "judge-rejected", "judge-unconfigured")
 MAX_MODELS = 16  # distinct model labels kept; more are counted as "other", so no sender can grow the series unbounded
 
 
@@ -58,12 +60,19 @@ class JudgeMetrics:
             return model if model in self._models else "other"
 
 
-def judge_sample(sample: AnswerSampled, judge: Judge, metrics: JudgeMetrics) -> dict:
-    """Scores one sampled answer and records it; returns the outcome for the function's reply and logs."""
+def judge_sample(sample: AnswerSampled, judge: Callable[[], Judge], metrics: JudgeMetrics) -> dict:
+    """Scores one sampled answer and records it; returns the outcome for the function's reply and logs. `judge`
+    builds the judge (a ConfigError without a judge URL: counted as judge-unconfigured, like a judge that is down)."""
+    try:
+        model_judge = judge()
+    except ConfigError as exc:
+        metrics.samples.labels("judge-unconfigured").inc()
+        log.error("answer %s not judged: %s", sample.answer_id, exc)
+        return {"answer_id": sample.answer_id, "outcome": "judge-unconfigured", "error": str(exc)}
     passages = [Passage(p.n, "", "", "", 0, 0, p.text, 0.0) for p in sample.passages]
     started = time.perf_counter()
     try:
-        verdict = judge.verdict(sample.question, sample.answer, passages)
+        verdict = model_judge.verdict(sample.question, sample.answer, passages)
     except RagfnError as exc:
         outcome = "judge-rejected" if isinstance(exc, LLMRejected) else "judge-unavailable"  # down, 429, 5xx
         metrics.samples.labels(outcome).inc()
@@ -73,7 +82,8 @@ def judge_sample(sample: AnswerSampled, judge: Judge, metrics: JudgeMetrics) -> 
         metrics.seconds.observe(time.perf_counter() - started)
     if not verdict.parsed:
         metrics.samples.labels("unparsed").inc()
-        log.info("answer %s: the judge's reply held no verdict: %r", sample.answer_id, verdict.raw[:200])
+        log.info("answer %s: the judge's reply held no verdict", sample.answer_id)
+        log.debug("the judge's reply to %s: %r", sample.answer_id, verdict.raw[:200])  # may quote the passages
         return {"answer_id": sample.answer_id, "outcome": "unparsed", "rubric": RUBRIC_VERSION}
     metrics.samples.labels("scored").inc()
     model = metrics.model_label(sample.model)

@@ -258,7 +258,18 @@ def main(argv: list[str] | None = None, app: flask.Flask | None = None) -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     args = parser.parse_args(argv)
+    if app is None:
+        preflight()
     serve(app or create_app(), args.host, args.port)
+
+
+def preflight() -> None:
+    """The settings, and a judge URL's event sink, checked before serving: a revision deployed with a bad setting
+    exits here and never turns ready (Knative keeps the last good one serving) instead of failing every request."""
+    try:
+        Runtime(load_settings()).answer_sampler  # noqa: B018 - built for its checks
+    except ConfigError as exc:
+        raise SystemExit(f"ragfn-ask cannot start: {exc}") from exc
 
 
 if __name__ == "__main__":
