@@ -83,6 +83,12 @@ class Settings(BaseSettings):
 
     fusion: Literal["scores", "rrf"] = Field("scores", description="how hybrid mode fuses dense and BM25 lists")
     lexical_weight: float = Field(0.3, ge=0, description="BM25's weight in hybrid fusion (dense is 1)")
+    retrieval_sections: Literal["off", "max", "sum", "fuse"] = Field(
+        "off", description="hybrid: rank chunks' sections (small-to-big) by their best chunk, a decayed sum, or "
+        "section-level fusion; off keeps chunk order (ragfn.retrieval.sections, docs/benchmarks.md)")
+    retrieval_window: float = Field(0.0, ge=0, le=4, description="hybrid: each chunk also scores this share of its "
+                                    "adjacent chunks' fused scores (0 = off; ragfn.retrieval.window)")
+    retrieval_window_pool: Literal["max", "mean"] = Field("max", description="how the two neighbours combine")
     rerank_model: str | None = Field(None, description="fastembed cross-encoder, e.g. Xenova/ms-marco-MiniLM-L-6-v2")
     rerank_model_path: Path | None = Field(None, description="local ONNX folder for the reranker (no download)")
     rerank_depth: int = Field(30, ge=1, le=1000, description="candidates the reranker reorders")

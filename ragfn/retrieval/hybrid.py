@@ -12,6 +12,8 @@ from ragfn.core.errors import BadEvent
 from ragfn.retrieval.dense import Caller, DenseRetriever, Hit
 from ragfn.retrieval.lexical import LexicalRetriever
 from ragfn.retrieval.rerank import GuardedReranker, Reranker
+from ragfn.retrieval.sections import SECTIONS, Sections, by_section
+from ragfn.retrieval.window import POOLS, Pool, windowed
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
@@ -32,13 +34,26 @@ class HybridRetriever:
     Defaults measured on the Python FAQ set (docs/benchmarks.md): with stemmed BM25, score fusion at lexical weight
     0.3 beat dense-only on every metric and beat RRF; equal weights let the weaker lexical list pull good dense
     hits down.
+
+    `sections` (hybrid mode only): "off" returns chunks in fused order; "max", "sum" and "fuse" rank the chunks'
+    sections and return the best chunk of each, best section first (ragfn.retrieval.sections, docs/benchmarks.md).
+    `window` (hybrid mode only, 0 = off): each chunk also scores `window` times its adjacent chunks' fused scores,
+    their max or mean (`window_pool`), before ordering or sections (ragfn.retrieval.window, docs/benchmarks.md).
     """
 
     def __init__(self, dense: DenseRetriever, lexical: LexicalRetriever, *, dense_weight: float = 1.0,
                  lexical_weight: float = 0.3, fusion: Fusion = "scores", rrf_k: int = 60, depth: int = 50,
-                 reranker: Reranker | None = None, rerank_depth: int = 30) -> None:
+                 reranker: Reranker | None = None, rerank_depth: int = 30, sections: Sections = "off",
+                 section_decay: float = 0.5, window: float = 0.0, window_pool: Pool = "max") -> None:
         if fusion not in ("scores", "rrf"):
             raise BadEvent(f"unknown fusion {fusion!r}", hint="use scores or rrf")
+        if sections not in SECTIONS:
+            raise BadEvent(f"unknown section ranking {sections!r}", hint=f"use one of {', '.join(SECTIONS)}")
+        self.sections, self.section_decay = sections, section_decay
+        if window_pool not in POOLS or window < 0:
+            raise BadEvent(f"bad neighbour window {window!r}/{window_pool!r}",
+                           hint=f"window >= 0, pooled by one of {', '.join(POOLS)}")
+        self.window, self.window_pool = window, window_pool
         self.dense, self.lexical = dense, lexical
         self.weights = {"dense": dense_weight, "lexical": lexical_weight}
         self.fusion, self.rrf_k, self.depth = fusion, rrf_k, depth
@@ -72,7 +87,13 @@ class HybridRetriever:
                  "lexical": self.lexical.search(question, collection=collection, top_k=depth, caller=caller)}
         fused = self._fuse(lists)
         hits = {hit.chunk_id: hit for ranked in lists.values() for hit in ranked}
-        order = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], chunk_id))[:top_k]
+        if self.window:  # the whole fused pool, so a neighbour below the top_k cut still counts
+            fused = windowed(fused, hits, self.window, self.window_pool)
+        if self.sections == "off":
+            order = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], chunk_id))[:top_k]
+        else:  # the whole fused pool is grouped, so a section's weaker chunks count before the cut to top_k
+            order = by_section(fused, hits, self.sections, decay=self.section_decay, lists=lists,
+                               weights=self.weights)[:top_k]
         return [Hit(chunk_id=i, source=hits[i].source, text=hits[i].text, score=fused[i], metadata=hits[i].metadata)
                 for i in order]
 

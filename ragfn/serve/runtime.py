@@ -45,7 +45,8 @@ class Runtime:
         return HybridRetriever(DenseRetriever(self.index, self.embedder), LexicalRetriever(self.index),
                                fusion=settings.fusion, lexical_weight=settings.lexical_weight,
                                reranker=CrossEncoderReranker.from_settings(settings),
-                               rerank_depth=settings.rerank_depth)
+                               rerank_depth=settings.rerank_depth, sections=settings.retrieval_sections,
+                               window=settings.retrieval_window, window_pool=settings.retrieval_window_pool)
 
     @cached_property
     def http(self):
