@@ -88,12 +88,18 @@ def mark_answers(out: Path, marked: Path) -> Path:
     return marked
 
 
-def measure(name: str, out: Path, tokens: int, overlap: int, modes: list[str], work: Path) -> dict:
+def open_index(name: str, out: Path, tokens: int, overlap: int, work: Path) -> tuple[Runtime, Settings]:
+    """The set's index at one chunking, ingested if needed (unchanged files are skipped on a re-run)."""
     home = work / f"{name}-{tokens}x{overlap}"
     settings = Settings(home=home, embed_model=OFFLINE_MODEL, embed_model_path=offline_model_dir(REPO / ".ragfn"),
                         chunk_tokens=tokens, chunk_overlap_tokens=overlap, file_roots=[out])
     runtime = Runtime(settings)
-    ingest([str(out / "corpus")], runtime)  # unchanged files are skipped on a re-run
+    ingest([str(out / "corpus")], runtime)
+    return runtime, settings
+
+
+def measure(name: str, out: Path, tokens: int, overlap: int, modes: list[str], work: Path) -> dict:
+    runtime, settings = open_index(name, out, tokens, overlap, work)
     queries = load_queries(out / "queries.jsonl")
     report = {}
     retriever = runtime.retriever
