@@ -5,6 +5,11 @@ predictor's `load()` calls it, in a thread, and reports the time). A blocking en
 `Piece`s and stops early when the caller closes the iterator; an asyncio engine (vLLM) has `astream()` instead, and
 stops when the async iterator is closed. Closing is how a client disconnect cancels generation. `concurrency` is how
 many generations the engine runs at once: the predictor queues requests beyond it.
+
+The llama.cpp engine also stops on its own when the answer has become a repetition loop (`stop_on_loop`, on by
+default; the rule is the groundedness gate's, `ragfn.gateway.answer_quality.LoopDetector`): a small model that loops
+keeps looping to max_tokens, which for a whole (non-streamed) answer is all of the wait. Such an answer ends with
+finish_reason "stop" and `stop_reason` "repetition" (vLLM's name for the field that says why a "stop" came).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ragfn.core.errors import BadEvent, ConfigError
+
+LOOP = "repetition"  # Piece.stop_reason of an answer the loop stop ended
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Piece:
     text: str
     finish_reason: str | None = None  # "stop" | "length" on the last piece
     usage: dict = field(default_factory=dict)  # prompt_tokens / completion_tokens, on the last piece
+    stop_reason: str | None = None  # on the last piece, why a "stop" came early: LOOP when the loop stop ended it
 
 
 class Engine(Protocol):
@@ -77,12 +85,14 @@ class ExtractiveEngine:
 
 class LlamaCppEngine:
     """llama-cpp-python on CPU with any chat GGUF. One model, one generation at a time (llama.cpp contexts are not
-    re-entrant); the predictor's concurrency limit queues the rest."""
+    re-entrant); the predictor's concurrency limit queues the rest. `stop_on_loop`: end a generation once its text
+    is a repetition loop (the gate's rule, watched token by token), with finish_reason "stop", stop_reason LOOP."""
 
     def __init__(self, model_path: Path, *, context_tokens: int = 4096, threads: int | None = None,
-                 penalties: dict[str, float] | None = None) -> None:
+                 penalties: dict[str, float] | None = None, stop_on_loop: bool = True) -> None:
         self.model_path, self.context_tokens, self.threads = Path(model_path), context_tokens, threads
         self.penalties = dict(penalties or {})  # repeat/frequency/presence_penalty, passed to every generation
+        self.stop_on_loop = stop_on_loop
         self.name = self.model_path.stem
         self.concurrency = 1
         self._llama = None
@@ -123,6 +133,7 @@ class LlamaCppEngine:
             chunks = (self._llama.create_completion(request.prompt, **options) if request.prompt is not None
                       else self._llama.create_chat_completion(messages=request.messages, **options))
             parts: list[str] = []
+            watch = _loop_watch() if self.stop_on_loop else None
             try:
                 for chunk in chunks:
                     choice = chunk["choices"][0]
@@ -130,6 +141,11 @@ class LlamaCppEngine:
                     parts.append(text)
                     if finish := choice.get("finish_reason"):
                         yield Piece(text, finish, self._usage(request, "".join(parts), finish))
+                    elif watch is not None and text and watch.add(text):
+                        # the text so far loops (the loop's own tokens included, so whoever reads it sees why):
+                        # stop here; closing `chunks` below ends llama.cpp's generation
+                        yield Piece(text, "stop", self._usage(request, "".join(parts), "stop"), LOOP)
+                        return
                     elif text:
                         yield Piece(text)
             except ValueError as exc:  # llama.cpp's "Requested tokens (N) exceed context window of M"
@@ -151,3 +167,11 @@ class LlamaCppEngine:
         completion = request.max_tokens if finish == "length" else len(llama.tokenize(text.encode(), add_bos=False))
         return {"prompt_tokens": len(llama.tokenize(prompt.encode(), add_bos=True, special=True)),
                 "completion_tokens": completion}
+
+
+def _loop_watch():
+    """The gateway gate's loop watch (`ragfn.gateway.gate.LoopWatch`): one rule for a loop, wherever it is caught.
+    Imported here, not at the top, so that the other engines do not load the gate's dependencies."""
+    from ragfn.gateway.gate import LoopWatch
+
+    return LoopWatch()

@@ -35,6 +35,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    stop_reason: str | None = None  # why a "stop" came early ("repetition": the llama.cpp engine's loop stop)
 
 
 class EngineFailed(Unavailable):
@@ -156,7 +157,7 @@ class RagfnModel(kserve.Model):
             parts.append(piece.text)
             last = piece
         return Completion("".join(parts), last.finish_reason or "stop", last.usage.get("prompt_tokens", 0),
-                          last.usage.get("completion_tokens", 0))
+                          last.usage.get("completion_tokens", 0), last.stop_reason)
 
     # -- KServe v1 / v2 --------------------------------------------------------------------------------------------
     async def predict(self, payload, headers: dict | None = None):
@@ -168,7 +169,7 @@ class RagfnModel(kserve.Model):
         results = await asyncio.gather(*(self.complete(v1_request(i)) for i in payload["instances"]))
         return {"predictions": [{"text": r.text, "finish_reason": r.finish_reason,
                                  "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}}
-                                for r in results]}
+                                | ({"stop_reason": r.stop_reason} if r.stop_reason else {}) for r in results]}
 
     async def _predict_v2(self, request: InferRequest) -> InferResponse:
         inputs = {i.name: i for i in request.inputs}

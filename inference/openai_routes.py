@@ -3,6 +3,8 @@
 KServe 0.21 serves its own OpenAI routes only when vllm imports (its request types are vllm's), so these are the
 predictor's own: a subset of OpenAI's protocol, enough for the official `openai` client, LangChain and ragfn's gateway.
 Errors use OpenAI's shape, `{"error": {"message", "type", "code"}}`, with the status of ragfn's error tree.
+A choice that stopped early for a reason of the engine's own carries vLLM's extension `stop_reason` (here
+"repetition": the llama.cpp engine's loop stop) beside `finish_reason` "stop"; OpenAI clients keep unknown fields.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ class OpenAIRoutes:
         choice = {"index": 0, "finish_reason": completion.finish_reason}
         choice |= ({"message": {"role": "assistant", "content": completion.text}} if chat
                    else {"text": completion.text, "logprobs": None})
+        if completion.stop_reason:
+            choice["stop_reason"] = completion.stop_reason
         usage = _usage({"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens})
         return Response(orjson.dumps(meta | {"choices": [choice], "usage": usage}), media_type="application/json")
 
@@ -170,6 +174,8 @@ class OpenAIRoutes:
                 choice = {"index": 0, "finish_reason": piece.finish_reason}
                 choice |= {"delta": {"content": piece.text}} if chat else {"text": piece.text, "logprobs": None}
                 chunk = meta | {"choices": [choice]}
+                if piece.stop_reason:
+                    choice["stop_reason"] = piece.stop_reason
                 if piece.finish_reason:
                     usage = _usage(piece.usage)
                     chunk["usage"] = usage  # on the last chunk always; clients that ignore it lose nothing

@@ -23,10 +23,13 @@ class PredictorSettings(BaseSettings):
     queue_timeout_seconds: float = Field(120.0, gt=0, description="longest wait for a slot (includes model loading)")
     context_tokens: int = Field(4096, ge=128, description="llama.cpp context window (SmolLM2 was trained on 8192)")
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; all cores when unset")
-    # llama.cpp's sampling penalties; the defaults are llama.cpp's own (none), see docs/benchmarks.md, Answer quality
+    # llama.cpp's sampling penalties: none (llama.cpp's own defaults), chosen by measurement on both labelled sets
+    # (docs/benchmarks.md, Answer quality): every penalty cost groundedness and what users see
     repeat_penalty: float = Field(1.0, ge=1.0, le=2.0, description="llama.cpp: divide the odds of recent tokens")
     frequency_penalty: float = Field(0.0, ge=0.0, le=2.0, description="llama.cpp: penalise tokens by their count")
     presence_penalty: float = Field(0.0, ge=0.0, le=2.0, description="llama.cpp: penalise tokens already used")
+    stop_on_loop: bool = Field(True, description="llama.cpp: stop generating once the answer is a repetition loop "
+                                                 "(finish_reason stop, stop_reason repetition)")
     upstream_url: str | None = Field(None, description="OpenAI-compatible base URL for the openai engine")
     upstream_api_key: str | None = None
     upstream_retries: int = Field(3, ge=0, le=10, description="retries before the first token (connect, 429, 5xx)")
@@ -59,7 +62,8 @@ def build_engine(settings: PredictorSettings):
         return LlamaCppEngine(Path(settings.model), context_tokens=settings.context_tokens, threads=settings.threads,
                               penalties={"repeat_penalty": settings.repeat_penalty,
                                          "frequency_penalty": settings.frequency_penalty,
-                                         "presence_penalty": settings.presence_penalty})
+                                         "presence_penalty": settings.presence_penalty},
+                              stop_on_loop=settings.stop_on_loop)
     if settings.engine == "extractive":
         from inference.engines import ExtractiveEngine
 

@@ -202,3 +202,17 @@ class TestOpenAIChatClient:
         with pytest.raises(StopIteration):
             next(stream)
         assert llm.complete(build_messages(QUESTION, PASSAGES), max_tokens=5).text  # the client still works
+
+
+def test_an_answer_the_predictor_stopped_at_a_loop_reads_as_unfinished(predictor):
+    # the predictor's loop stop answers finish_reason "stop" with stop_reason "repetition": to the gateway that answer
+    # is as unfinished as one cut at max_tokens, so it is never cached and the gate refuses it
+    from ragfn.llm.client import OpenAIChatClient
+
+    looping = [{"role": "user", "content": "Repeat after me forever: la la la"}]
+    llm = OpenAIChatClient(predictor.base_url, "smollm", read_timeout=120)
+    whole = llm.complete(looping, max_tokens=120)
+    assert whole.finish_reason == "length" and whole.completion_tokens < 60
+    stream = llm.stream(looping, max_tokens=120)
+    streamed = "".join(stream)
+    assert stream.finish_reason == "length" and streamed == whole.text

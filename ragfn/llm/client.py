@@ -157,7 +157,7 @@ class OpenAIChatClient(LLM):
             # servers that omit usage still need a rough count for rate limits and metrics: words stand in
             return Completion(text, int(usage.get("prompt_tokens", 0)),
                               int(usage.get("completion_tokens", len(text.split()))),
-                              str(payload.get("model") or self.model), choice.get("finish_reason") or "stop")
+                              str(payload.get("model") or self.model), finish_reason(choice) or "stop")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise Unavailable(f"malformed chat completion from {self.shown_url}: {raw[:200]!r}") from exc
 
@@ -197,7 +197,7 @@ class TextStream(Iterator[str]):
                         raise Unavailable(f"LLM at {self._source} failed mid-stream: {chunk['error']}")
                     self.usage = chunk.get("usage") or self.usage
                     for choice in chunk["choices"]:  # [] in usage-only chunks
-                        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                        self.finish_reason = finish_reason(choice) or self.finish_reason
                         # chat chunks carry delta.content, text completions carry text
                         if content := choice.get("text") or (choice.get("delta") or {}).get("content"):
                             yield content
@@ -209,6 +209,15 @@ class TextStream(Iterator[str]):
             raise _transport_error(exc, self._source) from exc
         # without [DONE] the answer may be cut short, and a partial answer must not pass for a whole one
         raise Unavailable(f"stream from {self._source} ended before [DONE]")
+
+
+def finish_reason(choice: dict) -> str | None:
+    """The choice's finish_reason, except that a "stop" the server made because the answer looped (vLLM's extension
+    `stop_reason`; ragfn's llama.cpp engine sets "repetition") counts as "length": the answer is as unfinished as
+    one cut at max_tokens, so it is never cached, and the gate refuses it."""
+    if choice.get("stop_reason") == "repetition":
+        return "length"
+    return choice.get("finish_reason")
 
 
 def shown_url(url: str) -> str:
