@@ -144,7 +144,7 @@ def test_the_llamacpp_predictor_judges_a_sample_through_the_function(ragfn_env, 
     # SmolLM2 is a poor judge: its reply may hold no verdict, which is counted as unparsed, never guessed
     monkeypatch.setenv("RAGFN_JUDGE_URL", predictor.base_url)
     monkeypatch.setenv("RAGFN_JUDGE_SERVED_NAME", "smollm")
-    monkeypatch.setenv("RAGFN_JUDGE_TIMEOUT_SECONDS", "300")  # a 2-core machine shared with other tests
+    monkeypatch.setenv("RAGFN_JUDGE_TIMEOUT_SECONDS", "110")  # the most it may be: a 2-core machine, shared
     client = create_app(target="handle", source=str(REPO / "functions" / "judge" / "main.py"),
                         signature_type="http").test_client()
     response = post(client, sample("Call list.sort() to sort a list in place [1]."))
