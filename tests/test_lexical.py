@@ -165,3 +165,51 @@ def test_a_slow_snapshot_is_rebuilt_in_the_background_while_the_old_one_answers(
         assert time.monotonic() < deadline, "the background rebuild never landed"
         time.sleep(0.05)
     assert lexical.search("pretty", collection=collection, caller=Caller("acme")) == []
+
+
+def test_another_tenants_documents_do_not_move_a_tenants_scores(setup):
+    # BM25's statistics are per tenant: globex filling the collection with "zipfile" (lowering its idf, raising the
+    # average length) changes nothing in acme's scores. With shared statistics both moved (a regression test).
+    runtime, lexical, collection, root = setup
+    before = {h.chunk_id: h.score for h in lexical.search("zipfile archives", collection=collection,
+                                                            caller=Caller("acme"))}
+    for n in range(12):
+        (root / f"globex-{n}.md").write_text(f"# Zip {n}\n\n" + "zipfile zipfile archives and more words " * 20 + "\n")
+        ingest([str(root / f"globex-{n}.md")], runtime, collection=collection, tenant="globex")
+    after = {h.chunk_id: h.score for h in lexical.search("zipfile archives", collection=collection,
+                                                           caller=Caller("acme"))}
+    assert after.keys() == before.keys() and after == pytest.approx(before)
+    assert lexical.search("zipfile archives", collection=collection, caller=Caller("globex"))  # globex's own
+
+
+def test_one_collections_build_does_not_hold_up_another_collections_queries(index_settings, tmp_path):
+    import threading
+
+    runtime = Runtime(index_settings)
+    for collection in ("slowbuild", "quick"):
+        (tmp_path / f"{collection}.md").write_text(f"# {collection}\n\nThe {collection} notes mention lexical.\n")
+        ingest([str(tmp_path / f"{collection}.md")], runtime, collection=collection, tenant="acme")
+    entered, release = threading.Event(), threading.Event()
+
+    class Paused(LexicalRetriever):  # the real retriever, with a build of "slowbuild" held open
+        def _build(self, collection, generation):
+            if collection == "slowbuild":
+                entered.set()
+                assert release.wait(30)
+            return super()._build(collection, generation)
+
+    lexical = Paused(runtime.index, refresh_seconds=0.0)
+    slow = threading.Thread(target=lexical.search, args=("lexical",), kwargs={"collection": "slowbuild",
+                                                                              "caller": Caller("acme")})
+    slow.start()
+    try:
+        assert entered.wait(30)
+        answered = []
+        quick = threading.Thread(target=lambda: answered.append(
+            lexical.search("lexical", collection="quick", caller=Caller("acme"))))
+        quick.start()
+        quick.join(10)
+        assert answered and answered[0][0].source.endswith("quick.md")  # while "slowbuild" is still building
+    finally:
+        release.set()
+        slow.join(30)

@@ -3,7 +3,9 @@
 Chroma stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
 collection's generation token (bumped by every commit and delete, see ChromaIndex.generation) has changed, checking
 at most every `refresh_seconds`; a snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a
-background thread while the old one keeps answering. Scaling: a rebuild reads every chunk text of the collection and
+background thread while the old one keeps answering. Each collection has its own lock, so one collection's build
+never holds up another's queries, and BM25's statistics are each tenant's own (a tenant's scores do not move with
+another tenant's documents). Scaling: a rebuild reads every chunk text of the collection and
 holds postings in memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per
 replica; beyond that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
 """
@@ -11,7 +13,6 @@ replica; beyond that a dedicated lexical engine (or Chroma's sparse vectors) sho
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -83,7 +84,12 @@ class LexicalRetriever:
         # (seconds stale), instead of every query waiting: 15 s at 100k chunks, after each commit.
         self.background_after_seconds = 1.0
         self._rebuilding: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts above and `_locks`, never held across a build
+        self._locks: dict[str, threading.Lock] = {}  # one per collection: a build blocks its own collection only
+
+    def _collection_lock(self, collection: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(collection, threading.Lock())
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
                caller: Caller = Caller()) -> list[Hit]:
@@ -112,7 +118,9 @@ class LexicalRetriever:
                     score=float(scores[i]), metadata=snapshot.metadatas[i]) for i in best]
 
     def _snapshot(self, collection: str) -> _Snapshot | None:
-        with self._lock:  # one rebuild at a time; concurrent queries wait for it rather than each rebuilding
+        # one build per collection at a time; its queries wait for it rather than each rebuilding, while other
+        # collections' queries go on
+        with self._collection_lock(collection):
             cached = self._snapshots.get(collection)
             now = time.monotonic()
             if cached and now - cached.checked < self.refresh_seconds:
@@ -139,7 +147,7 @@ class LexicalRetriever:
             return cached
 
     def _rebuild_in_background(self, collection: str, generation: str | None) -> None:
-        """Called under the lock; at most one rebuild per collection runs at a time."""
+        """Called under the collection's lock; at most one rebuild per collection runs at a time."""
         if collection in self._rebuilding:
             return
         self._rebuilding.add(collection)
@@ -147,12 +155,12 @@ class LexicalRetriever:
         def rebuild() -> None:
             try:
                 snapshot = self._build(collection, generation)
-                with self._lock:
+                with self._collection_lock(collection):
                     self._snapshots[collection] = snapshot
             except Exception as exc:  # the stale snapshot keeps answering; the next check tries again
                 log.warning("background rebuild of the BM25 snapshot of %s failed: %s", collection, exc)
             finally:
-                with self._lock:
+                with self._collection_lock(collection):
                     self._rebuilding.discard(collection)
 
         threading.Thread(target=rebuild, name=f"bm25-{collection}", daemon=True).start()
@@ -168,25 +176,31 @@ class LexicalRetriever:
             metadatas += page["metadatas"]
         tokens = [tokenize(text) for text in texts]
         lengths = np.array([len(t) for t in tokens], dtype=np.float32)
-        average = float(lengths.mean()) if len(lengths) else 0.0
+        tenants = np.array([m.get("tenant", "") for m in metadatas], dtype=object)
+        # BM25's statistics (rows, document frequencies, average length) are each tenant's own: every row belongs
+        # to one tenant, so a row is weighted with its tenant's, and no tenant's documents move another's scores
+        names, tenant_of = np.unique(tenants, return_inverse=True) if len(tenants) else ([], np.zeros(0, np.int64))
+        rows_per_tenant = np.bincount(tenant_of, minlength=len(names)).astype(np.float64)
+        average = np.bincount(tenant_of, weights=lengths, minlength=len(names)) / np.maximum(rows_per_tenant, 1)
         rows_by_term: dict[str, list[int]] = defaultdict(list)
         tf_by_term: dict[str, list[int]] = defaultdict(list)
         for row, words in enumerate(tokens):
             for term, tf in Counter(words).items():
                 rows_by_term[term].append(row)
                 tf_by_term[term].append(tf)
-        norm = self.k1 * (1 - self.b + self.b * lengths / max(average, 1e-9))
+        norm = self.k1 * (1 - self.b + self.b * lengths / np.maximum(average[tenant_of], 1e-9))
         postings = {}
         for term, rows in rows_by_term.items():
             rows_array = np.array(rows, dtype=np.int64)
             tf = np.array(tf_by_term[term], dtype=np.float32)
-            idf = math.log(1 + (len(ids) - len(rows) + 0.5) / (len(rows) + 0.5))
-            postings[term] = (rows_array, idf * tf * (self.k1 + 1) / (tf + norm[rows_array]))
+            owners = tenant_of[rows_array]
+            df = np.bincount(owners, minlength=len(names))[owners]  # the term's rows in each row's own tenant
+            idf = np.log1p((rows_per_tenant[owners] - df + 0.5) / (df + 0.5))
+            postings[term] = (rows_array, (idf * tf * (self.k1 + 1) / (tf + norm[rows_array])).astype(np.float32))
         groups: dict[str, list[int]] = defaultdict(list)
         for row, meta in enumerate(metadatas):
             for group in meta.get("groups") or [PUBLIC]:
                 groups[group].append(row)
-        return _Snapshot(generation, ids, texts, metadatas, postings,
-                         np.array([m.get("tenant", "") for m in metadatas], dtype=object),
+        return _Snapshot(generation, ids, texts, metadatas, postings, tenants,
                          {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic(),
                          time.monotonic() - started)
