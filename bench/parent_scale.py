@@ -30,8 +30,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
 
@@ -41,6 +39,7 @@ from retrieval_sets import build, measure, open_index  # noqa: E402
 from ragfn.retrieval.dense import Caller, Hit  # noqa: E402
 from ragfn.retrieval.evalset import judge, load_queries  # noqa: E402
 from ragfn.retrieval.metrics import summarize  # noqa: E402
+from ragfn.retrieval.sections import standardise  # noqa: E402
 from ragfn.serve.runtime import Runtime  # noqa: E402
 from ragfn.store.chroma import read_pages  # noqa: E402
 
@@ -51,9 +50,7 @@ COLUMNS = ("R@1", "R@10", "MRR@10", "nDCG@10")
 
 def zscores(hits: list[Hit]) -> dict[str, float]:
     """Standardised scores over one list, as hybrid's score fusion does."""
-    scores = np.array([hit.score for hit in hits], dtype=np.float64)
-    spread = scores.std() or 1.0
-    return {hit.chunk_id: (hit.score - scores.mean()) / spread for hit in hits}
+    return standardise({hit.chunk_id: hit.score for hit in hits})
 
 
 def parent_map(small: Runtime, parent: Runtime) -> dict[str, str]:

@@ -12,7 +12,7 @@ from ragfn.core.errors import BadEvent
 from ragfn.retrieval.dense import Caller, DenseRetriever, Hit
 from ragfn.retrieval.lexical import LexicalRetriever
 from ragfn.retrieval.rerank import GuardedReranker, Reranker
-from ragfn.retrieval.sections import SECTIONS, Sections, by_section
+from ragfn.retrieval.sections import SECTIONS, Sections, by_section, standardise
 from ragfn.retrieval.window import POOLS, Pool, windowed
 
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -108,9 +108,7 @@ class HybridRetriever:
         for name, ranked in lists.items():
             if not ranked:
                 continue
-            scores = np.array([hit.score for hit in ranked], dtype=np.float64)
-            spread = scores.std() or 1.0  # one hit, or all equal: no spread to standardise by
-            standard = {hit.chunk_id: (hit.score - scores.mean()) / spread for hit in ranked}
+            standard = standardise({hit.chunk_id: hit.score for hit in ranked})
             floor = min(standard.values())
             for chunk_id in every:
                 fused[chunk_id] += self.weights[name] * standard.get(chunk_id, floor)

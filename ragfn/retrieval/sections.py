@@ -27,6 +27,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+import numpy as np
+
 from ragfn.retrieval.dense import Hit
 
 Sections = Literal["off", "max", "sum", "fuse"]
@@ -40,12 +42,12 @@ def section_of(hit: Hit) -> Key:
 
 
 def standardise(scores: Mapping[str, float]) -> dict[str, float]:
-    """z-scores of one list's scores; one score, or all equal, has no spread to standardise by."""
+    """z-scores of one list's scores (hybrid's score fusion, and section-level fusion); one score, or all equal, has
+    no spread to standardise by."""
     if not scores:
         return {}
-    values = list(scores.values())
-    mean = sum(values) / len(values)
-    spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 or 1.0
+    values = np.array(list(scores.values()), dtype=np.float64)
+    mean, spread = values.mean(), values.std() or 1.0
     return {key: (value - mean) / spread for key, value in scores.items()}
 
 

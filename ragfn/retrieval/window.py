@@ -50,14 +50,11 @@ def windowed(scores: Mapping[str, float], hits: Mapping[str, Hit], beta: float, 
     if not scores or not beta:
         return dict(scores)
     floor = min(scores.values())
-    where: dict[Place, str] = {}
-    for chunk_id in scores:
-        place = place_of(hits[chunk_id])
-        if place is not None:
-            where[place] = chunk_id
+    places = {chunk_id: place_of(hits[chunk_id]) for chunk_id in scores}
+    where = {place: chunk_id for chunk_id, place in places.items() if place is not None}
     result = {}
     for chunk_id, score in scores.items():
-        place = place_of(hits[chunk_id])
+        place = places[chunk_id]
         if place is None:
             neighbours = [floor, floor]
         else:
