@@ -41,7 +41,6 @@ from ragfn.retrieval.evalset import judge, load_queries  # noqa: E402
 from ragfn.retrieval.metrics import summarize  # noqa: E402
 from ragfn.retrieval.sections import standardise  # noqa: E402
 from ragfn.serve.runtime import Runtime  # noqa: E402
-from ragfn.store.chroma import read_pages  # noqa: E402
 
 SMALL, PARENT = (96, 16), (250, 0)
 DEPTH = 50
@@ -56,8 +55,8 @@ def zscores(hits: list[Hit]) -> dict[str, float]:
 def parent_map(small: Runtime, parent: Runtime) -> dict[str, str]:
     """Each small chunk's parent: the large chunk of the same document version overlapping its span most."""
     def spans(runtime: Runtime) -> list[tuple[str, dict]]:
-        rows = read_pages(runtime.index.chunks("default"), ["metadatas"])
-        return [(i, m) for page in rows for i, m in zip(page["ids"], page["metadatas"], strict=True)]
+        return [(i, m) for page in runtime.index.rows("default") for i, m in zip(page.ids, page.metadatas,
+                                                                                  strict=True)]
 
     by_doc: dict[tuple[str, str], list[tuple[int, int, str]]] = defaultdict(list)
     for chunk_id, meta in spans(parent):

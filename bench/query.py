@@ -30,6 +30,7 @@ from query_timing import Served, interleaved, log, summary
 
 from ragfn.core.config import OFFLINE_MODEL
 from ragfn.retrieval.dense import Caller
+from ragfn.store.chroma import where as chroma_where
 from ragfn.serve.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ class Bench:
         Chroma unfiltered for as many candidates as the dense search first asks for, and BM25 at fusion depth."""
         retriever, embedder = self.runtime.retriever, self.runtime.embedder
         chroma = self.runtime.index.chunks(collection)
-        where, depth = Caller().where(), retriever.depth
+        where, depth = chroma_where(Caller()), retriever.depth
 
         def search(mode: str):
             return lambda q: retriever.search(q, mode=mode, collection=collection, top_k=10)

@@ -141,6 +141,47 @@ def index_settings(request: pytest.FixtureRequest, settings: Settings) -> Settin
     return settings.model_copy(update={"chroma_url": url})
 
 
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server in its own process (its buckets outlive the in-process `moto_s3()` resets); yields its URL."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto-server") / "moto.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/moto-api/", process=process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+STORES = ["chroma-embedded", "chroma-server", "lancedb-folder", "lancedb-s3"]
+
+
+@pytest.fixture(params=STORES)
+def store_settings(request: pytest.FixtureRequest, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for every backend the store protocol has: Chroma embedded and `chroma run`, LanceDB on a folder and
+    on moto's S3 server (a bucket per test). LanceDB readers here look for other writers' commits on every read."""
+    if request.param == "chroma-embedded":
+        return settings
+    if request.param == "chroma-server":
+        return settings.model_copy(update={"chroma_url": request.getfixturevalue("chroma_server")})
+    lance = settings.model_copy(update={"store": "lancedb", "lancedb_refresh_seconds": 0.0})
+    if request.param == "lancedb-folder":
+        return lance
+    import boto3
+
+    endpoint = request.getfixturevalue("moto_server")
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = "lance-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return lance.model_copy(update={"lancedb_uri": f"s3://{bucket}/ragfn", "s3_endpoint_url": endpoint})
+
+
 @pytest.fixture
 def unique_collection(request: pytest.FixtureRequest) -> str:
     import hashlib

@@ -68,9 +68,11 @@ def test_a_caller_owning_a_small_part_of_a_shared_collection_still_gets_top_k(in
     for n in range(3):
         (mine / f"holidays-{n}.md").write_text(PUBLIC_DOC.replace("bridge days", f"bridge day {n}"))
     ingest([str(mine)], runtime, collection=unique_collection, tenant="acme")
-    retriever = DenseRetriever(runtime.index, runtime.embedder, overfetch=1)
+    runtime.index.overfetch = 1
+    retriever = DenseRetriever(runtime.index, runtime.embedder)
     hits = retriever.search("When is the salary review?", collection=unique_collection, top_k=3,
                             caller=Caller("acme"))
     assert len(hits) == 3 and all(hit.source.startswith(f"file://{mine}/") for hit in hits)
+    runtime.index.overfetch = 4
     assert [h.chunk_id for h in hits] == [h.chunk_id for h in DenseRetriever(runtime.index, runtime.embedder).search(
         "When is the salary review?", collection=unique_collection, top_k=3, caller=Caller("acme"))]

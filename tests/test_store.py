@@ -1,5 +1,7 @@
-"""The index's delivery semantics against real Chroma, embedded and `chroma run`: duplicates, reordering,
-late versions and deletes all end in exactly the chunks of the newest version."""
+"""The store protocol's conformance suite, run against every backend (tests/conftest.py STORES): Chroma embedded
+and `chroma run`, LanceDB on a folder and on moto's S3 server. Delivery semantics (duplicates, reordering, late
+versions, deletes, two writers at once all end in exactly the chunks of the newest version), paging, counts, and
+tenant and group isolation in dense, lexical and hybrid search."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 
 from ragfn.core.errors import BadEvent
 from ragfn.eventing.events import Chunk, DocumentTombstoned, DocumentVersion, EmbeddedBatch, sequence_key
+from ragfn.serve.runtime import Runtime
+from ragfn.store.base import Index
 from ragfn.store.chroma import ChromaIndex
 from ragfn.store.vectors import encode_vector
 
@@ -32,14 +36,21 @@ def make_batches(collection: str, version: str, sequence: int, texts: list[str],
             for b, group in enumerate(groups)]
 
 
-def stored(index: ChromaIndex, collection: str) -> list[tuple[str, str]]:
-    found = index.chunks(collection).get(where={"document_id": URI}, include=["documents", "metadatas"])
-    return sorted((m["version"], d) for m, d in zip(found["metadatas"], found["documents"], strict=True))
+def rows_of(index: Index, collection: str, uri: str = URI) -> dict[str, tuple[str, str]]:
+    """Every stored row of one document: id -> (version, text), read through the protocol's paging."""
+    if not index.exists(collection):
+        return {}
+    return {i: (m["version"], t) for page in index.rows(collection)
+            for i, t, m in zip(page.ids, page.texts, page.metadatas, strict=True) if m["document_id"] == uri}
+
+
+def stored(index: Index, collection: str) -> list[tuple[str, str]]:
+    return sorted(rows_of(index, collection).values())
 
 
 @pytest.fixture
-def index(index_settings) -> ChromaIndex:
-    return ChromaIndex(index_settings)
+def index(store_settings) -> Index:
+    return Runtime(store_settings).index
 
 
 V1 = ["alpha one", "alpha two", "alpha three"]
@@ -142,12 +153,12 @@ def test_reusable_vectors_by_content_hash(index, unique_collection):
 def test_unchanged_chunks_keep_their_rows_across_versions(index, unique_collection):
     for batch in make_batches(unique_collection, "v1", 10, V1):
         index.write_batch(batch)
-    before = index.chunks(unique_collection).get(where={"document_id": URI})["ids"]
+    before = set(rows_of(index, unique_collection))
     edited = ["alpha one", "alpha two, edited", "alpha three"]
     batches = make_batches(unique_collection, "v2", 20, edited)
     for batch in batches:
         index.write_batch(batch)
-    after = index.chunks(unique_collection).get(where={"document_id": URI})["ids"]
+    after = set(rows_of(index, unique_collection))
     assert len(set(before) & set(after)) == 2  # "alpha one" and "alpha three" were relabelled, not rewritten
     assert stored(index, unique_collection) == sorted(("v2", t) for t in edited)
     # a late batch of the old version must not take the shared rows back
@@ -173,3 +184,151 @@ def test_collections_stay_cosine_and_remember_their_embedder(index_settings, uni
     collection = fresh.chunks(unique_collection)
     assert collection.metadata["ragfn:embedder"] == "test-embedder"
     assert collection.configuration_json["hnsw"]["space"] == "cosine"
+
+
+def test_two_writers_commit_versions_of_one_document_at_once(store_settings, index, unique_collection):
+    # Two replicas where the backend allows concurrent writers, else two request threads of one replica. Shared
+    # texts make the versions relabel the same rows while they race.
+    import random
+    import threading
+
+    second = Runtime(store_settings).index if index.concurrent_writers else index
+    shared = ["shared one", "shared two"]
+    for round_ in range(3):
+        older = make_batches(unique_collection, f"a{round_}", 100 * round_ + 10, shared + [f"old {round_}"], 1)
+        newer = make_batches(unique_collection, f"b{round_}", 100 * round_ + 20, shared + [f"new {round_}"], 1)
+        random.Random(round_).shuffle(older)
+        start = threading.Barrier(2)
+        errors = []
+
+        def write(writer: Index, batches: list[EmbeddedBatch]) -> None:
+            start.wait()
+            try:
+                for batch in batches:
+                    writer.write_batch(batch)
+            except Exception as exc:  # surfaced below: a conflict must be retried inside the store, not raised
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(index, older)),
+                   threading.Thread(target=write, args=(second, newer))]
+        [t.start() for t in threads]
+        [t.join(timeout=120) for t in threads]
+        assert errors == []
+        assert index.ledger_entry(unique_collection, URI).version == f"b{round_}"
+        assert stored(index, unique_collection) == sorted((f"b{round_}", t) for t in shared + [f"new {round_}"])
+
+
+def test_paging_reads_every_row_past_33k(index, unique_collection):
+    # one unbounded Chroma get() fails from 32,767 rows on; the protocol's pages must not
+    total, per_document = 33_000, 3_000
+    rng = np.random.default_rng(0)
+    for d in range(total // per_document):
+        doc = DocumentVersion(collection=unique_collection, document_id=f"file:///big/{d}.md", version="v1",
+                              sequence=sequence_key(d + 1), tenant="acme")
+        chunks = [Chunk(number=i, text=f"row {d}-{i}", start=0, end=1, tokens=2, content_hash=f"{d}-{i}")
+                  for i in range(per_document)]
+        vectors = [encode_vector(v) for v in rng.normal(size=(per_document, DIM)).astype(np.float32)]
+        assert index.write_batch(EmbeddedBatch(document=doc, batch=0, batches=1, total_chunks=per_document,
+                                               chunks=chunks, embedder="test-embedder", dimensions=DIM,
+                                               vectors=vectors)) is not None
+    pages = list(index.rows(unique_collection, page_rows=10_000))
+    ids = [i for page in pages for i in page.ids]
+    assert len(ids) == len(set(ids)) == total and max(len(page.ids) for page in pages) <= 10_000
+    assert index.stats()[unique_collection] == {"documents": total // per_document, "chunks": total}
+    assert sum(e.chunks for e in index.ledger(unique_collection)) == total
+
+
+def write_document(index: Index, collection: str, uri: str, texts: list[str], *, tenant: str | None,
+                   groups: list[str], sequence: int = 10, vectors: np.ndarray | None = None) -> None:
+    doc = DocumentVersion(collection=collection, document_id=uri, version="v1", sequence=sequence_key(sequence),
+                          tenant=tenant, groups=groups)
+    chunks = [Chunk(number=i, text=t, start=0, end=len(t), tokens=len(t.split()),
+                    content_hash=hashlib.sha256(t.encode()).hexdigest()) for i, t in enumerate(texts)]
+    if vectors is None:
+        vectors = np.random.default_rng(sequence).normal(size=(len(texts), DIM)).astype(np.float32)
+    assert index.write_batch(EmbeddedBatch(document=doc, batch=0, batches=1, total_chunks=len(texts), chunks=chunks,
+                                           embedder="test-embedder", dimensions=DIM,
+                                           vectors=[encode_vector(v) for v in vectors])) is not None
+
+
+class Vectors:
+    """An embedder stand-in for search tests: the question's vector is given, so this is never asked."""
+
+    name, dimensions = "test-embedder", DIM
+
+    def embed(self, texts):  # pragma: no cover - every search below passes its vector
+        raise AssertionError("the tests pass vectors")
+
+
+SECRET = "the merger with initech closes on the ninth of march at a price of forty dollars"
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_a_tenant_never_sees_another_tenants_rows_even_with_identical_text(index, unique_collection, mode):
+    from ragfn.retrieval.dense import Caller, DenseRetriever
+    from ragfn.retrieval.hybrid import HybridRetriever
+    from ragfn.retrieval.lexical import LexicalRetriever
+
+    same = np.random.default_rng(7).normal(size=(3, DIM)).astype(np.float32)
+    texts = [SECRET, "quarterly numbers are confidential", "the board meets on tuesdays"]
+    write_document(index, unique_collection, "s3://globex/secret.md", texts, tenant="globex", groups=["*"],
+                   vectors=same)
+    write_document(index, unique_collection, "s3://acme/copy.md", texts, tenant="acme", groups=["*"], vectors=same)
+    write_document(index, unique_collection, "s3://none/copy.md", texts, tenant=None, groups=["*"], vectors=same)
+    retriever = HybridRetriever(DenseRetriever(index, Vectors()), LexicalRetriever(index, refresh_seconds=0.0))
+    for tenant, prefix in (("acme", "s3://acme/"), ("globex", "s3://globex/"), (None, "s3://none/")):
+        hits = retriever.search(SECRET, mode=mode, collection=unique_collection, top_k=1000, caller=Caller(tenant),
+                                vector=same[0])
+        assert hits and {h.source for h in hits} == {prefix + ("secret.md" if tenant == "globex" else "copy.md")}
+        assert hits[0].text == SECRET
+    assert retriever.search(SECRET, mode=mode, collection=unique_collection, top_k=1000, caller=Caller("initech"),
+                            vector=same[0]) == []
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical"])
+def test_groups_filter_before_the_top_k(index, unique_collection, mode):
+    from ragfn.retrieval.dense import Caller, DenseRetriever
+    from ragfn.retrieval.hybrid import HybridRetriever
+    from ragfn.retrieval.lexical import LexicalRetriever
+
+    rng = np.random.default_rng(3)
+    near = rng.normal(size=DIM).astype(np.float32)
+    # twenty hr-only chunks nearer the question than the one public chunk: a filter after the top-k would lose it
+    write_document(index, unique_collection, "s3://acme/hr.md", [f"salary review band {n}" for n in range(20)],
+                   tenant="acme", groups=["hr"], vectors=np.stack([near] * 20))
+    write_document(index, unique_collection, "s3://acme/public.md", ["salary review dates are public"],
+                   tenant="acme", groups=["*"], sequence=11, vectors=-near[None, :])
+    retriever = HybridRetriever(DenseRetriever(index, Vectors()), LexicalRetriever(index, refresh_seconds=0.0))
+
+    def sources(groups: tuple[str, ...]) -> list[str]:
+        return [h.source for h in retriever.search("salary review", mode=mode, collection=unique_collection,
+                                                   top_k=1, caller=Caller("acme", groups), vector=near)]
+
+    assert sources(()) == ["s3://acme/public.md"]
+    assert sources(("eng",)) == ["s3://acme/public.md"]
+    assert sources(("hr",)) == ["s3://acme/hr.md"]
+
+
+def test_counts_per_tenant_for_stats_and_me(index, unique_collection):
+    write_document(index, unique_collection, "s3://a/1.md", ["one", "two"], tenant="acme", groups=["*"])
+    write_document(index, unique_collection, "s3://a/2.md", ["three"], tenant="acme", groups=["*"], sequence=11)
+    write_document(index, unique_collection, "s3://g/1.md", ["four"], tenant="globex", groups=["*"], sequence=12)
+    index.tombstone(DocumentTombstoned(collection=unique_collection, document_id="s3://a/2.md",
+                                       sequence=sequence_key(13)))
+    per_tenant: dict[str, int] = {}
+    for entry in index.ledger(unique_collection):
+        if entry.state == "indexed":
+            per_tenant[entry.tenant] = per_tenant.get(entry.tenant, 0) + entry.chunks
+    assert per_tenant == {"acme": 2, "globex": 1}
+    assert index.stats()[unique_collection] == {"documents": 2, "chunks": 3}
+    assert index.version_rows(unique_collection, "s3://a/1.md", "v1") == 2
+    assert index.version_rows(unique_collection, "s3://a/2.md", "v1") == 0
+    assert unique_collection in index.collections()
+
+
+def test_names_the_store_cannot_take_are_refused_before_any_write(index):
+    with pytest.raises(BadEvent, match="invalid collection name"):
+        index.exists("../escape")
+    (batch,) = make_batches("bad name", "v1", 10, V2, per_batch=5)
+    with pytest.raises(BadEvent, match="invalid collection name"):
+        index.write_batch(batch)

@@ -31,7 +31,16 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(32, ge=1, le=1024)
     embed_threads: int | None = Field(None, ge=1, description="onnxruntime threads; all cores when unset")
 
+    store: Literal["chroma", "lancedb"] = Field("chroma", description="the index backend: chroma (embedded, or "
+                                                "`chroma run` at RAGFN_CHROMA_URL) or lancedb (a folder or a bucket)")
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded PersistentClient when unset")
+    lancedb_uri: str | None = Field(None, description="LanceDB's tables: a folder, s3://bucket/prefix or gs://...; "
+                                    "<RAGFN_HOME>/lancedb when unset. Credentials from the usual AWS_* / GOOGLE_* "
+                                    "variables, an S3-compatible endpoint from RAGFN_S3_ENDPOINT_URL")
+    lancedb_refresh_seconds: float = Field(1.0, ge=0, le=60, description="how stale a LanceDB reader may be: it "
+                                           "looks for other replicas' commits at most this often (0 = every read)")
+    lancedb_vector_index_rows: int = Field(100_000, ge=1000, description="a LanceDB table gets its vector index "
+                                           "(IVF-HNSW-SQ) at this many rows; below it vector search is exact")
     redis_url: str | None = Field(None, description="Redis for the semantic cache, e.g. redis://127.0.0.1:6379/0")
     cache_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic cache hit needs")
     cache_ttl_seconds: int = Field(86400, ge=1)
@@ -132,6 +141,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
         return value.strip() if value is not None else None
 
+    @field_validator("lancedb_uri")
+    @classmethod
+    def _check_lancedb_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.strip()
+            scheme = value.split("://", 1)[0] if "://" in value else "file"
+            if not value or scheme not in ("file", "s3", "gs", "az", "memory"):
+                raise ValueError(f"RAGFN_LANCEDB_URI={value!r}: use a folder, s3://bucket/prefix or gs://bucket/prefix")
+        return value
+
     @field_validator("llm_url", "llm_fallback_url", "judge_url")
     @classmethod
     def _check_llm_url(cls, value: str | None, info) -> str | None:
@@ -158,6 +177,11 @@ class Settings(BaseSettings):
     @property
     def chroma_path(self) -> Path:
         return self.home / "chroma"
+
+    def resolved_lancedb_uri(self) -> str:
+        if self.lancedb_uri is None:
+            return str((self.home / "lancedb").resolve())
+        return self.lancedb_uri.removeprefix("file://")
 
     @property
     def dead_letter_path(self) -> Path:

@@ -207,9 +207,7 @@ class Uploads:
         letter = self._dead_letter(uri, query, head)
         if letter is not None:
             return answer("failed", error=_reason(letter))
-        written = self._guard(lambda: len(index.chunks(collection).get(
-            where={"$and": [{"document_id": uri}, {"version": version}]}, include=[])["ids"])
-            if index.exists(collection) else 0)
+        written = self._guard(lambda: index.version_rows(collection, uri, version))
         return answer("indexing", chunks_written=written) if written else answer("queued")
 
     def _current(self, uri: str) -> ObjectHead | None:

@@ -1,7 +1,8 @@
-"""BM25 over a collection's chunk texts, built from Chroma itself so that every replica agrees with the index.
+"""Lexical search: the index's own full-text search where it has one (LanceDB), else BM25 over the collection's
+chunk texts, built from the index itself so that every replica agrees with it (Chroma).
 
-Chroma stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
-collection's generation token (bumped by every commit and delete, see ChromaIndex.generation) has changed, checking
+The index stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
+collection's generation token (bumped by every commit and delete, see Index.generation) has changed, checking
 at most every `refresh_seconds`; a snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a
 background thread while the old one keeps answering. Each collection has its own lock, so one collection's build
 never holds up another's queries, and BM25's statistics are each tenant's own (a tenant's scores do not move with
@@ -23,8 +24,7 @@ import numpy as np
 
 from ragfn.core.errors import BadEvent, Unavailable
 from ragfn.retrieval.dense import Caller, Hit
-from ragfn.store.base import PUBLIC
-from ragfn.store.chroma import ChromaIndex, read_pages
+from ragfn.store.base import PUBLIC, Index
 
 log = logging.getLogger("ragfn.lexical")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -71,9 +71,10 @@ class _Snapshot:
 
 
 class LexicalRetriever:
-    """BM25 (Okapi, k1/b) with the caller's tenant and groups applied before ranking."""
+    """BM25 (Okapi, k1/b) with the caller's tenant and groups applied before ranking; on an index with its own
+    full-text search (`index.full_text`), that search, given the question without its function words."""
 
-    def __init__(self, index: ChromaIndex, *, k1: float = 1.2, b: float = 0.75, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, index: Index, *, k1: float = 1.2, b: float = 0.75, refresh_seconds: float = 1.0) -> None:
         self.index = index
         self.k1, self.b = k1, b
         self.refresh_seconds = refresh_seconds
@@ -98,6 +99,10 @@ class LexicalRetriever:
             raise BadEvent("the question has no words to search for")
         if not 1 <= top_k <= 1000:
             raise BadEvent(f"top_k={top_k} is out of range", hint="use 1 to 1000")
+        if self.index.full_text:  # its analyzer stems, so it gets words, not ragfn's stems
+            words = _WORD.findall(question.lower())
+            return self.index.lexical_search(collection, " ".join([w for w in words if w not in STOPWORDS] or words),
+                                             top_k=top_k, caller=caller)
         snapshot = self._snapshot(collection)
         if snapshot is None or not snapshot.ids:
             return []
@@ -170,10 +175,10 @@ class LexicalRetriever:
         ids, texts, metadatas = [], [], []
         # Pages can straddle a concurrent commit; `generation` was read before the first page, so the next check
         # sees the newer token and rebuilds.
-        for page in read_pages(self.index.chunks(collection), ["documents", "metadatas"]):
-            ids += page["ids"]
-            texts += page["documents"]
-            metadatas += page["metadatas"]
+        for page in self.index.rows(collection):
+            ids += page.ids
+            texts += page.texts
+            metadatas += page.metadatas
         tokens = [tokenize(text) for text in texts]
         lengths = np.array([len(t) for t in tokens], dtype=np.float32)
         tenants = np.array([m.get("tenant", "") for m in metadatas], dtype=object)

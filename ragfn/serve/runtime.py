@@ -30,6 +30,11 @@ class Runtime:
 
     @cached_property
     def index(self):
+        """RAGFN_STORE's backend: Chroma (the embedded default) or LanceDB (a folder or a bucket)."""
+        if self.settings.store == "lancedb":
+            from ragfn.store.lance import LanceIndex
+
+            return LanceIndex(self.settings)
         from ragfn.store.chroma import ChromaIndex
 
         return ChromaIndex(self.settings)

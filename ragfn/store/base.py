@@ -1,11 +1,12 @@
-"""What every index backend shares: collection names, the ledger entry, and the `Index` protocol it implements."""
+"""What every index backend shares: collection names, the ledger entry, who reads (`Caller`) and what they get
+(`Hit`), and the `Index` protocol every backend implements."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -14,6 +15,44 @@ from ragfn.eventing.events import DocumentIndexed, DocumentRemoved, DocumentTomb
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 PUBLIC = "*"  # the ACL group of a document readable by its whole tenant
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant and the ACL groups they belong to. Untenanted callers see untenanted documents."""
+
+    tenant: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def readable_groups(self) -> list[str]:
+        """The document groups the caller may read: their own and the public group."""
+        return sorted({PUBLIC, *self.groups})
+
+    def can_read(self, metadata: dict) -> bool:
+        """The filter every backend applies inside its search, for one chunk's metadata."""
+        groups = metadata.get("groups") or [PUBLIC]
+        return metadata.get("tenant", "") == (self.tenant or "") and not {PUBLIC, *self.groups}.isdisjoint(groups)
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    source: str
+    text: str
+    score: float  # cosine similarity for dense hits, BM25 for lexical ones
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict:
+        return {"chunk_id": self.chunk_id, "source": self.source, "text": self.text, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One page of a collection's chunk rows, as `Index.rows` yields them."""
+
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict]
 
 
 @dataclass(frozen=True)
@@ -38,12 +77,20 @@ def check_collection_name(name: str) -> str:
 
 
 class Index(Protocol):
-    """The write and ledger side of an index, which ingestion, re-sync and uploads use.
+    """What ingestion, re-sync, uploads and retrieval ask of a backend (ChromaIndex, LanceIndex).
 
     Writes are idempotent per (document, version, chunk) and ordered by the ledger: a batch or tombstone older
-    than the committed (sequence, version) returns None and changes nothing. The read side that dense and lexical
-    search use is Chroma's own collection today (`ChromaIndex.chunks`); a second backend adds its search here.
+    than the committed (sequence, version) returns None and changes nothing. Reads apply the caller's tenant and
+    groups inside the search (before the top-k), so an unreadable chunk never takes a place. A store that cannot be
+    reached raises `Unavailable`; a name it cannot take, `BadEvent`.
     """
+
+    # True when the backend has its own full-text index; otherwise ragfn's BM25 (ragfn.retrieval.lexical) searches
+    # the rows it reads through `rows`, and `lexical_search` is never called.
+    full_text: ClassVar[bool]
+    # True when any number of index replicas may write one collection at once; otherwise one replica does, and
+    # serialises its own threads' writes.
+    concurrent_writers: ClassVar[bool]
 
     def warm_up(self) -> None: ...
 
@@ -62,5 +109,13 @@ class Index(Protocol):
     def write_batch(self, batch: EmbeddedBatch) -> DocumentIndexed | None: ...
 
     def tombstone(self, event: DocumentTombstoned, *, reason: str = "deleted") -> DocumentRemoved | None: ...
+
+    def version_rows(self, collection: str, document_id: str, version: str) -> int: ...
+
+    def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]: ...
+
+    def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]: ...
+
+    def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]: ...
 
     def stats(self) -> dict[str, dict[str, int]]: ...

@@ -1,0 +1,314 @@
+"""The LanceDB index: the cluster store, on a folder or an object-store bucket (S3, GCS, MinIO).
+
+Each user collection NAME is two Lance tables: `ragfn-NAME` holds the chunks (one row per document, content hash
+and occurrence, keyed like Chroma's rows) and `ragfn-NAME.ledger` one row per document: its committed version and
+sequence, or its tombstone. Every replica of the index and retrieve functions reads and writes the same tables;
+there is no server. The tenant is an indexed column (BITMAP), the ACL groups a LABEL_LIST, the document id a BTREE,
+and the text has an FTS index with English stemming, so every search applies the caller's filter before its top-k.
+
+Writes and concurrency. Lance commits are atomic and optimistic: a writer whose commit conflicts with another's
+re-reads and retries (`merge_insert` does so by itself). Ordering does not depend on who commits first:
+- a chunk row is inserted, or relabelled, only where its stored (sequence, version) is not newer than the batch's:
+  the condition is part of the one `merge_insert`, so an older version's relabel never overwrites a newer label;
+- the ledger row is written with the same condition, so a late older commit or tombstone changes nothing;
+- after its ledger write a writer reads the ledger back. If a newer version (or a delete) won, it deletes the rows
+  that carry its own label; if it won, it deletes every row labelled older than itself. Deleting after the record,
+  never before, is what makes this hold: a loser's rows were all written before its record, so either the winner's
+  delete comes later and takes them, or the loser's read-back comes later and sees the winner.
+So the rows left are the newest committed version's, whatever the interleaving. A writer that dies between writing
+rows and committing leaves rows labelled with an uncommitted version; the document's next commit or tombstone
+removes them (as on Chroma).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from ragfn.core.config import Settings
+from ragfn.core.errors import BadEvent
+from ragfn.eventing.events import DocumentIndexed, DocumentRemoved, DocumentTombstoned, DocumentVersion, EmbeddedBatch
+from ragfn.store.base import PUBLIC, Caller, Hit, LedgerEntry, Rows, check_collection_name
+from ragfn.store.chroma import row_id
+from ragfn.store.lance_tables import (
+    CHUNK_COLUMNS,
+    chunk_schema,
+    connect,
+    ensure_indexes,
+    guarded,
+    is_not_older,
+    ledger_schema,
+    older_than,
+    readable_by,
+    sql,
+)
+
+EMBEDDER_KEY = b"ragfn:embedder"
+
+
+class LanceIndex:  # implements ragfn.store.base.Index
+    """LanceDB at RAGFN_LANCEDB_URI (a folder under RAGFN_HOME by default)."""
+
+    full_text = True  # Lance's own BM25 (FTS index, English stemming) answers lexical search
+    concurrent_writers = True  # any number of index replicas, in any process (see the module's docstring)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._db = None
+        self._connecting = threading.Lock()
+        self._tables: dict[str, object] = {}  # open table handles by table name
+        self._indexed: set[str] = set()  # tables whose scalar and FTS indexes are known to exist
+
+    @property
+    def db(self):
+        if self._db is None:
+            with self._connecting:
+                if self._db is None:
+                    self._db = connect(self.settings)
+        return self._db
+
+    def warm_up(self) -> None:
+        """Connects and lists the tables: a bad URI, an unreachable bucket or refused credentials fail here."""
+        with guarded("cannot reach LanceDB", setting=True):
+            self.collections()
+
+    # -- tables --------------------------------------------------------------------------------------------
+
+    def _open(self, name: str):
+        """The table, or None when it does not exist yet."""
+        table = self._tables.get(name)
+        if table is None:
+            try:
+                table = self._tables[name] = self.db.open_table(name)
+            except ValueError as exc:
+                if "was not found" in str(exc):
+                    return None
+                raise
+        return table
+
+    def _create(self, name: str, schema):
+        try:
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        except ValueError as exc:
+            raise BadEvent(f"LanceDB cannot take the table name {name!r}: {exc}") from exc
+        self._tables[name] = table
+        return table
+
+    def chunk_table(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
+        """The collection's chunk table; created (for this embedder and dimension) only when both are given."""
+        name = f"ragfn-{check_collection_name(collection)}"
+        table = self._open(name)
+        if table is None and embedder and dimensions:
+            table = self._create(name, chunk_schema(dimensions, embedder))
+        if table is not None and embedder:
+            stored = (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode()
+            if stored and stored != embedder:
+                raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
+                               hint="use another collection, or re-ingest everything with the collection's embedder")
+        return table
+
+    def _ledger(self, collection: str, *, create: bool = False):
+        name = f"ragfn-{check_collection_name(collection)}.ledger"
+        table = self._open(name)
+        return self._create(name, ledger_schema()) if table is None and create else table
+
+    def exists(self, collection: str) -> bool:
+        with guarded("vector store unavailable"):
+            return self.chunk_table(collection) is not None
+
+    def collections(self) -> list[str]:
+        names, token = [], None
+        while True:
+            page = self.db.list_tables(page_token=token, limit=1000)
+            names += page.tables
+            token = page.page_token
+            if not token or not page.tables:
+                break
+        return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
+
+    # -- ledger --------------------------------------------------------------------------------------------
+
+    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None:
+        ledger = self._ledger(collection)
+        if ledger is None:
+            return None
+        found = ledger.search().where(f"document_id = {sql(document_id)}").limit(1).to_list()
+        return _entry(found[0]) if found else None
+
+    def ledger(self, collection: str) -> Iterator[LedgerEntry]:
+        ledger = self._ledger(collection)
+        if ledger is None:
+            return
+        for batch in ledger.search().limit(None).to_batches(10_000):
+            yield from (_entry(row) for row in batch.to_pylist())
+
+    def generation(self, collection: str) -> str | None:
+        ledger = self._ledger(collection)
+        return None if ledger is None else str(ledger.version)
+
+    def _record(self, collection: str, entry: LedgerEntry) -> None:
+        import pyarrow as pa
+
+        row = {"document_id": entry.document_id, "version": entry.version, "sequence": entry.sequence,
+               "state": entry.state, "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
+        (self._ledger(collection, create=True).merge_insert("document_id")
+         .when_matched_update_all(where=is_not_older("target", "source"))
+         .when_not_matched_insert_all().execute(pa.Table.from_pylist([row], schema=ledger_schema())))
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        table = self.chunk_table(collection) if hashes else None
+        if table is None or (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode() != embedder:
+            return {}
+        wanted = ", ".join(sql(h) for h in sorted(set(hashes)))
+        found = (table.search().where(f"content_hash IN ({wanted})").select(["content_hash", "vector"])
+                 .limit(None).to_list())
+        return {row["content_hash"]: np.asarray(row["vector"], dtype=np.float32) for row in found}
+
+    def write_batch(self, batch: EmbeddedBatch) -> DocumentIndexed | None:
+        """Upsert one batch; commit the version when all its chunks are present. None while incomplete or stale."""
+        import pyarrow as pa
+
+        from ragfn.store.vectors import decode_vector
+
+        doc = batch.document
+        if len(batch.vectors) != len(batch.chunks):
+            raise BadEvent(f"batch has {len(batch.chunks)} chunks but {len(batch.vectors)} vectors")
+        vectors = [decode_vector(v, batch.dimensions) for v in batch.vectors]  # all valid before any write
+        with guarded("vector store unavailable"):
+            entry = self.ledger_entry(doc.collection, doc.document_id)
+            if entry and entry.is_newer_than(doc.sequence, doc.version):
+                return None  # a newer version (or a later delete) is already committed
+            table = self.chunk_table(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
+            if table.schema.field("vector").type.list_size != batch.dimensions:
+                raise BadEvent(f"collection {doc.collection!r} holds {table.schema.field('vector').type.list_size}"
+                               f"-dimensional vectors, not {batch.dimensions}")
+            rows = [_chunk_row(doc, chunk, vector) for chunk, vector in zip(batch.chunks, vectors, strict=True)]
+            # insert new rows; relabel a stored row only when its label is not newer than this batch's
+            (table.merge_insert("id").when_matched_update_all(where=is_not_older("target", "source"))
+             .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
+            self._ensure_indexes(table)
+            present = table.count_rows(_label(doc))
+            if present < batch.total_chunks:
+                return None
+            return self._commit(doc, batch.total_chunks)
+
+    def _ensure_indexes(self, table) -> None:
+        if table.name not in self._indexed:
+            ensure_indexes(table)
+            self._indexed.add(table.name)
+
+    def _commit(self, doc: DocumentVersion, total: int) -> DocumentIndexed | None:
+        # Record first, then read the ledger back: the winner deletes every row labelled older than itself only
+        # after its record, so rows a loser wrote before its own (failed or overtaken) record cannot outlive it,
+        # and a loser, seeing the newer record, deletes the rows labelled with its own version.
+        table = self.chunk_table(doc.collection)
+        before = self.ledger_entry(doc.collection, doc.document_id)
+        if not (before and before.is_newer_than(doc.sequence, doc.version)):
+            self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
+                                                     doc.tenant, doc.chunking or ""))
+        after = self.ledger_entry(doc.collection, doc.document_id)
+        if after is None or (after.sequence, after.version) != (doc.sequence, doc.version):
+            table.delete(_label(doc))  # a newer version or delete won: this version's rows must not stay
+            return None
+        table.delete(f"document_id = {sql(doc.document_id)} AND {older_than(doc.sequence, doc.version)}")
+        replaced = [before.version] if before and before.state == "indexed" and before.version != doc.version else []
+        return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
+                               sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)
+
+    def tombstone(self, event: DocumentTombstoned, *, reason: str = "deleted") -> DocumentRemoved | None:
+        """Remember the delete, then delete every chunk at or before its sequence (recorded first, as a commit)."""
+        with guarded("vector store unavailable"):
+            entry = self.ledger_entry(event.collection, event.document_id)
+            if entry and entry.sequence > event.sequence:
+                return None  # re-created after this delete: the delete is stale
+            # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
+            self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
+                                                       entry.tenant if entry else None))
+            after = self.ledger_entry(event.collection, event.document_id)
+            if after is None or after.sequence > event.sequence:
+                return None  # a re-creation committed meanwhile
+            table, removed = self.chunk_table(event.collection), 0
+            if table is not None:  # a duplicate delivery finds nothing left, and still answers to heal a lost reply
+                doomed = f"document_id = {sql(event.document_id)} AND sequence <= {sql(event.sequence)}"
+                removed = table.count_rows(doomed)
+                if removed:
+                    table.delete(doomed)
+        return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
+                               chunks_removed=removed, reason=reason)
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def version_rows(self, collection: str, document_id: str, version: str) -> int:
+        table = self.chunk_table(collection)
+        if table is None:
+            return 0
+        return table.count_rows(f"document_id = {sql(document_id)} AND version = {sql(version)}")
+
+    def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]:
+        table = self.chunk_table(collection)
+        if table is None:
+            return
+        for batch in table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None).to_batches(page_rows):
+            found = batch.to_pylist()
+            yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
+
+    def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]:
+        with guarded("vector store unavailable"):
+            table = self.chunk_table(collection)
+            if table is None:
+                return []
+            found = (table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+                     .distance_type("cosine").where(readable_by(caller), prefilter=True).limit(top_k)
+                     .select(["id", "text", *CHUNK_COLUMNS, "_distance"]).to_list())
+            return [_hit(row, 1.0 - float(row["_distance"])) for row in found]
+
+    def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]:
+        with guarded("lexical search unavailable"):
+            table = self.chunk_table(collection)
+            if table is None:
+                return []
+            self._ensure_indexes(table)  # a table written by an older ragfn, or whose writer died before indexing
+            found = (table.search(question, query_type="fts", fts_columns="text")
+                     .where(readable_by(caller), prefilter=True).limit(top_k)
+                     .select(["id", "text", *CHUNK_COLUMNS, "_score"]).to_list())
+            return [_hit(row, float(row["_score"])) for row in found]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        result = {}
+        for name in self.collections():
+            documents = sum(1 for e in self.ledger(name) if e.state == "indexed")
+            table = self.chunk_table(name)
+            result[name] = {"documents": documents, "chunks": table.count_rows() if table is not None else 0}
+        return result
+
+
+def _label(doc: DocumentVersion) -> str:
+    return (f"document_id = {sql(doc.document_id)} AND version = {sql(doc.version)}"
+            f" AND sequence = {sql(doc.sequence)}")
+
+
+def _entry(row: dict) -> LedgerEntry:
+    return LedgerEntry(row["document_id"], row["version"], row["sequence"], row["state"], int(row["chunks"]),
+                       row["tenant"] or None, row["chunking"] or "")
+
+
+def _chunk_row(doc: DocumentVersion, chunk, vector: np.ndarray) -> dict:
+    return {"id": row_id(doc, chunk), "text": chunk.text, "vector": vector, "document_id": doc.document_id,
+            "version": doc.version, "sequence": doc.sequence, "number": chunk.number, "start": chunk.start,
+            "end": chunk.end, "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
+            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
+            "content_type": doc.content_type or ""}
+
+
+def _metadata(row: dict) -> dict:
+    """The same metadata a Chroma row carries, so everything above the store reads one shape."""
+    return {key: row[key] for key in CHUNK_COLUMNS} | {"source": row["document_id"]}
+
+
+def _hit(row: dict, score: float) -> Hit:
+    return Hit(chunk_id=row["id"], source=row["document_id"], text=row["text"], score=score, metadata=_metadata(row))
+
