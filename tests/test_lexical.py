@@ -113,25 +113,6 @@ def test_an_unknown_fusion_is_refused(setup):
         HybridRetriever(DenseRetriever(runtime.index, runtime.embedder), lexical, fusion="max")
 
 
-def test_a_collection_past_sqlites_32766_variables_still_builds_its_bm25_snapshot(index_settings, unique_collection):
-    # Rows are written straight into Chroma (4-dimensional stand-in vectors: BM25 never reads them) because
-    # embedding 33k real chunks would take minutes; one unbounded Chroma get() fails from 32,767 rows on.
-    import numpy as np
-
-    runtime = Runtime(index_settings)
-    chunks = runtime.index.chunks(unique_collection, embedder="stand-in", dimensions=4)
-    total, step = 33_000, 3_000
-    for first in range(0, total, step):
-        rows = range(first, first + step)
-        chunks.add(ids=[f"doc#{n}" for n in rows], embeddings=np.ones((step, 4), dtype=np.float32),
-                   documents=[f"row {n} is about topic{n % 100}" for n in rows],
-                   metadatas=[{"source": f"file:///doc-{n // 100}", "tenant": "acme", "groups": ["*"]} for n in rows])
-    lexical = LexicalRetriever(runtime.index, refresh_seconds=0.0)
-    hits = lexical.search("topic42", collection=unique_collection, top_k=400, caller=Caller("acme"))
-    assert len(hits) == total // 100
-    assert all(h.text.endswith("topic42") for h in hits)
-
-
 def test_a_failing_store_is_not_asked_again_on_every_query(index_settings):
     from ragfn.core.errors import Unavailable
 

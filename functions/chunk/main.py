@@ -14,7 +14,8 @@ COLLECTION_EXTENSION = "ragfncollection"
 ACCEPTS = {t: None for t in (*events.STORAGE_TYPES, events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED)}
 
 
-@cloud_function("chunk", accepts=ACCEPTS, reply_with_event=False, allow_plain_json=True)
+@cloud_function("chunk", accepts=ACCEPTS, reply_with_event=False, allow_plain_json=True,
+                uses_index=True)
 def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
     changes = parse_storage_event(event.type, event.data, event_time=event.time)
     if collection := event.attributes.get(COLLECTION_EXTENSION):

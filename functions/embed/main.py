@@ -8,6 +8,6 @@ from ragfn.serve.handler import InboundEvent, cloud_function
 from ragfn.serve.runtime import Runtime
 
 
-@cloud_function("embed", accepts={events.CHUNKS: ChunkBatch})
+@cloud_function("embed", accepts={events.CHUNKS: ChunkBatch}, uses_index=True)
 def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
     return embed_batch(event.data, runtime)

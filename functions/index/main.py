@@ -8,7 +8,8 @@ from ragfn.serve.handler import InboundEvent, cloud_function
 from ragfn.serve.runtime import Runtime
 
 
-@cloud_function("index", accepts={events.EMBEDDED: EmbeddedBatch, events.DOCUMENT_TOMBSTONED: DocumentTombstoned})
+@cloud_function("index", accepts={events.EMBEDDED: EmbeddedBatch, events.DOCUMENT_TOMBSTONED: DocumentTombstoned},
+                uses_index=True)
 def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
     if event.type == events.DOCUMENT_TOMBSTONED:
         return remove_document(event.data, runtime)

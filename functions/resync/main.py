@@ -9,7 +9,7 @@ from ragfn.serve.runtime import Runtime
 
 
 @cloud_function("resync", accepts={events.RESYNC_REQUESTED: ResyncRequested, events.PING: None},
-                reply_with_event=False)
+                reply_with_event=False, uses_index=True)
 def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
     request = resync_request(event.type, event.data)
     return StageResult([], resync(request, runtime, runtime.publisher, run=event.id or ""))

@@ -27,7 +27,7 @@ class RetrieveRequest(BaseModel):
     budget_tokens: int = Field(1500, ge=50, le=32000)
 
 
-@json_function("retrieve", request_model=RetrieveRequest)
+@json_function("retrieve", request_model=RetrieveRequest, uses_index=True)
 def handle(request: RetrieveRequest, runtime: Runtime) -> dict:
     started = time.perf_counter()
     query = RetrievalQuery(request.question, Caller(request.tenant, tuple(request.groups)), request.collection,

@@ -96,11 +96,23 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> No
         if process.poll() is not None:
             raise Unavailable(f"{url} exited with code {process.returncode} before it was ready")
         try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
+            response = httpx.get(url, timeout=1.0)
+            if response.status_code < 500:
                 return
+            if _body(response).get("error") == "ConfigError":  # a setting that cannot work: waiting will not help
+                raise ConfigError(f"{url} is not ready: {response.json()['message']}", hint=response.json().get("hint"))
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise Unavailable(f"{url} was not ready within {timeout:.0f}s")
+
+
+def _body(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
@@ -125,7 +137,7 @@ def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> t
     check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS), ports.ask]
                      + ([ports.predictor] if predictor_available() else [])
                      + ([ports.ui] if ui_available() else [])
-                     + ([] if settings.chroma_url else [ports.chroma]))
+                     + ([] if settings.chroma_url or settings.store == "lancedb" else [ports.chroma]))
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
     try:
@@ -143,7 +155,9 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
     # the functions run in the checkout; `ragfn ingest --dev PATH` names files under the folder dev started in
     env.setdefault("RAGFN_FILE_ROOTS", str(Path.cwd()))
     chroma_url = settings.chroma_url
-    if not chroma_url:
+    if settings.store == "lancedb":
+        chroma_url = None  # every function opens the same LanceDB folder or bucket; no server to start
+    elif not chroma_url:
         # Several processes must not open one embedded Chroma folder, so dev serves it with `chroma run`.
         chroma_url = f"http://{host}:{ports.chroma}"
         chroma = Path(sys.executable).with_name("chroma")
@@ -151,7 +165,8 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
             [str(chroma), "run", "--path", str(settings.chroma_path.resolve()), "--host", host, "--port",
              str(ports.chroma)], stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
         wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
-    env["RAGFN_CHROMA_URL"] = chroma_url
+    if chroma_url:
+        env["RAGFN_CHROMA_URL"] = chroma_url
     urls = {}
     for name, (folder, target) in FUNCTIONS.items():
         port = ports.function(name)

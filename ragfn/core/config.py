@@ -141,6 +141,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAGFN_UPLOAD_URI: {exc}") from exc
         return value.strip() if value is not None else None
 
+    @field_validator("store", mode="before")
+    @classmethod
+    def _check_store(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() not in ("chroma", "lancedb"):
+            raise ValueError(f"RAGFN_STORE={value!r} is not a store ragfn has: use chroma (the embedded default, or "
+                             "`chroma run` at RAGFN_CHROMA_URL) or lancedb (RAGFN_LANCEDB_URI)")
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("lancedb_uri")
     @classmethod
     def _check_lancedb_uri(cls, value: str | None) -> str | None:

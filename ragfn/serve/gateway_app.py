@@ -9,6 +9,7 @@ closes the generator, which cancels generation), and the error bodies and status
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
@@ -264,10 +265,15 @@ def main(argv: list[str] | None = None, app: flask.Flask | None = None) -> None:
 
 
 def preflight() -> None:
-    """The settings, and a judge URL's event sink, checked before serving: a revision deployed with a bad setting
+    """The settings, the index, and a judge URL's event sink, checked before serving: a revision deployed with a bad setting
     exits here and never turns ready (Knative keeps the last good one serving) instead of failing every request."""
     try:
-        Runtime(load_settings()).answer_sampler  # noqa: B018 - built for its checks
+        runtime = Runtime(load_settings())
+        runtime.answer_sampler  # noqa: B018 - built for its checks
+        try:
+            runtime.index.warm_up()  # the store's settings: uploads' status and /v1/me read the index
+        except Unavailable as exc:  # a store that is down now (not misconfigured) is the degradation table's case
+            logging.getLogger("ragfn.gateway").warning("the index is unavailable at start-up: %s", exc)
     except ConfigError as exc:
         raise SystemExit(f"ragfn-ask cannot start: {exc}") from exc
 

@@ -119,6 +119,7 @@ class LazyRuntime:
         self.service = service
         self._runtime: Runtime | None = None
         self._lock = threading.Lock()
+        self.index_ready = False  # the index answered a readiness probe once; it is not asked again
 
     def get(self) -> Runtime:
         with self._lock:
@@ -155,7 +156,19 @@ def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], I
         return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event())
 
 
-def _ready(name: str) -> flask.Response:
+def _ready(name: str, runtime: LazyRuntime, uses_index: bool) -> flask.Response:
+    """The readiness probe: settings load, and the index answers where the function uses it. A bad RAGFN_STORE, an
+    unreachable bucket or refused credentials keep a revision from turning ready (Knative keeps the last good one
+    serving) instead of failing its first request."""
+    return guarded(name, lambda: _check_ready(name, runtime, uses_index), lambda: None)
+
+
+def _check_ready(name: str, runtime: LazyRuntime, uses_index: bool) -> flask.Response:
+    if uses_index and not runtime.index_ready:
+        runtime.get().index.warm_up()
+        runtime.index_ready = True
+    else:
+        runtime.get()
     return flask.jsonify({"function": name, "ready": True})
 
 
@@ -168,8 +181,9 @@ def _metrics_response(registry) -> flask.Response:
 
 def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
                    allow_plain_json: bool = False, metrics: Callable[[Runtime], object] | None = None,
-                   ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
-    """`metrics`, when given, returns the function's Prometheus registry: served on GET /metrics."""
+                   uses_index: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+    """`metrics`, when given, returns the function's Prometheus registry: served on GET /metrics. `uses_index`: the
+    readiness probe also checks that the index answers."""
 
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
         runtime = LazyRuntime(f"ragfn-{name}")
@@ -180,7 +194,7 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
             if request.method == "GET" and metrics is not None and request.path == "/metrics":
                 return guarded(name, lambda: _metrics_response(metrics(runtime.get())), lambda: None)
             if request.method == "GET":  # readiness probe
-                return _ready(name)
+                return _ready(name, runtime, uses_index)
             parsed: list[InboundEvent] = []
 
             def run() -> flask.Response:
@@ -203,7 +217,7 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
     return decorate
 
 
-def json_function(name: str, *, request_model: type[BaseModel]):
+def json_function(name: str, *, request_model: type[BaseModel], uses_index: bool = False):
     """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans."""
 
     def decorate(handle: Callable[[BaseModel, Runtime], dict]) -> Callable[[flask.Request], flask.Response]:
@@ -213,7 +227,7 @@ def json_function(name: str, *, request_model: type[BaseModel]):
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
             if request.method == "GET":
-                return _ready(name)
+                return _ready(name, runtime, uses_index)
 
             def run() -> flask.Response:
                 body = decode_json(request.get_data(cache=False))
