@@ -284,7 +284,7 @@ def ask(client, question: str, key: str = "key-acme", **extra):
     return client.post("/v1/ask", json={"question": question, **extra}, headers={"Authorization": f"Bearer {key}"})
 
 
-DEV_PORTS = 15  # `ragfn dev`: the broker, ten functions, the predictor, the ask gateway, the UI; then Chroma
+DEV_PORTS = 16  # `ragfn dev`: the broker, eleven functions, the predictor, the ask gateway, the UI; then Chroma
 
 
 class DevProcess:

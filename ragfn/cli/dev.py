@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ FUNCTIONS = {
     "bucket-events": ("bucket_events", "handle"),
     "dead-letter": ("dead_letter", "handle"),
     "judge": ("judge", "handle"),  # idle unless RAGFN_JUDGE_URL is set: then the gateway samples answers to it
+    "maintain": ("maintain", "handle"),  # pinged every RAGFN_MAINTENANCE_INTERVAL_SECONDS (see maintenance_timer)
 }
 
 
@@ -113,6 +116,17 @@ def _body(response: httpx.Response) -> dict:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def maintenance_timer(url: str, interval: float, stop: threading.Event) -> None:
+    """The cluster's PingSource ragfn-maintain, for `ragfn dev`: a ping to the maintain function every `interval`."""
+    while not stop.wait(interval):
+        try:
+            httpx.post(url, timeout=interval, headers={
+                "ce-specversion": "1.0", "ce-type": "dev.knative.sources.ping", "ce-source": "ragfn-dev/maintenance",
+                "ce-id": uuid.uuid4().hex, "content-type": "application/json"}, content=b"{}")
+        except httpx.HTTPError as exc:  # the function's own log says why; the next tick tries again
+            logging.getLogger("ragfn.dev").warning("maintenance ping failed: %s", exc)
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
@@ -267,6 +281,9 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
         signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    threading.Thread(target=maintenance_timer, args=(state["functions"]["ragfn-maintain"],
+                                                     settings.maintenance_interval_seconds, stop),
+                     daemon=True, name="maintenance-timer").start()
     dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
     on_ready(state)
     try:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
                                     "variables, an S3-compatible endpoint from RAGFN_S3_ENDPOINT_URL")
     lancedb_refresh_seconds: float = Field(1.0, ge=0, le=60, description="how stale a LanceDB reader may be: it "
                                            "looks for other replicas' commits at most this often (0 = every read)")
+    lancedb_keep_versions_seconds: float = Field(3600.0, ge=60, description="maintenance keeps a LanceDB table's "
+                                                 "old versions this long (a reader still on one needs its files)")
+    maintenance_budget_seconds: float = Field(240.0, gt=0, le=3000, description="one maintenance run's time; "
+                                              "collections it does not reach come first next run")
+    maintenance_interval_seconds: float = Field(300.0, ge=10, description="how often `ragfn dev` pings the "
+                                                "maintain function (the cluster's PingSource has its own schedule)")
     lancedb_vector_index_rows: int = Field(100_000, ge=1000, description="a LanceDB table gets its vector index "
                                            "(IVF-HNSW-SQ) at this many rows; below it vector search is exact")
     redis_url: str | None = Field(None, description="Redis for the semantic cache, e.g. redis://127.0.0.1:6379/0")

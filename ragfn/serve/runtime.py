@@ -40,6 +40,13 @@ class Runtime:
         return ChromaIndex(self.settings)
 
     @cached_property
+    def maintenance(self):
+        """The index's scheduled maintenance (functions/maintain), with its metrics in its own registry."""
+        from ragfn.store.maintenance import Maintenance, MaintenanceMetrics
+
+        return Maintenance(self.index, self.settings, MaintenanceMetrics())
+
+    @cached_property
     def retriever(self):
         from ragfn.retrieval.dense import DenseRetriever
         from ragfn.retrieval.hybrid import HybridRetriever

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -117,5 +118,7 @@ class Index(Protocol):
     def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]: ...
 
     def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]: ...
+
+    def maintain(self, collection: str, *, keep_versions: timedelta) -> dict: ...
 
     def stats(self) -> dict[str, dict[str, int]]: ...

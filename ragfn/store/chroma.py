@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from urllib.parse import urlparse
 
 import numpy as np
@@ -306,6 +307,10 @@ class ChromaIndex:  # implements ragfn.store.base.Index
 
     def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]:
         raise NotImplementedError("Chroma has no full-text index here: ragfn.retrieval.lexical's BM25 reads `rows`")
+
+    def maintain(self, collection: str, *, keep_versions: timedelta) -> dict:
+        """Nothing to do: Chroma keeps its HNSW index and its SQLite tables up to date as it writes."""
+        return {"collection": collection, "rows": self.chunks(collection).count(), "skipped": "chroma"}
 
     def stats(self) -> dict[str, dict[str, int]]:
         result = {}

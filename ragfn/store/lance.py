@@ -23,7 +23,9 @@ removes them (as on Chroma).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import numpy as np
 
@@ -36,13 +38,16 @@ from ragfn.store.lance_tables import (
     CHUNK_COLUMNS,
     chunk_schema,
     connect,
+    create_vector_index,
     ensure_indexes,
     guarded,
+    has_vector_index,
     is_not_older,
     ledger_schema,
     older_than,
     readable_by,
     sql,
+    unindexed_rows,
 )
 
 EMBEDDER_KEY = b"ragfn:embedder"
@@ -276,6 +281,35 @@ class LanceIndex:  # implements ragfn.store.base.Index
                      .where(readable_by(caller), prefilter=True).limit(top_k)
                      .select(["id", "text", *CHUNK_COLUMNS, "_score"]).to_list())
             return [_hit(row, float(row["_score"])) for row in found]
+
+    # -- maintenance -----------------------------------------------------------------------------------------
+
+    def maintain(self, collection: str, *, keep_versions: timedelta) -> dict:
+        """Compaction, indexes brought up to date (the rows written since are searched flat until then), a vector
+        index once the table is large enough, and versions older than `keep_versions` removed. Readers are on the
+        newest version within RAGFN_LANCEDB_REFRESH_SECONDS; `keep_versions` leaves a slow query its files."""
+        report: dict = {"collection": collection}
+        with guarded("LanceDB maintenance failed"):
+            table = self.chunk_table(collection)
+            if table is None:
+                return report | {"rows": 0}
+            started = time.monotonic()
+            self._indexed.discard(table.name)
+            self._ensure_indexes(table)
+            rows = table.count_rows()
+            report |= {"rows": rows, "unindexed_rows": unindexed_rows(table)}
+            if rows >= self.settings.lancedb_vector_index_rows and not has_vector_index(table):
+                create_vector_index(table, rows)
+                report["vector_index_created"] = True
+            report["indexes_seconds"] = round(time.monotonic() - started, 3)
+            started, versions = time.monotonic(), len(table.list_versions())
+            table.optimize(cleanup_older_than=keep_versions)
+            ledger = self._ledger(collection)
+            if ledger is not None:
+                ledger.optimize(cleanup_older_than=keep_versions)
+            report |= {"optimize_seconds": round(time.monotonic() - started, 3),
+                       "versions_removed": max(versions - len(table.list_versions()), 0)}
+        return report
 
     def stats(self) -> dict[str, dict[str, int]]:
         result = {}

@@ -112,6 +112,26 @@ def ensure_indexes(table) -> None:
             log.debug("index on %s created concurrently: %s", column, exc)
 
 
+def has_vector_index(table) -> bool:
+    return any(config.columns == ["vector"] for config in table.list_indices())
+
+
+def create_vector_index(table, rows: int) -> None:
+    """IVF-HNSW-SQ with cosine distance, about 4,000 rows per partition (lance's own default target is larger;
+    smaller partitions keep a prefiltered query's probes cheap for small tenants)."""
+    from lancedb.index import HnswSq
+
+    table.create_index("vector", config=HnswSq(distance_type="cosine", num_partitions=max(1, rows // 4096)))
+
+
+def unindexed_rows(table) -> int:
+    """Rows the FTS index does not hold yet (written since the last `optimize`): searched flat, so still found."""
+    for config in table.list_indices():
+        if config.columns == ["text"]:
+            return int(table.index_stats(config.name).num_unindexed_rows)
+    return table.count_rows()
+
+
 def sql(value: str) -> str:
     """A string literal in Lance's SQL filters."""
     if "\x00" in value:
