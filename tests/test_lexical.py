@@ -148,6 +148,24 @@ def test_a_slow_snapshot_is_rebuilt_in_the_background_while_the_old_one_answers(
     assert lexical.search("pretty", collection=collection, caller=Caller("acme")) == []
 
 
+def test_slow_rebuilds_are_spaced_to_their_share_of_a_core(setup):
+    runtime, lexical, collection, root = setup
+    lexical.refresh_seconds = 0.0
+    lexical.background_after_seconds = -1.0  # every build counts as slow
+    lexical.rebuild_share = 1e-9  # so the next rebuild waits (practically) for ever after the last one
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))
+    (root / "json.md").write_text("# json\n\nThe json module now documents orjson compatibility.\n")
+    ingest([str(root / "json.md")], runtime, collection=collection, tenant="acme")
+    for _ in range(20):  # commits keep coming, queries keep asking: no rebuild starts, the old snapshot answers
+        assert lexical.search("orjson", collection=collection, caller=Caller("acme")) == []
+        assert not lexical._rebuilding
+    lexical.rebuild_share = 1.0  # no rest at all: the next check starts it
+    deadline = time.monotonic() + 30
+    while not lexical.search("orjson", collection=collection, caller=Caller("acme")):
+        assert time.monotonic() < deadline, "the background rebuild never landed"
+        time.sleep(0.05)
+
+
 def test_another_tenants_documents_do_not_move_a_tenants_scores(setup):
     # BM25's statistics are per tenant: globex filling the collection with "zipfile" (lowering its idf, raising the
     # average length) changes nothing in acme's scores. With shared statistics both moved (a regression test).

@@ -68,6 +68,7 @@ class _Snapshot:
     groups: dict[str, np.ndarray]  # ACL group -> rows readable by it
     checked: float
     build_seconds: float = 0.0
+    built: float = 0.0  # when the build finished (monotonic)
 
 
 class LexicalRetriever:
@@ -84,6 +85,10 @@ class LexicalRetriever:
         # A snapshot that took longer than this to build is rebuilt in the background while the old one answers
         # (seconds stale), instead of every query waiting: 15 s at 100k chunks, after each commit.
         self.background_after_seconds = 1.0
+        # A slow snapshot is rebuilt no sooner than build_seconds * (1/share - 1) after its last build: under steady
+        # ingestion a replica spends at most this share of a core on BM25, and a commit is lexically searchable
+        # within build_seconds / share (about 62 s at 100k chunks; docs/benchmarks.md). LanceDB has no such cost.
+        self.rebuild_share = 0.25
         self._rebuilding: set[str] = set()
         self._lock = threading.Lock()  # guards the dicts above and `_locks`, never held across a build
         self._locks: dict[str, threading.Lock] = {}  # one per collection: a build blocks its own collection only
@@ -139,7 +144,10 @@ class LexicalRetriever:
                 generation = self.index.generation(collection)
                 slow = cached is not None and cached.build_seconds > self.background_after_seconds
                 if slow and cached.generation != generation:
-                    self._rebuild_in_background(collection, generation)
+                    # rebuilding takes at most `rebuild_share` of one core however fast commits come
+                    rest = cached.build_seconds * (1 / self.rebuild_share - 1)
+                    if now - cached.built >= rest:
+                        self._rebuild_in_background(collection, generation)
                 elif not (cached and cached.generation == generation):
                     cached = self._snapshots[collection] = self._build(collection, generation)
             except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
@@ -206,6 +214,7 @@ class LexicalRetriever:
         for row, meta in enumerate(metadatas):
             for group in meta.get("groups") or [PUBLIC]:
                 groups[group].append(row)
+        finished = time.monotonic()
         return _Snapshot(generation, ids, texts, metadatas, postings, tenants,
-                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, time.monotonic(),
-                         time.monotonic() - started)
+                         {g: np.array(r, dtype=np.int64) for g, r in groups.items()}, finished, finished - started,
+                         finished)
