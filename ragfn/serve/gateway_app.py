@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None, app: flask.Flask | None = None) -> None:
 
 
 def preflight() -> None:
-    """The settings, the index, and a judge URL's event sink, checked before serving: a revision deployed with a bad setting
-    exits here and never turns ready (Knative keeps the last good one serving) instead of failing every request."""
+    """The settings, the index, and a judge URL's event sink, checked before serving: a revision deployed with a bad
+    setting exits here and never turns ready (Knative keeps the last good one serving) instead of failing every
+    request. A store that is merely down now is logged: that is the degradation table's case, not a setting's."""
     try:
         runtime = Runtime(load_settings())
         runtime.answer_sampler  # noqa: B018 - built for its checks

@@ -28,7 +28,8 @@ def ledger_schema():
     import pyarrow as pa
 
     return pa.schema([("document_id", pa.string()), ("version", pa.string()), ("sequence", pa.string()),
-                      ("state", pa.string()), ("chunks", pa.int64()), ("tenant", pa.string()), ("chunking", pa.string())])
+                      ("state", pa.string()), ("chunks", pa.int64()), ("tenant", pa.string()),
+                      ("chunking", pa.string())])
 
 
 def chunk_schema(dimensions: int, embedder: str):
@@ -95,7 +96,7 @@ def guarded(what: str, *, setting: bool = False) -> Iterator[None]:
 def ensure_indexes(table) -> None:
     """The scalar indexes filters use and the FTS index lexical search needs. Rows written after an index are
     searched flat until the maintenance function folds them in (`optimize`), so new rows are found at once."""
-    from lancedb.index import FTS, BTree, Bitmap, LabelList
+    from lancedb.index import FTS, Bitmap, BTree, LabelList
 
     wanted = {"text": FTS(with_position=False, language="English", stem=True, remove_stop_words=True,
                           lower_case=True, ascii_folding=True),
