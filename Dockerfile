@@ -57,7 +57,7 @@ RUN python scripts/fetch_llm.py --target /opt/ragfn/models/SmolLM2-135M-Instruct
 FROM python-base AS functions
 COPY --from=wheel /wheels /wheels
 # otlp: the functions export traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (manifests/components/observability).
-RUN pip install "$(ls /wheels/ragfn-*.whl)[chunk,embed,index,retrieve,cache,gateway,judge,gcs,otlp]" && rm -rf /wheels
+RUN pip install "$(ls /wheels/ragfn-*.whl)[chunk,embed,index,retrieve,cache,gateway,judge,maintain,gcs,lancedb,otlp]" && rm -rf /wheels
 COPY --from=embed-model /opt/ragfn/models /opt/ragfn/models
 COPY functions functions
 USER 10001

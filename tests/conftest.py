@@ -112,22 +112,29 @@ def ragfn_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
+@contextlib.contextmanager
+def served(argv: list[str], log_path: Path, ready: str):
+    """A server process on loopback, until the block ends; yields once `ready` (a URL) answers."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(ready, process=process)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `chroma run` server, as a cluster would run it."""
     port = free_port()
     path = tmp_path_factory.mktemp("chroma-server")
     chroma = Path(sys.executable).with_name("chroma")
-    log = (path / "chroma.log").open("wb")
-    process = subprocess.Popen([str(chroma), "run", "--path", str(path / "data"), "--host", "127.0.0.1",
-                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/api/v2/heartbeat", process=process)
+    with served([str(chroma), "run", "--path", str(path / "data"), "--host", "127.0.0.1", "--port", str(port)],
+                path / "chroma.log", f"{url}/api/v2/heartbeat"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -145,16 +152,10 @@ def index_settings(request: pytest.FixtureRequest, settings: Settings) -> Settin
 def moto_server(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server in its own process (its buckets outlive the in-process `moto_s3()` resets); yields its URL."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("moto-server") / "moto.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/moto-api/", process=process)
+    with served([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                tmp_path_factory.mktemp("moto-server") / "moto.log", f"{url}/moto-api/"):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 STORES = ["chroma-embedded", "chroma-server", "lancedb-folder", "lancedb-s3"]

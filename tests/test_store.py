@@ -332,3 +332,28 @@ def test_names_the_store_cannot_take_are_refused_before_any_write(index):
     (batch,) = make_batches("bad name", "v1", 10, V2, per_batch=5)
     with pytest.raises(BadEvent, match="invalid collection name"):
         index.write_batch(batch)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical"])
+def test_a_tenant_or_group_name_cannot_widen_the_filter(index, unique_collection, mode):
+    # names reach LanceDB as SQL string literals and Chroma as metadata values: quotes and SQL in a name are data
+    from ragfn.retrieval.dense import Caller, DenseRetriever
+    from ragfn.retrieval.hybrid import HybridRetriever
+    from ragfn.retrieval.lexical import LexicalRetriever
+
+    vector = np.random.default_rng(5).normal(size=(1, DIM)).astype(np.float32)
+    write_document(index, unique_collection, "s3://globex/secret.md", [SECRET], tenant="globex", groups=["hr"],
+                   vectors=vector)
+    write_document(index, unique_collection, "s3://quote/own.md", [SECRET], tenant="o'brien", groups=["*"],
+                   sequence=11, vectors=vector)
+    retriever = HybridRetriever(DenseRetriever(index, Vectors()), LexicalRetriever(index, refresh_seconds=0.0))
+
+    def sources(caller: Caller) -> set[str]:
+        return {h.source for h in retriever.search(SECRET, mode=mode, collection=unique_collection, top_k=100,
+                                                   caller=caller, vector=vector[0])}
+
+    assert sources(Caller("o'brien")) == {"s3://quote/own.md"}
+    assert sources(Caller("x' OR tenant = 'globex")) == set()
+    assert sources(Caller("x' OR '1'='1")) == set()
+    assert sources(Caller("globex", ("x']) OR true OR array_has_any(groups, ['hr",))) == set()
+    assert sources(Caller("globex", ("hr",))) == {"s3://globex/secret.md"}
