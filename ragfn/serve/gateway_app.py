@@ -271,8 +271,9 @@ def preflight() -> None:
     try:
         runtime = Runtime(load_settings())
         runtime.answer_sampler  # noqa: B018 - built for its checks
-        try:
-            runtime.index.warm_up()  # the store's settings: uploads' status and /v1/me read the index
+        try:  # the store's settings (uploads' status and /v1/me read the index); embedded Chroma opens lazily
+            if runtime.settings.store != "chroma" or runtime.settings.chroma_url:
+                runtime.index.warm_up()
         except Unavailable as exc:  # a store that is down now (not misconfigured) is the degradation table's case
             logging.getLogger("ragfn.gateway").warning("the index is unavailable at start-up: %s", exc)
     except ConfigError as exc:
