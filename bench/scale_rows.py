@@ -24,6 +24,7 @@ TENANTS = 100
 SMALL, LARGE = "t19", "t1"  # about 1% and about 19% of the rows
 NOISE = 0.02
 WRITE_ROWS = 1000
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass
@@ -114,11 +115,12 @@ class Layout:
         parts = [(k, chunks[k:k + WRITE_ROWS]) for k in range(0, len(chunks), WRITE_ROWS)]
         for b, (k, part) in enumerate(parts):
             yield EmbeddedBatch(document=version, batch=b, batches=len(parts), total_chunks=len(chunks), chunks=part,
-                                embedder="sentence-transformers/all-MiniLM-L6-v2", dimensions=vectors.shape[1],
+                                embedder=EMBEDDER, dimensions=vectors.shape[1],
                                 vectors=[encode_vector(v) for v in vectors[k:k + len(part)]])
 
     def probe_vector(self) -> np.ndarray:
-        vector = np.random.default_rng(7).normal(size=self.corpus.vectors.shape[1]).astype(np.float32)
+        # fresh each time: a table copied from another backend's run already holds that run's probe
+        vector = np.random.default_rng().normal(size=self.corpus.vectors.shape[1]).astype(np.float32)
         return vector / np.linalg.norm(vector)
 
     def write_probe(self, index, token: str, vector: np.ndarray) -> None:
@@ -127,9 +129,9 @@ class Layout:
                               sequence=sequence_key(10_000_000), tenant=SMALL, groups=["eng"])
         chunk = Chunk(number=0, text=text, start=0, end=len(text), tokens=12,
                       content_hash=hashlib.sha256(text.encode()).hexdigest())
-        assert index.write_batch(EmbeddedBatch(document=doc, batch=0, batches=1, total_chunks=1, chunks=[chunk],
-                                               embedder="sentence-transformers/all-MiniLM-L6-v2",
-                                               dimensions=len(vector), vectors=[encode_vector(vector)])) is not None
+        batch = EmbeddedBatch(document=doc, batch=0, batches=1, total_chunks=1, chunks=[chunk], embedder=EMBEDDER,
+                              dimensions=len(vector), vectors=[encode_vector(vector)])
+        assert index.write_batch(batch) is not None
 
     def upload(self, folder: Path, endpoint: str) -> None:
         import boto3
@@ -153,7 +155,8 @@ def write_measured(index, layout: Layout, rows: int) -> float:
 
 
 def bulk_load(index, layout: Layout, after_rows: int) -> None:
-    """The remaining documents straight into the backend's tables (the same rows and ledger entries)."""
+    """The documents after the first `after_rows` rows straight into the backend's tables (the same rows and
+    ledger entries `write_batch` writes, without its per-document checks)."""
     from ragfn.store.base import LedgerEntry
 
     done, pending, entries = 0, [], []
@@ -175,14 +178,26 @@ def bulk_load(index, layout: Layout, after_rows: int) -> None:
 
 
 def _lance_flush(index, collection: str, pending, entries) -> None:
+    """Columns built directly (a row-wise Arrow conversion of 1M 384-float vectors takes most of an hour here)."""
     import pyarrow as pa
 
-    from ragfn.store.lance import _chunk_row
+    from ragfn.store.chroma import row_id
 
-    table = index.chunk_table(collection)
-    rows = [_chunk_row(version, chunk, vector) for version, chunks, vectors in pending
-            for chunk, vector in zip(chunks, vectors, strict=True)]
-    table.add(pa.Table.from_pylist(rows, schema=table.schema))
+    dimensions = pending[0][2].shape[1]
+    table = index.chunk_table(collection, embedder=EMBEDDER, dimensions=dimensions)
+    pairs = [(version, chunk) for version, chunks, _ in pending for chunk in chunks]
+    flat = np.concatenate([vectors for _, _, vectors in pending]).astype(np.float32).reshape(-1)
+    columns = {
+        "id": [row_id(v, c) for v, c in pairs], "text": [c.text for _, c in pairs],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dimensions),
+        "document_id": [v.document_id for v, _ in pairs], "version": [v.version for v, _ in pairs],
+        "sequence": [v.sequence for v, _ in pairs], "number": [c.number for _, c in pairs],
+        "start": [c.start for _, c in pairs], "end": [c.end for _, c in pairs],
+        "heading_path": [" > ".join(c.heading_path) for _, c in pairs],
+        "content_hash": [c.content_hash for _, c in pairs], "tokens": [c.tokens for _, c in pairs],
+        "tenant": [v.tenant or "" for v, _ in pairs], "groups": [list(v.groups) or ["*"] for v, _ in pairs],
+        "content_type": [v.content_type or "" for v, _ in pairs]}
+    table.add(pa.Table.from_pydict(columns, schema=table.schema))
     ledger = index._ledger(collection, create=True)
     ledger.add(pa.Table.from_pylist([{"document_id": e.document_id, "version": e.version, "sequence": e.sequence,
                                       "state": e.state, "chunks": e.chunks, "tenant": e.tenant or "",
@@ -192,7 +207,7 @@ def _lance_flush(index, collection: str, pending, entries) -> None:
 def _chroma_flush(index, collection: str, pending, entries) -> None:
     from ragfn.store.chroma import row_id
 
-    chunks_collection = index.chunks(collection)
+    chunks_collection = index.chunks(collection, embedder=EMBEDDER, dimensions=pending[0][2].shape[1])
     rows = [(row_id(version, chunk), chunk.text, index._chunk_metadata(version, chunk), vector)
             for version, chunks, vectors in pending for chunk, vector in zip(chunks, vectors, strict=True)]
     for k in range(0, len(rows), 5000):

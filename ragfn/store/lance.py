@@ -158,9 +158,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
 
         row = {"document_id": entry.document_id, "version": entry.version, "sequence": entry.sequence,
                "state": entry.state, "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
-        (self._ledger(collection, create=True).merge_insert("document_id")
-         .when_matched_update_all(where=is_not_older("target", "source"))
+        ledger = self._ledger(collection, create=True)
+        (ledger.merge_insert("document_id").when_matched_update_all(where=is_not_older("target", "source"))
          .when_not_matched_insert_all().execute(pa.Table.from_pylist([row], schema=ledger_schema())))
+        self._ensure_indexes(ledger, ledger=True)
 
     # -- writes ----------------------------------------------------------------------------------------------
 
@@ -201,9 +202,9 @@ class LanceIndex:  # implements ragfn.store.base.Index
                 return None
             return self._commit(doc, batch.total_chunks)
 
-    def _ensure_indexes(self, table) -> None:
+    def _ensure_indexes(self, table, *, ledger: bool = False) -> None:
         if table.name not in self._indexed:
-            ensure_indexes(table)
+            ensure_indexes(table, ledger=ledger)
             self._indexed.add(table.name)
 
     def _commit(self, doc: DocumentVersion, total: int) -> DocumentIndexed | None:
@@ -306,6 +307,8 @@ class LanceIndex:  # implements ragfn.store.base.Index
             table.optimize(cleanup_older_than=keep_versions)
             ledger = self._ledger(collection)
             if ledger is not None:
+                self._indexed.discard(ledger.name)
+                self._ensure_indexes(ledger, ledger=True)
                 ledger.optimize(cleanup_older_than=keep_versions)
             report |= {"optimize_seconds": round(time.monotonic() - started, 3),
                        "versions_removed": max(versions - len(table.list_versions()), 0)}

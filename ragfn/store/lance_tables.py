@@ -93,14 +93,16 @@ def guarded(what: str, *, setting: bool = False) -> Iterator[None]:
         raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def ensure_indexes(table) -> None:
-    """The scalar indexes filters use and the FTS index lexical search needs. Rows written after an index are
-    searched flat until the maintenance function folds them in (`optimize`), so new rows are found at once."""
+def ensure_indexes(table, *, ledger: bool = False) -> None:
+    """The scalar indexes filters and merge_insert's key lookups use, and (on chunk tables) the FTS index lexical
+    search needs. Rows written after an index are searched flat until the maintenance function folds them in
+    (`optimize`), so new rows are found at once."""
     from lancedb.index import FTS, Bitmap, BTree, LabelList
 
-    wanted = {"text": FTS(with_position=False, language="English", stem=True, remove_stop_words=True,
-                          lower_case=True, ascii_folding=True),
-              "tenant": Bitmap(), "groups": LabelList(), "document_id": BTree(), "content_hash": BTree()}
+    wanted = {"document_id": BTree()} if ledger else {
+        "text": FTS(with_position=False, language="English", stem=True, remove_stop_words=True, lower_case=True,
+                    ascii_folding=True),
+        "id": BTree(), "tenant": Bitmap(), "groups": LabelList(), "document_id": BTree(), "content_hash": BTree()}
     present = {column for config in table.list_indices() for column in config.columns}
     for column, config in wanted.items():
         if column in present:
