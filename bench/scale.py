@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--slow-reps", type=int, default=1, help="reps on moto S3 and Chroma (slow per query)")
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "scale")
     args = parser.parse_args()
+    # `timeout` and Ctrl-C end the run through `finally`, which stops the moto server this run started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     home = REPO / ".ragfn"
     model = offline_model_dir(home)
     corpus = Corpus(home / "bench" / "query", model, home / "corpora", args.real)
