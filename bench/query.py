@@ -30,8 +30,8 @@ from query_timing import Served, interleaved, log, summary
 
 from ragfn.core.config import OFFLINE_MODEL
 from ragfn.retrieval.dense import Caller
-from ragfn.store.chroma import where as chroma_where
 from ragfn.serve.runtime import Runtime
+from ragfn.store.chroma import where as chroma_where
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("RAGFN_HOME", REPO / ".ragfn"))
