@@ -158,6 +158,19 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
+@pytest.fixture
+def moto_bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A bucket of this test's own on the session's moto server, with AWS variables that reach it."""
+    import boto3
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = "lance-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
+    return bucket
+
+
 STORES = ["chroma-embedded", "chroma-server", "lancedb-folder", "lancedb-s3"]
 
 
@@ -172,14 +185,7 @@ def store_settings(request: pytest.FixtureRequest, settings: Settings, monkeypat
     lance = settings.model_copy(update={"store": "lancedb", "lancedb_refresh_seconds": 0.0})
     if request.param == "lancedb-folder":
         return lance
-    import boto3
-
-    endpoint = request.getfixturevalue("moto_server")
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    bucket = "lance-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    endpoint, bucket = request.getfixturevalue("moto_server"), request.getfixturevalue("moto_bucket")
     return lance.model_copy(update={"lancedb_uri": f"s3://{bucket}/ragfn", "s3_endpoint_url": endpoint})
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-import boto3
 import numpy as np
 import pytest
 from fault_proxy import FaultProxy
@@ -23,15 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def bucket(moto_server, monkeypatch, request) -> str:
-    import hashlib
-
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    name = "fault-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=name)
-    return name
+def bucket(moto_bucket) -> str:
+    return moto_bucket
 
 
 @pytest.fixture

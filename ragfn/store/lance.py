@@ -49,6 +49,7 @@ from ragfn.store.lance_tables import (
     sql,
     unindexed_rows,
 )
+from ragfn.store.vectors import decode_vector
 
 EMBEDDER_KEY = b"ragfn:embedder"
 
@@ -177,8 +178,6 @@ class LanceIndex:  # implements ragfn.store.base.Index
     def write_batch(self, batch: EmbeddedBatch) -> DocumentIndexed | None:
         """Upsert one batch; commit the version when all its chunks are present. None while incomplete or stale."""
         import pyarrow as pa
-
-        from ragfn.store.vectors import decode_vector
 
         doc = batch.document
         if len(batch.vectors) != len(batch.chunks):
