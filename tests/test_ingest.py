@@ -100,7 +100,7 @@ def test_tenant_and_groups_land_on_every_chunk(settings, tmp_path):
     write(tmp_path / "docs", "guide.md", GUIDE)
     runtime = Runtime(settings)
     ingest([str(tmp_path / "docs")], runtime, collection="acme-docs", tenant="acme", groups=("eng", "ops"))
-    found = runtime.index.chunks("acme-docs").get(include=["metadatas", "documents"])
+    found = runtime.index.chunks("acme-docs", "acme").get(include=["metadatas", "documents"])
     assert found["ids"] and all(m["tenant"] == "acme" and m["groups"] == ["eng", "ops"] for m in found["metadatas"])
     text = (tmp_path / "docs" / "guide.md").read_text()
     for meta, chunk_text in zip(found["metadatas"], found["documents"], strict=True):

@@ -31,7 +31,7 @@ def test_rows_written_after_the_indexes_are_found_at_once_and_maintenance_folds_
     write_document(lance, "docs", "s3://a/first.md", ["the first document"], tenant="acme", groups=["*"])
     write_document(lance, "docs", "s3://a/second.md", ["a pelican in the second document"], tenant="acme",
                    groups=["*"], sequence=11)
-    table = lance.chunk_table("docs")
+    table = lance.chunk_table("docs", "acme")
     assert unindexed_rows(table) == 1  # the second write came after the first created the FTS index
     hits = lance.lexical_search("docs", "pelican", top_k=5, caller=Caller("acme"))
     assert [h.source for h in hits] == ["s3://a/second.md"]
@@ -48,16 +48,21 @@ def test_the_vector_index_comes_at_its_threshold_and_filters_still_apply_before_
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(1200, DIM)).astype(np.float32)
     write_document(lance, "big", "s3://g/bulk.md", [f"bulk row {n}" for n in range(900)], tenant="globex",
-                   groups=["*"], vectors=vectors[:900])
+                   groups=["hr"], vectors=vectors[:900])
     assert "vector_index_created" not in lance.maintain("big", keep_versions=timedelta(hours=1))  # 900 < 1,000
     write_document(lance, "big", "s3://g/more.md", [f"more row {n}" for n in range(300)], tenant="globex",
-                   groups=["*"], sequence=11, vectors=vectors[900:])
-    mine = vectors[:3] + 0.01  # nearest of all to the globex rows they copy: a filter after the top-k loses them
-    write_document(lance, "big", "s3://a/mine.md", ["mine 0", "mine 1", "mine 2"], tenant="acme", groups=["*"],
-                   sequence=12, vectors=mine)
+                   groups=["hr"], sequence=11, vectors=vectors[900:])
+    write_document(lance, "big", "s3://a/small.md", ["small 0"], tenant="acme", groups=["*"], sequence=12,
+                   vectors=vectors[:1])
+    # readable by everyone in globex, and farther from the query than the hr rows: a filter after the top-k loses them
+    mine = vectors[:3] + rng.normal(scale=0.5, size=(3, DIM)).astype(np.float32)
+    write_document(lance, "big", "s3://g/mine.md", ["mine 0", "mine 1", "mine 2"], tenant="globex", groups=["*"],
+                   sequence=13, vectors=mine)
     report = lance.maintain("big", keep_versions=timedelta(hours=1))
-    assert report.get("vector_index_created") is True and has_vector_index(lance.chunk_table("big"))
-    hits = DenseRetriever(lance, Vectors()).search("q", collection="big", top_k=3, caller=Caller("acme"),
+    assert report.get("vector_index_created") is True and report["tables"] == 2
+    assert has_vector_index(lance.chunk_table("big", "globex"))  # 1,203 rows
+    assert not has_vector_index(lance.chunk_table("big", "acme"))  # 1 row: searched flat
+    hits = DenseRetriever(lance, Vectors()).search("q", collection="big", top_k=3, caller=Caller("globex"),
                                                    vector=vectors[0])
     assert sorted(h.text for h in hits) == ["mine 0", "mine 1", "mine 2"]
 
@@ -91,5 +96,5 @@ def test_the_maintain_function_answers_a_ping_and_serves_its_metrics(ragfn_env, 
 def test_chroma_has_nothing_to_maintain(settings):
     index = Runtime(settings).index
     write_document(index, "docs", "s3://a/1.md", ["one"], tenant=None, groups=["*"])
-    assert index.maintain("docs", keep_versions=timedelta(hours=1)) == {"collection": "docs", "rows": 1,
-                                                                        "skipped": "chroma"}
+    assert index.maintain("docs", keep_versions=timedelta(hours=1)) == {
+        "collection": "docs", "rows": 1, "tables": 1, "shared_rows_moved": 0, "skipped": "chroma"}

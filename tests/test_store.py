@@ -5,16 +5,20 @@ tenant and group isolation in dense, lexical and hybrid search."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from datetime import timedelta
 
 import numpy as np
 import pytest
 
 from ragfn.core.errors import BadEvent
 from ragfn.eventing.events import Chunk, DocumentTombstoned, DocumentVersion, EmbeddedBatch, sequence_key
+from ragfn.retrieval.dense import Caller, DenseRetriever
 from ragfn.serve.runtime import Runtime
 from ragfn.store.base import Index
 from ragfn.store.chroma import ChromaIndex
+from ragfn.store.partitions import chunk_table_name, chunk_tables_of
 from ragfn.store.vectors import encode_vector
 
 pytestmark = pytest.mark.integration
@@ -145,9 +149,10 @@ def test_reusable_vectors_by_content_hash(index, unique_collection):
     for batch in batches:
         index.write_batch(batch)
     hashes = [c.content_hash for c in batches[0].chunks]
-    found = index.reusable_vectors(unique_collection, "test-embedder", hashes + ["unknown"])
+    found = index.reusable_vectors(unique_collection, "test-embedder", hashes + ["unknown"], "acme")
     assert set(found) == set(hashes)
-    assert index.reusable_vectors(unique_collection, "another-model", hashes) == {}
+    assert index.reusable_vectors(unique_collection, "another-model", hashes, "acme") == {}
+    assert index.reusable_vectors(unique_collection, "test-embedder", hashes, "globex") == {}  # the tenant's own
 
 
 def test_unchanged_chunks_keep_their_rows_across_versions(index, unique_collection):
@@ -181,7 +186,7 @@ def test_collections_stay_cosine_and_remember_their_embedder(index_settings, uni
     for batch in make_batches(unique_collection, "v1", 10, V1):
         first.write_batch(batch)
     fresh = ChromaIndex(index_settings)  # a new process sees what the first one recorded
-    collection = fresh.chunks(unique_collection)
+    collection = fresh.chunks(unique_collection, "acme")
     assert collection.metadata["ragfn:embedder"] == "test-embedder"
     assert collection.configuration_json["hnsw"]["space"] == "cosine"
 
@@ -321,8 +326,8 @@ def test_counts_per_tenant_for_stats_and_me(index, unique_collection):
             per_tenant[entry.tenant] = per_tenant.get(entry.tenant, 0) + entry.chunks
     assert per_tenant == {"acme": 2, "globex": 1}
     assert index.stats()[unique_collection] == {"documents": 2, "chunks": 3}
-    assert index.version_rows(unique_collection, "s3://a/1.md", "v1") == 2
-    assert index.version_rows(unique_collection, "s3://a/2.md", "v1") == 0
+    assert index.version_rows(unique_collection, "s3://a/1.md", "v1", "acme") == 2
+    assert index.version_rows(unique_collection, "s3://a/2.md", "v1", "acme") == 0
     assert unique_collection in index.collections()
 
 
@@ -357,3 +362,96 @@ def test_a_tenant_or_group_name_cannot_widen_the_filter(index, unique_collection
     assert sources(Caller("x' OR '1'='1")) == set()
     assert sources(Caller("globex", ("x']) OR true OR array_has_any(groups, ['hr",))) == set()
     assert sources(Caller("globex", ("hr",))) == {"s3://globex/secret.md"}
+
+
+def test_each_tenant_has_a_table_of_its_own(index, unique_collection):
+    odd = "Ünïcode tenant's; DROP TABLE"  # no table name can hold it: its table is named by its hash
+    write_document(index, unique_collection, "s3://a/1.md", ["one", "two"], tenant="acme", groups=["*"])
+    write_document(index, unique_collection, "s3://o/1.md", ["three"], tenant=odd, groups=["*"], sequence=11)
+    write_document(index, unique_collection, "s3://n/1.md", ["four"], tenant=None, groups=["*"], sequence=12)
+    assert sorted(chunk_tables_of(index._names(), unique_collection)) == sorted(
+        chunk_table_name(unique_collection, tenant) for tenant in ("acme", odd, None))
+    assert chunk_table_name(unique_collection, odd).startswith(f"ragfn-{unique_collection}.h.")
+    assert index.collections().count(unique_collection) == 1
+    assert index.stats()[unique_collection] == {"documents": 3, "chunks": 4}
+    assert sum(len(page.ids) for page in index.rows(unique_collection)) == 4
+    retriever = DenseRetriever(index, Vectors())
+    for tenant, texts in (("acme", {"one", "two"}), (odd, {"three"}), (None, {"four"})):
+        hits = retriever.search("q", collection=unique_collection, top_k=10, caller=Caller(tenant),
+                                vector=np.ones(DIM, np.float32))
+        assert {h.text for h in hits} == texts
+
+
+def test_another_tenants_table_takes_only_the_collections_embedder(index, unique_collection):
+    write_document(index, unique_collection, "s3://a/1.md", ["one"], tenant="acme", groups=["*"])
+    (other,) = make_batches(unique_collection, "v2", 20, V2, per_batch=5, embedder="another-model")
+    other = other.model_copy(update={"document": other.document.model_copy(update={"tenant": "globex"})})
+    with pytest.raises(BadEvent, match="holds vectors from 'test-embedder'"):
+        index.write_batch(other)
+
+
+def test_a_document_whose_tenant_changes_leaves_nothing_in_the_old_tenants_table(index, unique_collection):
+    write_document(index, unique_collection, URI, ["moved text", "kept text"], tenant="acme", groups=["*"])
+    write_document(index, unique_collection, URI, ["moved text"], tenant="globex", groups=["*"], sequence=11)
+    retriever = DenseRetriever(index, Vectors())
+    vector = np.ones(DIM, np.float32)
+    assert retriever.search("q", collection=unique_collection, top_k=10, caller=Caller("acme"), vector=vector) == []
+    assert [h.text for h in retriever.search("q", collection=unique_collection, top_k=10, caller=Caller("globex"),
+                                             vector=vector)] == ["moved text"]
+    assert index.stats()[unique_collection] == {"documents": 1, "chunks": 1}
+    index.tombstone(DocumentTombstoned(collection=unique_collection, document_id=URI, sequence=sequence_key(12)))
+    assert index.stats()[unique_collection] == {"documents": 0, "chunks": 0}
+
+
+def make_shared(index: Index, collection: str, uri: str, tenant: str, *, older: bool = False) -> None:
+    """Turn an untenanted document into one written before the table-per-tenant layout: its rows, in the
+    collection's untenanted table, carry the tenant (`older`: and an older label than the ledger's)."""
+    entry = index.ledger_entry(collection, uri)
+    index._record(collection, dataclasses.replace(entry, tenant=tenant))
+    label = {"tenant": tenant} | ({"sequence": sequence_key(1)} if older else {})
+    if isinstance(index, ChromaIndex):
+        table = index.chunks(collection)
+        ids = table.get(where={"document_id": uri}, include=[])["ids"]
+        table.update(ids=ids, metadatas=[label] * len(ids))
+    else:
+        index.chunk_table(collection).update(where=f"document_id = '{uri}'", values=label)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical"])
+def test_rows_from_the_shared_layout_are_read_until_maintenance_moves_them(store_settings, index, unique_collection,
+                                                                         mode):
+    from ragfn.retrieval.lexical import LexicalRetriever
+
+    write_document(index, unique_collection, "s3://a/1.md", ["pelican alpha", "pelican beta"], tenant=None,
+                   groups=["*"])
+    write_document(index, unique_collection, "s3://a/2.md", ["pelican gamma"], tenant=None, groups=["*"], sequence=11)
+    write_document(index, unique_collection, "s3://g/1.md", ["pelican delta"], tenant=None, groups=["*"], sequence=12)
+    write_document(index, unique_collection, "s3://n/1.md", ["pelican epsilon"], tenant=None, groups=["*"],
+                   sequence=13)
+    make_shared(index, unique_collection, "s3://a/1.md", "acme")
+    make_shared(index, unique_collection, "s3://a/2.md", "acme", older=True)  # a version the ledger no longer has
+    make_shared(index, unique_collection, "s3://g/1.md", "globex")
+    reader = Runtime(store_settings).index  # a replica started after the upgrade
+    if mode == "dense":
+        retriever, extra = DenseRetriever(reader, Vectors()), {"vector": np.ones(DIM, np.float32)}
+    else:
+        retriever, extra = LexicalRetriever(reader, refresh_seconds=0.0), {}
+
+    def texts(tenant: str | None) -> set[str]:
+        return {h.text for h in retriever.search("pelican", collection=unique_collection, top_k=10,
+                                                 caller=Caller(tenant), **extra)}
+
+    before = {tenant: texts(tenant) for tenant in ("acme", "globex", None)}
+    assert before["acme"] >= {"pelican alpha", "pelican beta"} and before["globex"] == {"pelican delta"}
+    assert before[None] == {"pelican epsilon"}
+    report = index.maintain(unique_collection, keep_versions=timedelta(hours=1))
+    assert report["shared_rows_moved"] == 3 and report["tables"] == 3
+    assert index.maintain(unique_collection, keep_versions=timedelta(hours=1))["shared_rows_moved"] == 0
+    reader._shared.forget(unique_collection)
+    assert texts("acme") == {"pelican alpha", "pelican beta"}  # the stale row was dropped, not moved
+    assert texts("globex") == {"pelican delta"} and texts(None) == {"pelican epsilon"}
+    assert index.stats()[unique_collection] == {"documents": 4, "chunks": 4}
+    # the moved document's next version replaces its rows in the tenant's table
+    write_document(index, unique_collection, "s3://a/1.md", ["pelican zeta"], tenant="acme", groups=["*"],
+                   sequence=20)
+    assert texts("acme") == {"pelican zeta"}

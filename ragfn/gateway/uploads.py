@@ -207,7 +207,7 @@ class Uploads:
         letter = self._dead_letter(uri, query, head)
         if letter is not None:
             return answer("failed", error=_reason(letter))
-        written = self._guard(lambda: index.version_rows(collection, uri, version))
+        written = self._guard(lambda: index.version_rows(collection, uri, version, identity.tenant or None))
         return answer("indexing", chunks_written=written) if written else answer("queued")
 
     def _current(self, uri: str) -> ObjectHead | None:

@@ -167,7 +167,7 @@ def embed_batch(batch: ChunkBatch, runtime: IngestServices) -> StageResult:
     """Vectors for one batch, reusing stored vectors of chunks whose text has not changed."""
     embedder = runtime.embedder
     reusable = runtime.index.reusable_vectors(batch.document.collection, embedder.name,
-                                              [c.content_hash for c in batch.chunks])
+                                              [c.content_hash for c in batch.chunks], batch.document.tenant)
     missing = [c for c in batch.chunks if c.content_hash not in reusable]
     fresh = dict(zip((c.content_hash for c in missing), embedder.embed([c.text for c in missing]), strict=True))
     vectors = [encode_vector(reusable.get(c.content_hash, fresh.get(c.content_hash))) for c in batch.chunks]

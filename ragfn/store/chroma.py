@@ -15,6 +15,7 @@ no such limit: ragfn.store.lance).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -33,9 +34,19 @@ from ragfn.eventing.events import (
     EmbeddedBatch,
 )
 from ragfn.store.base import PUBLIC, Caller, Hit, LedgerEntry, Rows, check_collection_name
+from ragfn.store.partitions import (
+    SharedRows,
+    chunk_table_name,
+    chunk_tables_of,
+    collections_of,
+    ledger_table_name,
+    merge_hits,
+    move_shared_rows,
+)
 from ragfn.store.vectors import decode_vector
 
 GENERATION_ID = "~generation"  # a ledger record no document URI can collide with
+SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
 def read_pages(collection, include: list[str], page_rows: int = 10_000) -> Iterator[dict]:
@@ -81,6 +92,7 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         self._handles: dict[str, object] = {}  # Chroma collection handles by Chroma name: one lookup each
         # one writer at a time: Chroma (SQLite underneath when embedded) serialises writes anyway
         self._writing = threading.Lock()
+        self._shared = SharedRows(self._count_shared)
 
     @property
     def client(self):
@@ -109,21 +121,40 @@ class ChromaIndex:  # implements ragfn.store.base.Index
     def warm_up(self) -> None:
         self.client.heartbeat()
 
-    # -- collections -------------------------------------------------------------------------------------
+    # -- tables (Chroma collections): one per tenant, see ragfn.store.partitions -----------------------------
 
-    def chunks(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
-        name = f"ragfn-{check_collection_name(collection)}"
-        found = self._handle(name, {"hnsw:space": "cosine"})
+    def chunks(self, collection: str, tenant: str | None = None, *, embedder: str | None = None,
+               dimensions: int | None = None):
+        """A tenant's chunk table, created on first use; when an embedder is given, checked (or recorded)."""
+        found = self._handle(chunk_table_name(collection, tenant), {"hnsw:space": "cosine"})
         stored = (found.metadata or {}).get("ragfn:embedder")
+        if embedder and not stored:
+            stored = self._embedder_of(collection)
+            if not stored or stored == embedder:
+                found.modify(metadata={"ragfn:embedder": embedder, "ragfn:dimensions": dimensions})
         if embedder and stored and stored != embedder:
             raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
                            hint="use another collection, or re-ingest everything with the collection's embedder")
-        if embedder and not stored:
-            found.modify(metadata={"ragfn:embedder": embedder, "ragfn:dimensions": dimensions})
         return found
 
+    def _find(self, name: str):
+        """A table's handle, or None when it does not exist: reads never create one."""
+        if name not in self._handles:
+            if name not in self._names():
+                return None
+            self._handles[name] = self.client.get_collection(name, embedding_function=None)
+        return self._handles[name]
+
+    def _embedder_of(self, collection: str) -> str | None:
+        """The embedder of the collection's other tables: every tenant's vectors must be comparable to a query."""
+        for name in chunk_tables_of(self._names(), collection):
+            stored = (self._find(name).metadata or {}).get("ragfn:embedder")
+            if stored:
+                return stored
+        return None
+
     def _ledger(self, collection: str):
-        return self._handle(f"ragfn-{check_collection_name(collection)}.ledger", None)
+        return self._handle(ledger_table_name(collection), None)
 
     def _handle(self, name: str, metadata: dict | None):
         if name not in self._handles:
@@ -131,13 +162,18 @@ class ChromaIndex:  # implements ragfn.store.base.Index
                                                                        embedding_function=None)
         return self._handles[name]
 
+    def _names(self) -> list[str]:
+        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+    def _tables(self, collection: str) -> list:
+        return [self._find(name) for name in chunk_tables_of(self._names(), check_collection_name(collection))]
+
     def exists(self, collection: str) -> bool:
-        """Whether the collection holds anything yet; reads must not create it. Cheap once a handle is cached."""
-        return f"ragfn-{check_collection_name(collection)}" in self._handles or collection in self.collections()
+        """Whether the collection holds anything yet; reads must not create it."""
+        return check_collection_name(collection) in self.collections()
 
     def collections(self) -> list[str]:
-        names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
-        return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
+        return collections_of(self._names())
 
     # -- ledger --------------------------------------------------------------------------------------------
 
@@ -167,12 +203,11 @@ class ChromaIndex:  # implements ragfn.store.base.Index
 
     # -- writes ----------------------------------------------------------------------------------------------
 
-    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        """Vectors already stored for these chunk texts, so unchanged chunks are never embedded twice."""
-        if not hashes or not self.exists(collection):
-            return {}
-        chunks = self.chunks(collection)
-        if (chunks.metadata or {}).get("ragfn:embedder") != embedder:
+    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str],
+                         tenant: str | None = None) -> dict[str, np.ndarray]:
+        """Vectors the tenant already has for these chunk texts, so unchanged chunks are never embedded twice."""
+        chunks = self._find(chunk_table_name(collection, tenant)) if hashes else None
+        if chunks is None or (chunks.metadata or {}).get("ragfn:embedder") != embedder:
             return {}
         found = chunks.get(where={"content_hash": {"$in": sorted(set(hashes))}}, include=["metadatas", "embeddings"])
         return {meta["content_hash"]: np.asarray(vec, dtype=np.float32)
@@ -191,7 +226,7 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if entry and entry.is_newer_than(doc.sequence, doc.version):
             return None  # a newer version (or a later delete) is already committed
         vectors = [decode_vector(v, batch.dimensions) for v in batch.vectors]  # all valid before any write
-        chunks = self.chunks(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
+        chunks = self.chunks(doc.collection, doc.tenant, embedder=batch.embedder, dimensions=batch.dimensions)
         ids = [row_id(doc, c) for c in batch.chunks]
         found = chunks.get(ids=ids, include=["metadatas"])
         labels = {i: (m["sequence"], m["version"]) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
@@ -213,15 +248,17 @@ class ChromaIndex:  # implements ragfn.store.base.Index
 
     def _commit(self, doc: DocumentVersion, total: int) -> DocumentIndexed | None:
         entry = self.ledger_entry(doc.collection, doc.document_id)
-        chunks = self.chunks(doc.collection)
+        chunks = self.chunks(doc.collection, doc.tenant)
         if entry and entry.is_newer_than(doc.sequence, doc.version):
             chunks.delete(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]})
             return None
-        existing = chunks.get(where={"document_id": doc.document_id}, include=["metadatas"])
-        stale = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
-                 if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
-        if stale:
-            chunks.delete(ids=stale)
+        # the document's older rows: in its tenant's table, its previous tenant's, and the shared table
+        for table in self._holding(doc.collection, doc.tenant, *([entry.tenant] if entry else [])):
+            existing = table.get(where={"document_id": doc.document_id}, include=["metadatas"])
+            stale = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                     if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
+            if stale:
+                table.delete(ids=stale)
         self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
                                                  doc.tenant, doc.chunking or ""))
         replaced = [entry.version] if entry and entry.state == "indexed" and entry.version != doc.version else []
@@ -240,18 +277,27 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if entry and entry.state == "deleted" and entry.sequence == event.sequence:
             removed = 0  # duplicate delivery; still answer so a lost reply is healed
         else:
-            chunks = self.chunks(event.collection)
-            existing = chunks.get(where={"document_id": event.document_id}, include=["metadatas"])
-            doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
-                      if m["sequence"] <= event.sequence]
-            if doomed:
-                chunks.delete(ids=doomed)
-            removed = len(doomed)
+            removed = 0
+            for table in self._holding(event.collection, entry.tenant) if entry else self._tables(event.collection):
+                existing = table.get(where={"document_id": event.document_id}, include=["metadatas"])
+                doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                          if m["sequence"] <= event.sequence]
+                if doomed:
+                    table.delete(ids=doomed)
+                removed += len(doomed)
             # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
             self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
                                                        entry.tenant if entry else None))
         return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
                                chunks_removed=removed, reason=reason)
+
+    def _holding(self, collection: str, *tenants: str | None) -> list:
+        """The tables a document's rows can be in: its tenants' (a document whose tenant changed has rows in
+        both until its commit), and the shared table while it has rows."""
+        names = {chunk_table_name(collection, tenant) for tenant in tenants}
+        if self._shared.present(collection):
+            names.add(chunk_table_name(collection, None))
+        return [table for name in sorted(names) if (table := self._find(name)) is not None]
 
     @staticmethod
     def _chunk_metadata(doc: DocumentVersion, chunk: Chunk) -> dict:
@@ -265,37 +311,42 @@ class ChromaIndex:  # implements ragfn.store.base.Index
 
     # -- reads -------------------------------------------------------------------------------------------------
 
-    def version_rows(self, collection: str, document_id: str, version: str) -> int:
+    def version_rows(self, collection: str, document_id: str, version: str, tenant: str | None = None) -> int:
         """How many rows carry this version's label so far (a version being written shows its progress)."""
-        if not self.exists(collection):
+        chunks = self._find(chunk_table_name(collection, tenant))
+        if chunks is None:
             return 0
-        return len(self.chunks(collection).get(
-            where={"$and": [{"document_id": document_id}, {"version": version}]}, include=[])["ids"])
+        return len(chunks.get(where={"$and": [{"document_id": document_id}, {"version": version}]}, include=[])["ids"])
 
     def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]:
-        for page in read_pages(self.chunks(collection), ["documents", "metadatas"], page_rows):
-            yield Rows(page["ids"], page["documents"], page["metadatas"])
+        for table in self._tables(collection):
+            for page in read_pages(table, ["documents", "metadatas"], page_rows):
+                yield Rows(page["ids"], page["documents"], page["metadatas"])
 
     def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]:
         try:
-            if not self.exists(collection):
-                return []
-            chunks = self.chunks(collection)
-            # Chroma evaluates a `where` on every row before its vector search (about 2 ms per 1000 chunks here,
-            # ~200 ms at 100k), while an unfiltered HNSW query stays near 3 ms. So first ask unfiltered for a few
-            # times top_k and keep what the caller may read; only when that leaves fewer than top_k (the caller
-            # owns a small part of a shared collection) run the filtered query. Either way nothing unreadable is
-            # returned or takes a place, and the readable hits come in the same order.
-            fetch = min(top_k * self.overfetch, 1000)
-            found = self._query(chunks, vector, fetch, None)
-            hits = [hit for hit in found if caller.can_read(hit.metadata)]
-            if len(hits) >= top_k or len(found) < fetch:  # enough, or the collection had no more to give
-                return hits[:top_k]
-            return self._query(chunks, vector, top_k, where(caller))
+            tables = [chunk_table_name(collection, caller.tenant)]
+            if caller.tenant and self._shared.present(collection):
+                tables.append(chunk_table_name(collection, None))
+            return merge_hits((self._search(found, vector, top_k, caller) for name in tables
+                               if (found := self._find(name)) is not None), top_k)
         except RagfnError:
             raise
         except Exception as exc:  # chromadb raises its own and httpx's errors when the server is away
             raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def _search(self, chunks, vector: np.ndarray, top_k: int, caller: Caller) -> list[Hit]:
+        # Chroma evaluates a `where` on every row before its vector search (about 2 ms per 1000 chunks here,
+            # ~200 ms at 100k), while an unfiltered HNSW query stays near 3 ms. So first ask unfiltered for a few
+            # times top_k and keep what the caller may read; only when that leaves fewer than top_k (the caller
+            # owns a small part of a shared collection) run the filtered query. Either way nothing unreadable is
+            # returned or takes a place, and the readable hits come in the same order.
+        fetch = min(top_k * self.overfetch, 1000)
+        found = self._query(chunks, vector, fetch, None)
+        hits = [hit for hit in found if caller.can_read(hit.metadata)]
+        if len(hits) >= top_k or len(found) < fetch:  # enough, or the table had no more to give
+            return hits[:top_k]
+        return self._query(chunks, vector, top_k, where(caller))
 
     @staticmethod
     def _query(chunks, vector: np.ndarray, n: int, where: dict | None) -> list[Hit]:
@@ -308,13 +359,61 @@ class ChromaIndex:  # implements ragfn.store.base.Index
     def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]:
         raise NotImplementedError("Chroma has no full-text index here: ragfn.retrieval.lexical's BM25 reads `rows`")
 
-    def maintain(self, collection: str, *, keep_versions: timedelta) -> dict:
-        """Nothing to do: Chroma keeps its HNSW index and its SQLite tables up to date as it writes."""
-        return {"collection": collection, "rows": self.chunks(collection).count(), "skipped": "chroma"}
+    def maintain(self, collection: str, *, keep_versions: timedelta, deadline: float | None = None) -> dict:
+        """Moves rows from before the table-per-tenant layout into their tenants' tables (until `deadline`); Chroma
+        keeps its HNSW index and its SQLite tables up to date as it writes, so there is nothing else to do."""
+        pages = move_shared_rows(self, collection, limit=SHARED_PAGE_ROWS,
+                                 deadline=deadline if deadline is not None else time.monotonic() + 60)
+        moved = steps = 0
+        while True:
+            with self._writing:  # a page moves between two writes, never during one
+                step = next(pages, None)
+            if step is None:
+                break
+            moved, steps = moved + step, steps + 1
+        if steps:  # rows moved or dropped: BM25 snapshots must be rebuilt
+            self._ledger(collection).upsert(ids=[GENERATION_ID], embeddings=[[1.0]],
+                                            metadatas=[{"token": uuid.uuid4().hex}])
+            self._shared.forget(collection)
+        tables = self._tables(collection)
+        return {"collection": collection, "rows": sum(t.count() for t in tables), "tables": len(tables),
+                "shared_rows_moved": moved, "skipped": "chroma"}
+
+    # -- moving shared rows (ragfn.store.partitions.Movable) -------------------------------------------------
+
+    def _count_shared(self, collection: str) -> int:
+        shared = self._find(chunk_table_name(collection, None))
+        return 0 if shared is None else len(shared.get(where={"tenant": {"$ne": ""}}, limit=1, include=[])["ids"])
+
+    def shared_page(self, collection: str, limit: int) -> list[dict]:
+        shared = self._find(chunk_table_name(collection, None))
+        if shared is None:
+            return []
+        page = shared.get(where={"tenant": {"$ne": ""}}, limit=limit, include=["documents", "metadatas", "embeddings"])
+        return [meta | {"id": i, "text": text, "vector": vector}
+                for i, text, meta, vector in zip(page["ids"], page["documents"], page["metadatas"],
+                                                 page["embeddings"], strict=True)]
+
+    def put_rows(self, collection: str, tenant: str, rows: list[dict]) -> None:
+        """Copies rows into the tenant's table, never over a row a writer has put there meanwhile (its label is
+        newer: only committed versions are copied, and writes are serialised with this)."""
+        embedder = (self._find(chunk_table_name(collection, None)).metadata or {}).get("ragfn:embedder")
+        table = self.chunks(collection, tenant, embedder=embedder, dimensions=len(rows[0]["vector"]))
+        present = set(table.get(ids=[row["id"] for row in rows], include=[])["ids"])
+        rows = [row for row in rows if row["id"] not in present]
+        if rows:
+            table.add(ids=[row["id"] for row in rows], embeddings=np.stack([row["vector"] for row in rows]),
+                      documents=[row["text"] for row in rows],
+                      metadatas=[{k: v for k, v in row.items() if k not in ("id", "text", "vector")} for row in rows])
+
+    def delete_ids(self, collection: str, tenant: str | None, ids: list[str]) -> None:
+        table = self._find(chunk_table_name(collection, tenant))
+        if table is not None:
+            table.delete(ids=ids)
 
     def stats(self) -> dict[str, dict[str, int]]:
         result = {}
         for name in self.collections():
             documents = sum(1 for e in self.ledger(name) if e.state == "indexed")
-            result[name] = {"documents": documents, "chunks": self.chunks(name).count()}
+            result[name] = {"documents": documents, "chunks": sum(t.count() for t in self._tables(name))}
         return result

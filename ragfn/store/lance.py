@@ -49,9 +49,19 @@ from ragfn.store.lance_tables import (
     sql,
     unindexed_rows,
 )
+from ragfn.store.partitions import (
+    SharedRows,
+    chunk_table_name,
+    chunk_tables_of,
+    collections_of,
+    ledger_table_name,
+    merge_hits,
+    move_shared_rows,
+)
 from ragfn.store.vectors import decode_vector
 
 EMBEDDER_KEY = b"ragfn:embedder"
+SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
 class LanceIndex:  # implements ragfn.store.base.Index
@@ -64,8 +74,9 @@ class LanceIndex:  # implements ragfn.store.base.Index
         self.settings = settings
         self._db = None
         self._connecting = threading.Lock()
-        self._tables: dict[str, object] = {}  # open table handles by table name
+        self._handles: dict[str, object] = {}  # open table handles by table name
         self._indexed: set[str] = set()  # tables whose scalar and FTS indexes are known to exist
+        self._shared = SharedRows(self._count_shared)
 
     @property
     def db(self):
@@ -84,10 +95,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
 
     def _open(self, name: str):
         """The table, or None when it does not exist yet."""
-        table = self._tables.get(name)
+        table = self._handles.get(name)
         if table is None:
             try:
-                table = self._tables[name] = self.db.open_table(name)
+                table = self._handles[name] = self.db.open_table(name)
             except ValueError as exc:
                 if "was not found" in str(exc):
                     return None
@@ -99,40 +110,73 @@ class LanceIndex:  # implements ragfn.store.base.Index
             table = self.db.create_table(name, schema=schema, exist_ok=True)
         except ValueError as exc:
             raise BadEvent(f"LanceDB cannot take the table name {name!r}: {exc}") from exc
-        self._tables[name] = table
+        self._handles[name] = table
         return table
 
-    def chunk_table(self, collection: str, *, embedder: str | None = None, dimensions: int | None = None):
-        """The collection's chunk table; created (for this embedder and dimension) only when both are given."""
-        name = f"ragfn-{check_collection_name(collection)}"
+    def chunk_table(self, collection: str, tenant: str | None = None, *, embedder: str | None = None,
+                    dimensions: int | None = None):
+        """A tenant's chunk table (ragfn.store.partitions); created (for this embedder and dimension) only when both
+        are given. Every table of a collection holds one embedder's vectors, so any tenant's query compares."""
+        name = chunk_table_name(collection, tenant)
         table = self._open(name)
         if table is None and embedder and dimensions:
+            stored = self._embedder_of(collection)
+            if stored and stored != embedder:
+                raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
+                               hint="use another collection, or re-ingest everything with the collection's embedder")
             table = self._create(name, chunk_schema(dimensions, embedder))
         if table is not None and embedder:
-            stored = (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode()
+            stored = _embedder(table)
             if stored and stored != embedder:
                 raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
                                hint="use another collection, or re-ingest everything with the collection's embedder")
         return table
 
+    def _embedder_of(self, collection: str) -> str | None:
+        for name in chunk_tables_of(self._names(), collection):
+            if (table := self._open(name)) is not None and (stored := _embedder(table)):
+                return stored
+        return None
+
     def _ledger(self, collection: str, *, create: bool = False):
-        name = f"ragfn-{check_collection_name(collection)}.ledger"
+        name = ledger_table_name(collection)
         table = self._open(name)
         return self._create(name, ledger_schema()) if table is None and create else table
 
-    def exists(self, collection: str) -> bool:
-        with guarded("vector store unavailable"):
-            return self.chunk_table(collection) is not None
-
-    def collections(self) -> list[str]:
+    def _names(self) -> list[str]:
         names, token = [], None
         while True:
             page = self.db.list_tables(page_token=token, limit=1000)
             names += page.tables
             token = page.page_token
             if not token or not page.tables:
-                break
-        return sorted(n[len("ragfn-"):] for n in names if n.startswith("ragfn-") and not n.endswith(".ledger"))
+                return names
+
+    def _tables(self, collection: str) -> list:
+        names = chunk_tables_of(self._names(), check_collection_name(collection))
+        return [table for name in names if (table := self._open(name)) is not None]
+
+    def _holding(self, collection: str, *tenants: str | None) -> list:
+        """The tables a document's rows can be in: its tenants' (old and new, when its tenant changed), and the
+        shared table while it has rows."""
+        names = {chunk_table_name(collection, tenant) for tenant in tenants}
+        if self._shared.present(collection):
+            names.add(chunk_table_name(collection, None))
+        return [table for name in sorted(names) if (table := self._open(name)) is not None]
+
+    def _reading(self, collection: str, caller: Caller) -> list:
+        """The tables a caller's search reads: their tenant's, and the shared one while it holds tenants' rows."""
+        names = [chunk_table_name(collection, caller.tenant)]
+        if caller.tenant and self._shared.present(collection):
+            names.append(chunk_table_name(collection, None))
+        return [table for name in names if (table := self._open(name)) is not None]
+
+    def exists(self, collection: str) -> bool:
+        with guarded("vector store unavailable"):
+            return check_collection_name(collection) in self.collections()
+
+    def collections(self) -> list[str]:
+        return collections_of(self._names())
 
     # -- ledger --------------------------------------------------------------------------------------------
 
@@ -166,9 +210,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
 
     # -- writes ----------------------------------------------------------------------------------------------
 
-    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        table = self.chunk_table(collection) if hashes else None
-        if table is None or (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode() != embedder:
+    def reusable_vectors(self, collection: str, embedder: str, hashes: list[str],
+                         tenant: str | None = None) -> dict[str, np.ndarray]:
+        table = self.chunk_table(collection, tenant) if hashes else None
+        if table is None or _embedder(table) != embedder:
             return {}
         wanted = ", ".join(sql(h) for h in sorted(set(hashes)))
         found = (table.search().where(f"content_hash IN ({wanted})").select(["content_hash", "vector"])
@@ -187,7 +232,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
             entry = self.ledger_entry(doc.collection, doc.document_id)
             if entry and entry.is_newer_than(doc.sequence, doc.version):
                 return None  # a newer version (or a later delete) is already committed
-            table = self.chunk_table(doc.collection, embedder=batch.embedder, dimensions=batch.dimensions)
+            table = self.chunk_table(doc.collection, doc.tenant, embedder=batch.embedder, dimensions=batch.dimensions)
             if table.schema.field("vector").type.list_size != batch.dimensions:
                 raise BadEvent(f"collection {doc.collection!r} holds {table.schema.field('vector').type.list_size}"
                                f"-dimensional vectors, not {batch.dimensions}")
@@ -210,7 +255,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         # Record first, then read the ledger back: the winner deletes every row labelled older than itself only
         # after its record, so rows a loser wrote before its own (failed or overtaken) record cannot outlive it,
         # and a loser, seeing the newer record, deletes the rows labelled with its own version.
-        table = self.chunk_table(doc.collection)
+        table = self.chunk_table(doc.collection, doc.tenant)
         before = self.ledger_entry(doc.collection, doc.document_id)
         if not (before and before.is_newer_than(doc.sequence, doc.version)):
             self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
@@ -219,7 +264,8 @@ class LanceIndex:  # implements ragfn.store.base.Index
         if after is None or (after.sequence, after.version) != (doc.sequence, doc.version):
             table.delete(_label(doc))  # a newer version or delete won: this version's rows must not stay
             return None
-        table.delete(f"document_id = {sql(doc.document_id)} AND {older_than(doc.sequence, doc.version)}")
+        for holding in self._holding(doc.collection, doc.tenant, *([before.tenant] if before else [])):
+            holding.delete(f"document_id = {sql(doc.document_id)} AND {older_than(doc.sequence, doc.version)}")
         replaced = [before.version] if before and before.state == "indexed" and before.version != doc.version else []
         return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
                                sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)
@@ -236,95 +282,135 @@ class LanceIndex:  # implements ragfn.store.base.Index
             after = self.ledger_entry(event.collection, event.document_id)
             if after is None or after.sequence > event.sequence:
                 return None  # a re-creation committed meanwhile
-            table, removed = self.chunk_table(event.collection), 0
-            if table is not None:  # a duplicate delivery finds nothing left, and still answers to heal a lost reply
-                doomed = f"document_id = {sql(event.document_id)} AND sequence <= {sql(event.sequence)}"
-                removed = table.count_rows(doomed)
-                if removed:
+            # a duplicate delivery finds nothing left, and still answers to heal a lost reply
+            doomed, removed = f"document_id = {sql(event.document_id)} AND sequence <= {sql(event.sequence)}", 0
+            for table in self._holding(event.collection, entry.tenant) if entry else self._tables(event.collection):
+                found = table.count_rows(doomed)
+                if found:
                     table.delete(doomed)
+                removed += found
         return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
                                chunks_removed=removed, reason=reason)
 
     # -- reads -------------------------------------------------------------------------------------------------
 
-    def version_rows(self, collection: str, document_id: str, version: str) -> int:
-        table = self.chunk_table(collection)
+    def version_rows(self, collection: str, document_id: str, version: str, tenant: str | None = None) -> int:
+        table = self.chunk_table(collection, tenant)
         if table is None:
             return 0
         return table.count_rows(f"document_id = {sql(document_id)} AND version = {sql(version)}")
 
     def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]:
-        table = self.chunk_table(collection)
-        if table is None:
-            return
-        for batch in table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None).to_batches(page_rows):
-            found = batch.to_pylist()
-            yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
+        for table in self._tables(collection):
+            for batch in table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None).to_batches(page_rows):
+                found = batch.to_pylist()
+                yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
 
     def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]:
         with guarded("vector store unavailable"):
-            table = self.chunk_table(collection)
-            if table is None:
-                return []
-            found = (table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                     .distance_type("cosine").where(readable_by(caller), prefilter=True).limit(top_k)
-                     .select(["id", "text", *CHUNK_COLUMNS, "_distance"]).to_list())
-            return [_hit(row, 1.0 - float(row["_distance"])) for row in found]
+            query = np.asarray(vector, dtype=np.float32)
+            return merge_hits(([_hit(row, 1.0 - float(row["_distance"])) for row in (
+                table.search(query, vector_column_name="vector").distance_type("cosine")
+                .where(readable_by(caller), prefilter=True).limit(top_k)
+                .select(["id", "text", *CHUNK_COLUMNS, "_distance"]).to_list())]
+                for table in self._reading(collection, caller)), top_k)
 
     def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]:
         with guarded("lexical search unavailable"):
-            table = self.chunk_table(collection)
-            if table is None:
-                return []
-            self._ensure_indexes(table)  # a table written by an older ragfn, or whose writer died before indexing
-            found = (table.search(question, query_type="fts", fts_columns="text")
-                     .where(readable_by(caller), prefilter=True).limit(top_k)
-                     .select(["id", "text", *CHUNK_COLUMNS, "_score"]).to_list())
-            return [_hit(row, float(row["_score"])) for row in found]
+            results = []
+            for table in self._reading(collection, caller):
+                self._ensure_indexes(table)  # a table written by an older ragfn, or whose writer died before indexing
+                results.append([_hit(row, float(row["_score"])) for row in (
+                    table.search(question, query_type="fts", fts_columns="text")
+                    .where(readable_by(caller), prefilter=True).limit(top_k)
+                    .select(["id", "text", *CHUNK_COLUMNS, "_score"]).to_list())])
+            return merge_hits(results, top_k)
 
     # -- maintenance -----------------------------------------------------------------------------------------
 
-    def maintain(self, collection: str, *, keep_versions: timedelta) -> dict:
-        """Compaction, indexes brought up to date (the rows written since are searched flat until then), a vector
-        index once the table is large enough, and versions older than `keep_versions` removed. Readers are on the
-        newest version within RAGFN_LANCEDB_REFRESH_SECONDS; `keep_versions` leaves a slow query its files."""
-        report: dict = {"collection": collection}
+    def maintain(self, collection: str, *, keep_versions: timedelta, deadline: float | None = None) -> dict:
+        """Per table of the collection: compaction, indexes brought up to date (the rows written since are searched
+        flat until then), a vector index once the table is large enough, and versions older than `keep_versions`
+        removed; first, rows from before the table-per-tenant layout move to their tenants' tables (until
+        `deadline`). Readers are on the newest version within RAGFN_LANCEDB_REFRESH_SECONDS; `keep_versions` leaves
+        a slow query its files."""
+        report: dict = {"collection": collection, "rows": 0, "unindexed_rows": 0, "versions_removed": 0}
         with guarded("LanceDB maintenance failed"):
-            table = self.chunk_table(collection)
-            if table is None:
-                return report | {"rows": 0}
             started = time.monotonic()
-            self._indexed.discard(table.name)
-            self._ensure_indexes(table)
-            rows = table.count_rows()
-            report |= {"rows": rows, "unindexed_rows": unindexed_rows(table)}
-            if rows >= self.settings.lancedb_vector_index_rows and not has_vector_index(table):
-                create_vector_index(table, rows)
-                report["vector_index_created"] = True
-            report["indexes_seconds"] = round(time.monotonic() - started, 3)
-            started, versions = time.monotonic(), len(table.list_versions())
-            table.optimize(cleanup_older_than=keep_versions)
+            report["shared_rows_moved"] = sum(move_shared_rows(
+                self, collection, limit=SHARED_PAGE_ROWS,
+                deadline=deadline if deadline is not None else started + 60))
+            if report["shared_rows_moved"]:
+                self._shared.forget(collection)
+            tables = self._tables(collection)
+            report["tables"] = len(tables)
+            indexes = optimize = 0.0
+            for table in tables:
+                started = time.monotonic()
+                self._indexed.discard(table.name)
+                self._ensure_indexes(table)
+                rows = table.count_rows()
+                report["rows"] += rows
+                report["unindexed_rows"] += unindexed_rows(table)
+                if rows >= self.settings.lancedb_vector_index_rows and not has_vector_index(table):
+                    create_vector_index(table, rows)
+                    report["vector_index_created"] = True
+                indexes += time.monotonic() - started
+                started, versions = time.monotonic(), len(table.list_versions())
+                table.optimize(cleanup_older_than=keep_versions)
+                report["versions_removed"] += max(versions - len(table.list_versions()), 0)
+                optimize += time.monotonic() - started
             ledger = self._ledger(collection)
             if ledger is not None:
+                started = time.monotonic()
                 self._indexed.discard(ledger.name)
                 self._ensure_indexes(ledger, ledger=True)
                 ledger.optimize(cleanup_older_than=keep_versions)
-            report |= {"optimize_seconds": round(time.monotonic() - started, 3),
-                       "versions_removed": max(versions - len(table.list_versions()), 0)}
+                optimize += time.monotonic() - started
+            report |= {"indexes_seconds": round(indexes, 3), "optimize_seconds": round(optimize, 3)}
         return report
 
     def stats(self) -> dict[str, dict[str, int]]:
         result = {}
         for name in self.collections():
             documents = sum(1 for e in self.ledger(name) if e.state == "indexed")
-            table = self.chunk_table(name)
-            result[name] = {"documents": documents, "chunks": table.count_rows() if table is not None else 0}
+            result[name] = {"documents": documents, "chunks": sum(t.count_rows() for t in self._tables(name))}
         return result
+
+    # -- moving shared rows (ragfn.store.partitions.Movable) -------------------------------------------------
+
+    def _count_shared(self, collection: str) -> int:
+        shared = self._open(chunk_table_name(collection, None))
+        return 0 if shared is None else shared.count_rows("tenant != ''")
+
+    def shared_page(self, collection: str, limit: int) -> list[dict]:
+        shared = self._open(chunk_table_name(collection, None))
+        return [] if shared is None else shared.search().where("tenant != ''").limit(limit).to_list()
+
+    def put_rows(self, collection: str, tenant: str, rows: list[dict]) -> None:
+        """Copies rows into the tenant's table, never over a row labelled newer (a version written meanwhile)."""
+        import pyarrow as pa
+
+        shared = self._open(chunk_table_name(collection, None))
+        table = self.chunk_table(collection, tenant, embedder=_embedder(shared),
+                                 dimensions=shared.schema.field("vector").type.list_size)
+        (table.merge_insert("id").when_matched_update_all(where=is_not_older("target", "source"))
+         .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
+        self._ensure_indexes(table)
+
+    def delete_ids(self, collection: str, tenant: str | None, ids: list[str]) -> None:
+        table = self._open(chunk_table_name(collection, tenant))
+        if table is not None:
+            table.delete(f"id IN ({', '.join(sql(i) for i in ids)})")
 
 
 def _label(doc: DocumentVersion) -> str:
     return (f"document_id = {sql(doc.document_id)} AND version = {sql(doc.version)}"
             f" AND sequence = {sql(doc.sequence)}")
+
+
+def _embedder(table) -> str:
+    return (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode()
 
 
 def _entry(row: dict) -> LedgerEntry:

@@ -38,6 +38,9 @@ class MaintenanceMetrics:
                           registry=self.registry)
         self.versions_removed = Counter("ragfn_store_versions_removed", "old table versions removed",
                                         registry=self.registry)
+        self.shared_rows_moved = Counter("ragfn_store_shared_rows_moved", "rows moved from a collection's shared "
+                                         "table (before the table-per-tenant layout) to their tenants' tables",
+                                         registry=self.registry)
 
 
 class Maintenance:
@@ -66,7 +69,7 @@ class Maintenance:
                 skipped.append(name)
                 continue
             try:
-                reports.append(self.index.maintain(name, keep_versions=keep))
+                reports.append(self.index.maintain(name, keep_versions=keep, deadline=deadline))
             except RagfnError as exc:  # one collection's failure must not stop the others'
                 log.warning("maintenance of %s failed: %s", name, exc)
                 failed.append({"collection": name, "error": str(exc)})
@@ -83,6 +86,7 @@ class Maintenance:
         self.metrics.rows.set(sum(r.get("rows", 0) for r in reports))
         self.metrics.unindexed.set(sum(r.get("unindexed_rows", 0) for r in reports))
         self.metrics.versions_removed.inc(sum(r.get("versions_removed", 0) for r in reports))
+        self.metrics.shared_rows_moved.inc(sum(r.get("shared_rows_moved", 0) for r in reports))
         for report in reports:
             for step in ("indexes", "optimize"):
                 if f"{step}_seconds" in report:
