@@ -3,7 +3,8 @@
     .venv/bin/python bench/lance_probe.py [.ragfn/bench/scale/lancedb/lancedb]
 
 Times (p50 of the 40 real questions) dense search with each part of ragfn's filter, with and without the vector
-index, with more or fewer probes, and full-text search for the 1% and the largest tenant.
+index, with more or fewer probes, and full-text search, on the 1% tenant's table and the largest tenant's (each
+tenant has a table of its own: ragfn.store.partitions).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def main() -> None:
     from ragfn.store.lance_tables import readable_by
 
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / ".ragfn" / "bench" / "scale" / "lancedb" / "lancedb"
-    table = lancedb.connect(str(folder)).open_table("ragfn-scale")
+    db = lancedb.connect(str(folder))
+    small_table, large_table = db.open_table("ragfn-scale.t.t19"), db.open_table("ragfn-scale.t.t1")
     vectors = np.load(folder.parent.parent / "question-vectors.npy")
     questions = json.loads((REPO / "bench" / "query_questions.json").read_text())["retrieve"]
 
-    def dense(where: str | None, *, flat: bool = False, nprobes: int | None = None) -> float:
+    def dense(table, where: str | None, *, flat: bool = False, nprobes: int | None = None) -> float:
         samples = []
         for rnd in range(2):  # the first round warms the caches
             for vector in vectors:
@@ -46,7 +48,7 @@ def main() -> None:
                 samples += [(time.perf_counter() - started) * 1000] if rnd else []
         return p50(samples)
 
-    def lexical(where: str) -> float:
+    def lexical(table, where: str) -> float:
         samples = []
         for rnd in range(2):
             for question in questions:
@@ -58,16 +60,16 @@ def main() -> None:
 
     small, large = readable_by(Caller("t19", ("eng",))), readable_by(Caller("t1", ("eng",)))
     rows = {
-        "dense, no filter": dense(None),
-        "dense, tenant t19 only": dense("tenant = 't19'"),
-        "dense, t19 and groups": dense(small),
-        "dense, t19 and groups, exact (no index)": dense(small, flat=True),
-        "dense, t19 and groups, nprobes 5": dense(small, nprobes=5),
-        "dense, t19 and groups, nprobes 50": dense(small, nprobes=50),
-        "dense, t1 and groups": dense(large),
-        "dense, t1 and groups, exact (no index)": dense(large, flat=True),
-        "full text, t19 and groups": lexical(small),
-        "full text, t1 and groups": lexical(large),
+        "dense, t19's table, no filter": dense(small_table, None),
+        "dense, t19's table, tenant only": dense(small_table, "tenant = 't19'"),
+        "dense, t19's table, tenant and groups": dense(small_table, small),
+        "dense, t1's table, no filter": dense(large_table, None),
+        "dense, t1's table, tenant and groups": dense(large_table, large),
+        "dense, t1's table, tenant and groups, exact": dense(large_table, large, flat=True),
+        "dense, t1's table, tenant and groups, nprobes 5": dense(large_table, large, nprobes=5),
+        "dense, t1's table, tenant and groups, nprobes 50": dense(large_table, large, nprobes=50),
+        "full text, t19's table, tenant and groups": lexical(small_table, small),
+        "full text, t1's table, tenant and groups": lexical(large_table, large),
     }
     for name, ms in rows.items():
         print(f"{name:45s} p50 {ms:8.1f} ms")

@@ -36,7 +36,7 @@ QUESTIONS = ["How do I sort a list?", "What is a tuple?", "How do I read a file 
 class OneLock(LexicalRetriever):
     """The retriever as it was: one lock for every collection, held across a snapshot build."""
 
-    def _collection_lock(self, collection: str) -> threading.Lock:
+    def _snapshot_lock(self, key: tuple[str, str]) -> threading.Lock:
         return self._lock
 
 

@@ -87,7 +87,7 @@ def dense_recall(runtime: Runtime, vectors: np.ndarray, caller: Caller) -> float
                 ids.append(chunk_id)
     if not ids or not hasattr(runtime.index, "chunk_table"):
         return float("nan")  # Chroma: exact vectors would need a second full read; its HNSW recall is its own
-    table = runtime.index.chunk_table(COLLECTION)
+    table = runtime.index.chunk_table(COLLECTION, caller.tenant)
     wanted = set(ids)
     for batch in table.search().select(["id", "vector"]).limit(None).to_batches(50_000):
         for row in batch.to_pylist():

@@ -177,14 +177,37 @@ def bulk_load(index, layout: Layout, after_rows: int) -> None:
         flush(index, layout.collection, pending, entries)
 
 
+def _by_tenant(pending) -> dict:
+    """Each tenant's documents: every tenant has a table of its own (ragfn.store.partitions)."""
+    tenants: dict = {}
+    for item in pending:
+        tenants.setdefault(item[0].tenant, []).append(item)
+    return tenants
+
+
 def _lance_flush(index, collection: str, pending, entries) -> None:
+    for tenant, documents in _by_tenant(pending).items():
+        _lance_add(index.chunk_table(collection, tenant, embedder=EMBEDDER, dimensions=pending[0][2].shape[1]),
+                   documents)
+    ledger = index._ledger(collection, create=True)
+    ledger.add(pa_rows([{"document_id": e.document_id, "version": e.version, "sequence": e.sequence,
+                         "state": e.state, "chunks": e.chunks, "tenant": e.tenant or "", "chunking": e.chunking}
+                        for e in entries], ledger.schema))
+
+
+def pa_rows(rows: list[dict], schema):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _lance_add(table, pending) -> None:
     """Columns built directly (a row-wise Arrow conversion of 1M 384-float vectors takes most of an hour here)."""
     import pyarrow as pa
 
     from ragfn.store.chroma import row_id
 
     dimensions = pending[0][2].shape[1]
-    table = index.chunk_table(collection, embedder=EMBEDDER, dimensions=dimensions)
     pairs = [(version, chunk) for version, chunks, _ in pending for chunk in chunks]
     flat = np.concatenate([vectors for _, _, vectors in pending]).astype(np.float32).reshape(-1)
     columns = {
@@ -198,24 +221,22 @@ def _lance_flush(index, collection: str, pending, entries) -> None:
         "tenant": [v.tenant or "" for v, _ in pairs], "groups": [list(v.groups) or ["*"] for v, _ in pairs],
         "content_type": [v.content_type or "" for v, _ in pairs]}
     table.add(pa.Table.from_pydict(columns, schema=table.schema))
-    ledger = index._ledger(collection, create=True)
-    ledger.add(pa.Table.from_pylist([{"document_id": e.document_id, "version": e.version, "sequence": e.sequence,
-                                      "state": e.state, "chunks": e.chunks, "tenant": e.tenant or "",
-                                      "chunking": e.chunking} for e in entries], schema=ledger.schema))
 
 
 def _chroma_flush(index, collection: str, pending, entries) -> None:
     from ragfn.store.chroma import row_id
 
-    chunks_collection = index.chunks(collection, embedder=EMBEDDER, dimensions=pending[0][2].shape[1])
-    rows = [(row_id(version, chunk), chunk.text, index._chunk_metadata(version, chunk), vector)
-            for version, chunks, vectors in pending for chunk, vector in zip(chunks, vectors, strict=True)]
-    for k in range(0, len(rows), 5000):
-        part = rows[k:k + 5000]
-        chunks_collection.add(ids=[r[0] for r in part], documents=[r[1] for r in part],
-                              metadatas=[r[2] for r in part], embeddings=np.stack([r[3] for r in part]))
+    for tenant, documents in _by_tenant(pending).items():
+        table = index.chunks(collection, tenant, embedder=EMBEDDER, dimensions=pending[0][2].shape[1])
+        rows = [(row_id(version, chunk), chunk.text, index._chunk_metadata(version, chunk), vector)
+                for version, chunks, vectors in documents for chunk, vector in zip(chunks, vectors, strict=True)]
+        for k in range(0, len(rows), 5000):
+            part = rows[k:k + 5000]
+            table.add(ids=[r[0] for r in part], documents=[r[1] for r in part],
+                      metadatas=[r[2] for r in part], embeddings=np.stack([r[3] for r in part]))
     for entry in entries:
         index._record(collection, entry)
+    index._bump(collection)
 
 
 def moto_bucket(bucket: str) -> tuple[subprocess.Popen, str]:

@@ -63,7 +63,9 @@ def test_cli_ingest_skip_change_prune_and_stats(settings, tmp_path):
 
     write(docs, "guide.md", GUIDE.replace("It needs Python 3.11 or newer.", "It needs Python 3.12 or newer."))
     (docs / "notes.txt").unlink()
-    changed = json.loads(run_cli(settings, "ingest", str(docs), "--prune", "--json", cwd=tmp_path).stdout)
+    changed = run_cli(settings, "ingest", str(docs), "--prune", "--json", cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    changed = json.loads(changed.stdout)
     assert changed["documents"] == {"indexed": 1, "unchanged": 1}
     assert changed["chunks_embedded"] >= 1 and changed["chunks_reused"] >= 1  # only the changed section
     assert changed["removed"] == [f"file://{docs}/notes.txt"]
@@ -71,6 +73,9 @@ def test_cli_ingest_skip_change_prune_and_stats(settings, tmp_path):
     stats = run_cli(settings, "stats", "--json", cwd=tmp_path)
     collections = json.loads(stats.stdout)["collections"]
     assert collections["default"]["documents"] == 2
+
+    maintained = json.loads(run_cli(settings, "maintain", cwd=tmp_path).stdout)  # what the PingSource runs
+    assert maintained["outcome"] == "done" and maintained["collections"][0]["collection"] == "default"
 
 
 def test_bad_files_are_reported_and_the_rest_ingested(settings, tmp_path):

@@ -181,6 +181,26 @@ def test_another_tenants_documents_do_not_move_a_tenants_scores(setup):
     assert lexical.search("zipfile archives", collection=collection, caller=Caller("globex"))  # globex's own
 
 
+def test_another_tenants_commit_leaves_a_tenants_snapshot_alone(setup):
+    # a snapshot per tenant, built from the tenant's own table: globex's commits rebuild nothing of acme's, and a
+    # replica holds only the texts of the tenants it has answered
+    runtime, lexical, collection, root = setup
+    lexical.refresh_seconds = 0.0
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))
+    built = lexical._snapshots[(collection, "acme")]
+    assert set(built.tenants) == {"acme"} and list(lexical._snapshots) == [(collection, "acme")]
+    (root / "globex.md").write_text("# Gossip\n\nThe globex newsletter mentions pretty printing too.\n")
+    ingest([str(root / "globex.md")], runtime, collection=collection, tenant="globex")
+    assert all(h.metadata["tenant"] == "acme"
+               for h in lexical.search("pretty", collection=collection, caller=Caller("acme")))
+    assert lexical._snapshots[(collection, "acme")] is built  # not rebuilt
+    assert [h.source for h in lexical.search("newsletter", collection=collection, caller=Caller("globex"))] \
+        == [f"file://{root}/globex.md"]
+    (root / "json.md").write_text("# json\n\nThe json module now documents orjson compatibility.\n")
+    ingest([str(root / "json.md")], runtime, collection=collection, tenant="acme")
+    assert lexical.search("orjson", collection=collection, caller=Caller("acme"))  # acme's own commit: rebuilt
+
+
 def test_one_collections_build_does_not_hold_up_another_collections_queries(index_settings, tmp_path):
     import threading
 
@@ -191,11 +211,11 @@ def test_one_collections_build_does_not_hold_up_another_collections_queries(inde
     entered, release = threading.Event(), threading.Event()
 
     class Paused(LexicalRetriever):  # the real retriever, with a build of "slowbuild" held open
-        def _build(self, collection, generation):
-            if collection == "slowbuild":
+        def _build(self, key, generation):
+            if key[0] == "slowbuild":
                 entered.set()
                 assert release.wait(30)
-            return super()._build(collection, generation)
+            return super()._build(key, generation)
 
     lexical = Paused(runtime.index, refresh_seconds=0.0)
     slow = threading.Thread(target=lexical.search, args=("lexical",), kwargs={"collection": "slowbuild",

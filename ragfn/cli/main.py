@@ -156,6 +156,19 @@ def stats(
         print(f"feedback: {report['feedback']['up']} up, {report['feedback']['down']} down")
 
 
+@app.command()
+def maintain(dev: Annotated[bool, typer.Option("--dev", help="the index of a running `ragfn dev`")] = False) -> None:
+    """One pass of index maintenance (what functions/maintain runs on its PingSource): LanceDB's compaction,
+    indexes and old versions; on both stores, rows from before the table-per-tenant layout moved to their tables."""
+    try:
+        report = _runtime(_settings(), dev=dev).maintenance.run()
+    except RagfnError as exc:
+        _fail(exc)
+    print(json.dumps(report))
+    if report.get("outcome") == "failed":
+        raise typer.Exit(1)
+
+
 @app.command("dev")
 def dev_command(
     host: str = "127.0.0.1",

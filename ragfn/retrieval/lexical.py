@@ -1,14 +1,15 @@
 """Lexical search: the index's own full-text search where it has one (LanceDB), else BM25 over the collection's
 chunk texts, built from the index itself so that every replica agrees with it (Chroma).
 
-The index stays the only source of truth. Each process keeps a BM25 snapshot per collection and rebuilds it when the
-collection's generation token (bumped by every commit and delete, see Index.generation) has changed, checking
-at most every `refresh_seconds`; a snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a
-background thread while the old one keeps answering. Each collection has its own lock, so one collection's build
-never holds up another's queries, and BM25's statistics are each tenant's own (a tenant's scores do not move with
-another tenant's documents). Scaling: a rebuild reads every chunk text of the collection and
-holds postings in memory (roughly 3x the text size), so it suits collections up to a few hundred thousand chunks per
-replica; beyond that a dedicated lexical engine (or Chroma's sparse vectors) should take this module's place.
+The index stays the only source of truth. Each process keeps a BM25 snapshot per collection and tenant, built from
+the tenant's own table (Index.tenant_rows), and rebuilds it when that tenant's generation token (bumped by every
+commit and delete of its documents, see Index.generation) has changed, checking at most every `refresh_seconds`; a
+snapshot that was slow to build (over `background_after_seconds`) is rebuilt in a background thread while the old
+one keeps answering. Each snapshot has its own lock, so one build never holds up another tenant's or collection's
+queries, and BM25's statistics are each tenant's own (a tenant's scores do not move with another tenant's
+documents). Scaling: a rebuild reads every chunk text of one tenant and holds its postings in memory (roughly 3x the
+text size), and a replica holds snapshots only of the tenants it has answered; so it suits tenants of up to a few
+hundred thousand chunks; beyond that LanceDB's full-text index (RAGFN_STORE=lancedb) takes this module's place.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class LexicalRetriever:
         self.index = index
         self.k1, self.b = k1, b
         self.refresh_seconds = refresh_seconds
-        self._snapshots: dict[str, _Snapshot] = {}
-        self._failures: dict[str, tuple[float, str]] = {}  # collection -> (when, why) its last build failed
+        self._snapshots: dict[tuple[str, str], _Snapshot] = {}  # by (collection, tenant)
+        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # -> (when, why) its last build failed
         self.retry_seconds = 5.0
         # A snapshot that took longer than this to build is rebuilt in the background while the old one answers
         # (seconds stale), instead of every query waiting: 15 s at 100k chunks, after each commit.
@@ -89,13 +90,13 @@ class LexicalRetriever:
         # ingestion a replica spends at most this share of a core on BM25, and a commit is lexically searchable
         # within build_seconds / share (about 62 s at 100k chunks; docs/benchmarks.md). LanceDB has no such cost.
         self.rebuild_share = 0.25
-        self._rebuilding: set[str] = set()
+        self._rebuilding: set[tuple[str, str]] = set()
         self._lock = threading.Lock()  # guards the dicts above and `_locks`, never held across a build
-        self._locks: dict[str, threading.Lock] = {}  # one per collection: a build blocks its own collection only
+        self._locks: dict[tuple[str, str], threading.Lock] = {}  # one per snapshot: a build blocks only its own
 
-    def _collection_lock(self, collection: str) -> threading.Lock:
+    def _snapshot_lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._lock:
-            return self._locks.setdefault(collection, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
     def search(self, question: str, *, collection: str = "default", top_k: int = 10,
                caller: Caller = Caller()) -> list[Hit]:
@@ -108,7 +109,7 @@ class LexicalRetriever:
             words = _WORD.findall(question.lower())
             return self.index.lexical_search(collection, " ".join([w for w in words if w not in STOPWORDS] or words),
                                              top_k=top_k, caller=caller)
-        snapshot = self._snapshot(collection)
+        snapshot = self._snapshot(collection, caller.tenant or "")
         if snapshot is None or not snapshot.ids:
             return []
         scores = np.zeros(len(snapshot.ids), dtype=np.float32)
@@ -127,63 +128,64 @@ class LexicalRetriever:
         return [Hit(chunk_id=snapshot.ids[i], source=snapshot.metadatas[i]["source"], text=snapshot.texts[i],
                     score=float(scores[i]), metadata=snapshot.metadatas[i]) for i in best]
 
-    def _snapshot(self, collection: str) -> _Snapshot | None:
-        # one build per collection at a time; its queries wait for it rather than each rebuilding, while other
-        # collections' queries go on
-        with self._collection_lock(collection):
-            cached = self._snapshots.get(collection)
+    def _snapshot(self, collection: str, tenant: str) -> _Snapshot | None:
+        # one build per snapshot at a time; its queries wait for it rather than each rebuilding, while other
+        # tenants' and collections' queries go on
+        key = (collection, tenant)
+        with self._snapshot_lock(key):
+            cached = self._snapshots.get(key)
             now = time.monotonic()
             if cached and now - cached.checked < self.refresh_seconds:
                 return cached
-            failed = self._failures.get(collection)
+            failed = self._failures.get(key)
             if cached is None and failed and now - failed[0] < self.retry_seconds:
                 raise Unavailable(failed[1])  # no rebuild per request while the store is failing
             try:
                 if not self.index.exists(collection):
                     return None
-                generation = self.index.generation(collection)
+                generation = self.index.generation(collection, tenant or None)
                 slow = cached is not None and cached.build_seconds > self.background_after_seconds
                 if slow and cached.generation != generation:
                     # rebuilding takes at most `rebuild_share` of one core however fast commits come
                     rest = cached.build_seconds * (1 / self.rebuild_share - 1)
                     if now - cached.built >= rest:
-                        self._rebuild_in_background(collection, generation)
+                        self._rebuild_in_background(key, generation)
                 elif not (cached and cached.generation == generation):
-                    cached = self._snapshots[collection] = self._build(collection, generation)
+                    cached = self._snapshots[key] = self._build(key, generation)
             except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
                 if cached is None:
                     message = f"cannot read collection {collection!r} for lexical search: {exc}"
-                    self._failures[collection] = (now, message)
+                    self._failures[key] = (now, message)
                     raise Unavailable(message) from exc
                 log.warning("lexical search serves a stale snapshot of %s: %s", collection, exc)
             cached.checked = now
             return cached
 
-    def _rebuild_in_background(self, collection: str, generation: str | None) -> None:
-        """Called under the collection's lock; at most one rebuild per collection runs at a time."""
-        if collection in self._rebuilding:
+    def _rebuild_in_background(self, key: tuple[str, str], generation: str | None) -> None:
+        """Called under the snapshot's lock; at most one rebuild per snapshot runs at a time."""
+        if key in self._rebuilding:
             return
-        self._rebuilding.add(collection)
+        self._rebuilding.add(key)
 
         def rebuild() -> None:
             try:
-                snapshot = self._build(collection, generation)
-                with self._collection_lock(collection):
-                    self._snapshots[collection] = snapshot
+                snapshot = self._build(key, generation)
+                with self._snapshot_lock(key):
+                    self._snapshots[key] = snapshot
             except Exception as exc:  # the stale snapshot keeps answering; the next check tries again
-                log.warning("background rebuild of the BM25 snapshot of %s failed: %s", collection, exc)
+                log.warning("background rebuild of the BM25 snapshot of %s failed: %s", key, exc)
             finally:
-                with self._collection_lock(collection):
-                    self._rebuilding.discard(collection)
+                with self._snapshot_lock(key):
+                    self._rebuilding.discard(key)
 
-        threading.Thread(target=rebuild, name=f"bm25-{collection}", daemon=True).start()
+        threading.Thread(target=rebuild, name=f"bm25-{key[0]}", daemon=True).start()
 
-    def _build(self, collection: str, generation: str | None) -> _Snapshot:
+    def _build(self, key: tuple[str, str], generation: str | None) -> _Snapshot:
         started = time.monotonic()
         ids, texts, metadatas = [], [], []
         # Pages can straddle a concurrent commit; `generation` was read before the first page, so the next check
         # sees the newer token and rebuilds.
-        for page in self.index.rows(collection):
+        for page in self.index.tenant_rows(key[0], key[1] or None):
             ids += page.ids
             texts += page.texts
             metadatas += page.metadatas

@@ -1,9 +1,10 @@
 """The Chroma index: idempotent chunk writes, one ledger entry per document, newest version wins.
 
-Each user collection NAME is two Chroma collections: `ragfn-NAME` holds chunks, and `ragfn-NAME.ledger` holds
-one record per document: its committed version and sequence, or its tombstone. A chunk row is keyed by document,
-content hash and occurrence, and labelled with the newest version that contains it: a new version relabels the
-rows it shares with the old one (a cheap metadata update) and writes only rows for changed text.
+Each user collection NAME is a Chroma collection of chunks per tenant (`ragfn-NAME`, `ragfn-NAME.t.TENANT`:
+ragfn.store.partitions) and `ragfn-NAME.ledger`, one record per document: its committed version and sequence, or
+its tombstone. A chunk row is keyed by document, content hash and occurrence, and labelled with the newest version
+that contains it: a new version relabels the rows it shares with the old one (a cheap metadata update) and writes
+only rows for changed text.
 The ledger is what makes late and duplicate deliveries harmless: a batch or delete whose (sequence, version)
 is older than the ledger's is dropped, no row is relabelled to an older version, and a version is committed
 only once all its chunks carry its label. Chroma has no transactions or conditional writes, so writes are
@@ -49,12 +50,12 @@ GENERATION_ID = "~generation"  # a ledger record no document URI can collide wit
 SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
-def read_pages(collection, include: list[str], page_rows: int = 10_000) -> Iterator[dict]:
+def read_pages(collection, include: list[str], page_rows: int = 10_000, where: dict | None = None) -> Iterator[dict]:
     """Every row of a Chroma collection, `page_rows` at a time. One unbounded `get()` fails past 32,766 rows on
     embedded Chroma (one SQLite variable per row) and holds a whole large collection twice in memory."""
     offset = 0
     while True:
-        page = collection.get(include=include, limit=page_rows, offset=offset)
+        page = collection.get(include=include, limit=page_rows, offset=offset, where=where)
         if page["ids"]:
             yield page
         if len(page["ids"]) < page_rows:
@@ -66,6 +67,10 @@ def where(caller: Caller) -> dict:
     """A Chroma filter: the caller's tenant, and a document group the caller has (or the public group)."""
     readable = [{"groups": {"$contains": group}} for group in caller.readable_groups()]
     return {"$and": [{"tenant": caller.tenant or ""}, readable[0] if len(readable) == 1 else {"$or": readable}]}
+
+
+def _generation_id(tenant: str | None) -> str:
+    return f"{GENERATION_ID}:{tenant or ''}"
 
 
 def _entry(document_id: str, meta: dict) -> LedgerEntry:
@@ -186,20 +191,26 @@ class ChromaIndex:  # implements ragfn.store.base.Index
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
         for page in read_pages(self._ledger(collection), ["metadatas"]):
             for document_id, meta in zip(page["ids"], page["metadatas"], strict=True):
-                if document_id != GENERATION_ID:
+                if not document_id.startswith(GENERATION_ID):
                     yield _entry(document_id, meta)
 
     def _record(self, collection: str, entry: LedgerEntry) -> None:
         meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
                 "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
-        # the generation changes with every commit and delete, so readers that cache (BM25) know to refresh
-        self._ledger(collection).upsert(ids=[entry.document_id, GENERATION_ID], embeddings=[[1.0], [1.0]],
-                                        metadatas=[meta, {"token": uuid.uuid4().hex}])
+        self._ledger(collection).upsert(ids=[entry.document_id], embeddings=[[1.0]], metadatas=[meta])
 
-    def generation(self, collection: str) -> str | None:
-        """A token that changes whenever a document of the collection is committed or deleted."""
-        found = self._ledger(collection).get(ids=[GENERATION_ID], include=["metadatas"])
-        return found["metadatas"][0]["token"] if found["ids"] else None
+    def _bump(self, collection: str, *tenants: str | None) -> None:
+        """New generations for these tenants (every tenant when none is named), after the last write of a commit or
+        delete: readers that cache (BM25, per tenant) rebuild what changed and nothing else."""
+        ids = sorted({_generation_id(tenant) for tenant in tenants}) or [GENERATION_ID]
+        self._ledger(collection).upsert(ids=ids, embeddings=[[1.0]] * len(ids),
+                                        metadatas=[{"token": uuid.uuid4().hex} for _ in ids])
+
+    def generation(self, collection: str, tenant: str | None = None) -> str | None:
+        """A token that changes whenever one of the tenant's documents of the collection is committed or deleted."""
+        found = self._ledger(collection).get(ids=[GENERATION_ID, _generation_id(tenant)], include=["metadatas"])
+        tokens = dict(zip(found["ids"], (meta["token"] for meta in found["metadatas"]), strict=True))
+        return "/".join(tokens.get(i, "") for i in (GENERATION_ID, _generation_id(tenant))) if tokens else None
 
     # -- writes ----------------------------------------------------------------------------------------------
 
@@ -252,15 +263,18 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if entry and entry.is_newer_than(doc.sequence, doc.version):
             chunks.delete(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version}]})
             return None
-        # the document's older rows: in its tenant's table, its previous tenant's, and the shared table
+        # Record first, then delete the document's older rows (in its tenant's table, its previous tenant's, and
+        # the shared table), as LanceIndex does: a row moved out of the shared table meanwhile (another process's
+        # `maintain`) is then either deleted here or seen as stale by the mover's second ledger read.
+        self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
+                                                 doc.tenant, doc.chunking or ""))
         for table in self._holding(doc.collection, doc.tenant, *([entry.tenant] if entry else [])):
             existing = table.get(where={"document_id": doc.document_id}, include=["metadatas"])
             stale = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
                      if (m["sequence"], m["version"]) < (doc.sequence, doc.version)]
             if stale:
                 table.delete(ids=stale)
-        self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
-                                                 doc.tenant, doc.chunking or ""))
+        self._bump(doc.collection, doc.tenant, *([entry.tenant] if entry else []))
         replaced = [entry.version] if entry and entry.state == "indexed" and entry.version != doc.version else []
         return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
                                sequence=doc.sequence, chunks=total, tenant=doc.tenant, replaced_versions=replaced)
@@ -274,20 +288,23 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         entry = self.ledger_entry(event.collection, event.document_id)
         if entry and entry.sequence > event.sequence:
             return None  # re-created after this delete: the delete is stale
-        if entry and entry.state == "deleted" and entry.sequence == event.sequence:
-            removed = 0  # duplicate delivery; still answer so a lost reply is healed
-        else:
-            removed = 0
-            for table in self._holding(event.collection, entry.tenant) if entry else self._tables(event.collection):
-                existing = table.get(where={"document_id": event.document_id}, include=["metadatas"])
-                doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
-                          if m["sequence"] <= event.sequence]
-                if doomed:
-                    table.delete(ids=doomed)
-                removed += len(doomed)
+        # recorded first, then deleted (as a commit); a duplicate delivery finds nothing left to delete, and still
+        # answers so a lost reply is healed
+        recorded = not (entry and entry.state == "deleted" and entry.sequence == event.sequence)
+        if recorded:
             # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
             self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
                                                        entry.tenant if entry else None))
+        removed = 0
+        for table in self._holding(event.collection, entry.tenant) if entry else self._tables(event.collection):
+            existing = table.get(where={"document_id": event.document_id}, include=["metadatas"])
+            doomed = [i for i, m in zip(existing["ids"], existing["metadatas"], strict=True)
+                      if m["sequence"] <= event.sequence]
+            if doomed:
+                table.delete(ids=doomed)
+            removed += len(doomed)
+        if recorded or removed:
+            self._bump(event.collection, *([entry.tenant] if entry else []))
         return DocumentRemoved(collection=event.collection, document_id=event.document_id, sequence=event.sequence,
                                chunks_removed=removed, reason=reason)
 
@@ -321,6 +338,17 @@ class ChromaIndex:  # implements ragfn.store.base.Index
     def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]:
         for table in self._tables(collection):
             for page in read_pages(table, ["documents", "metadatas"], page_rows):
+                yield Rows(page["ids"], page["documents"], page["metadatas"])
+
+    def tenant_rows(self, collection: str, tenant: str | None, *, page_rows: int = 10_000) -> Iterator[Rows]:
+        """One tenant's rows: its table, and its rows in the shared table until they are moved."""
+        own = self._find(chunk_table_name(collection, tenant))
+        if own is not None:
+            for page in read_pages(own, ["documents", "metadatas"], page_rows):
+                yield Rows(page["ids"], page["documents"], page["metadatas"])
+        shared = self._find(chunk_table_name(collection, None)) if tenant else None
+        if shared is not None and self._shared.present(collection):
+            for page in read_pages(shared, ["documents", "metadatas"], page_rows, where={"tenant": tenant}):
                 yield Rows(page["ids"], page["documents"], page["metadatas"])
 
     def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]:
@@ -366,14 +394,13 @@ class ChromaIndex:  # implements ragfn.store.base.Index
                                  deadline=deadline if deadline is not None else time.monotonic() + 60)
         moved = steps = 0
         while True:
-            with self._writing:  # a page moves between two writes, never during one
+            with self._writing:  # this replica's writes wait; another process's are ordered by the ledger
                 step = next(pages, None)
             if step is None:
                 break
             moved, steps = moved + step, steps + 1
         if steps:  # rows moved or dropped: BM25 snapshots must be rebuilt
-            self._ledger(collection).upsert(ids=[GENERATION_ID], embeddings=[[1.0]],
-                                            metadatas=[{"token": uuid.uuid4().hex}])
+            self._bump(collection)
             self._shared.forget(collection)
         tables = self._tables(collection)
         return {"collection": collection, "rows": sum(t.count() for t in tables), "tables": len(tables),

@@ -1,10 +1,11 @@
 """The LanceDB index: the cluster store, on a folder or an object-store bucket (S3, GCS, MinIO).
 
-Each user collection NAME is two Lance tables: `ragfn-NAME` holds the chunks (one row per document, content hash
-and occurrence, keyed like Chroma's rows) and `ragfn-NAME.ledger` one row per document: its committed version and
-sequence, or its tombstone. Every replica of the index and retrieve functions reads and writes the same tables;
-there is no server. The tenant is an indexed column (BITMAP), the ACL groups a LABEL_LIST, the document id a BTREE,
-and the text has an FTS index with English stemming, so every search applies the caller's filter before its top-k.
+Each user collection NAME is a Lance table of chunks per tenant (`ragfn-NAME`, `ragfn-NAME.t.TENANT`:
+ragfn.store.partitions; one row per document, content hash and occurrence, keyed like Chroma's rows) and
+`ragfn-NAME.ledger`, one row per document: its committed version and sequence, or its tombstone. Every replica of
+the index and retrieve functions reads and writes the same tables; there is no server. The tenant is also an
+indexed column (BITMAP), the ACL groups a LABEL_LIST, the document id a BTREE, and the text has an FTS index with
+English stemming, so every search applies the caller's filter before its top-k.
 
 Writes and concurrency. Lance commits are atomic and optimistic: a writer whose commit conflicts with another's
 re-reads and retries (`merge_insert` does so by itself). Ordering does not depend on who commits first:
@@ -15,7 +16,11 @@ re-reads and retries (`merge_insert` does so by itself). Ordering does not depen
   that carry its own label; if it won, it deletes every row labelled older than itself. Deleting after the record,
   never before, is what makes this hold: a loser's rows were all written before its record, so either the winner's
   delete comes later and takes them, or the loser's read-back comes later and sees the winner.
-So the rows left are the newest committed version's, whatever the interleaving. A writer that dies between writing
+So the rows left are the newest committed version's, whatever the interleaving. The winner deletes in its tenant's
+table and in that of the tenant its `before` read names. One case is left: a document whose tenant changes while
+two versions race, where the older version commits between the newer one's `before` read and its record, keeps the
+older version's rows in the old tenant's table (tenants change by an operator's re-mapping, not per write; a
+tombstone of the document clears them). A writer that dies between writing
 rows and committing leaves rows labelled with an uncommitted version; the document's next commit or tombstone
 removes them (as on Chroma).
 """
@@ -194,7 +199,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         for batch in ledger.search().limit(None).to_batches(10_000):
             yield from (_entry(row) for row in batch.to_pylist())
 
-    def generation(self, collection: str) -> str | None:
+    def generation(self, collection: str, tenant: str | None = None) -> str | None:
         ledger = self._ledger(collection)
         return None if ledger is None else str(ledger.version)
 
@@ -303,6 +308,19 @@ class LanceIndex:  # implements ragfn.store.base.Index
     def rows(self, collection: str, *, page_rows: int = 10_000) -> Iterator[Rows]:
         for table in self._tables(collection):
             for batch in table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None).to_batches(page_rows):
+                found = batch.to_pylist()
+                yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
+
+    def tenant_rows(self, collection: str, tenant: str | None, *, page_rows: int = 10_000) -> Iterator[Rows]:
+        """One tenant's rows: its table, and its rows in the shared table until they are moved."""
+        tables = [(self.chunk_table(collection, tenant), None)]
+        if tenant and self._shared.present(collection):
+            tables.append((self.chunk_table(collection), f"tenant = {sql(tenant)}"))
+        for table, where in tables:
+            if table is None:
+                continue
+            query = table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None)
+            for batch in (query.where(where) if where else query).to_batches(page_rows):
                 found = batch.to_pylist()
                 yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
 
