@@ -98,3 +98,25 @@ def test_chroma_has_nothing_to_maintain(settings):
     write_document(index, "docs", "s3://a/1.md", ["one"], tenant=None, groups=["*"])
     assert index.maintain("docs", keep_versions=timedelta(hours=1)) == {
         "collection": "docs", "rows": 1, "tables": 1, "shared_rows_moved": 0, "skipped": "chroma"}
+
+
+def test_the_dashboard_reads_the_store_metrics_by_the_names_served():
+    import json
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = MaintenanceMetrics()
+    metrics.runs.labels("done").inc()
+    metrics.seconds.labels("indexes").observe(1.0)
+    served = {s.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+              for s in f.samples}
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "manifests" / "components" / "observability"
+                            / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    wanted = {"ragfn_store_rows", "ragfn_store_unindexed_rows", "ragfn_store_maintenance_runs_total",
+              "ragfn_store_maintenance_seconds_bucket", "ragfn_store_shared_rows_moved_total"}
+    assert wanted <= served
+    for name in wanted:
+        assert any(name in expr for expr in exprs), f"no dashboard panel reads {name}"
