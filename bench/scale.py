@@ -165,6 +165,10 @@ def run_backend(name: str, args, corpus_rows, home: Path, model: Path, endpoint:
     for label, caller in callers[:1] if "uploaded_tables" in report else callers:  # only the 1% tenant on moto
         report[label] = latencies(runtime, vectors, caller, args.reps if name == "lancedb" else args.slow_reps)
         log(f"   {name} {label}: {json.dumps(report[label])}")
+    if not runtime.index.full_text:  # the embedded default's BM25: a snapshot per tenant, built on its first query
+        snapshots = runtime.retriever.lexical._snapshots
+        report["bm25_build_s"] = {tenant: round(snapshots[(COLLECTION, tenant)].build_seconds, 2)
+                                  for tenant in (layout.small_caller.tenant, layout.large_caller.tenant)}
     report["dense_recall_at_10_small"] = dense_recall(runtime, vectors[:10], layout.small_caller)
     report["commit"] = commit_to_searchable(runtime, settings, layout)
     report["fresh_replica"] = probe(settings, vpath, layout)
