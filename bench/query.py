@@ -31,7 +31,7 @@ from query_timing import Served, interleaved, log, summary
 from ragfn.core.config import OFFLINE_MODEL
 from ragfn.retrieval.dense import Caller
 from ragfn.serve.runtime import Runtime
-from ragfn.store.chroma import where as chroma_where
+from ragfn.store.chroma_tables import where as chroma_where
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("RAGFN_HOME", REPO / ".ragfn"))

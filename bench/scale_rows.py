@@ -211,7 +211,7 @@ def _lance_add(table, pending) -> None:
     """Columns built directly (a row-wise Arrow conversion of 1M 384-float vectors takes most of an hour here)."""
     import pyarrow as pa
 
-    from ragfn.store.chroma import row_id
+    from ragfn.store.base import row_id
 
     dimensions = pending[0][2].shape[1]
     pairs = [(version, chunk) for version, chunks, _ in pending for chunk in chunks]
@@ -230,11 +230,12 @@ def _lance_add(table, pending) -> None:
 
 
 def _chroma_flush(index, collection: str, pending, entries) -> None:
-    from ragfn.store.chroma import row_id
+    from ragfn.store.base import row_id
+    from ragfn.store.chroma_tables import chunk_metadata
 
     for tenant, documents in _by_tenant(pending).items():
         table = index.chunks(collection, tenant, embedder=EMBEDDER, dimensions=pending[0][2].shape[1])
-        rows = [(row_id(version, chunk), chunk.text, index._chunk_metadata(version, chunk), vector)
+        rows = [(row_id(version, chunk), chunk.text, chunk_metadata(version, chunk), vector)
                 for version, chunks, vectors in documents for chunk, vector in zip(chunks, vectors, strict=True)]
         for k in range(0, len(rows), 5000):
             part = rows[k:k + 5000]

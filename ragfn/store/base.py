@@ -12,7 +12,14 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from ragfn.core.errors import BadEvent
-from ragfn.eventing.events import DocumentIndexed, DocumentRemoved, DocumentTombstoned, EmbeddedBatch
+from ragfn.eventing.events import (
+    Chunk,
+    DocumentIndexed,
+    DocumentRemoved,
+    DocumentTombstoned,
+    DocumentVersion,
+    EmbeddedBatch,
+)
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 PUBLIC = "*"  # the ACL group of a document readable by its whole tenant
@@ -68,6 +75,12 @@ class LedgerEntry:
 
     def is_newer_than(self, sequence: str, version: str) -> bool:
         return (self.sequence, self.version) > (sequence, version)
+
+
+def row_id(document: DocumentVersion, chunk: Chunk) -> str:
+    """A chunk row's id, content-addressed within the document, so a row outlives versions that do not change its
+    text (both backends key rows so)."""
+    return f"{document.document_id}#{chunk.content_hash[:32]}#{chunk.occurrence}"
 
 
 def check_collection_name(name: str) -> str:

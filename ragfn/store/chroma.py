@@ -20,21 +20,30 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from urllib.parse import urlparse
 
 import numpy as np
 
 from ragfn.core.config import Settings
-from ragfn.core.errors import BadEvent, ConfigError, RagfnError, Unavailable
+from ragfn.core.errors import BadEvent, RagfnError, Unavailable
 from ragfn.eventing.events import (
-    Chunk,
     DocumentIndexed,
     DocumentRemoved,
     DocumentTombstoned,
     DocumentVersion,
     EmbeddedBatch,
 )
-from ragfn.store.base import PUBLIC, Caller, Hit, LedgerEntry, Rows, check_collection_name
+from ragfn.store.base import Caller, Hit, LedgerEntry, Rows, check_collection_name, row_id
+from ragfn.store.chroma_tables import (
+    GENERATION_ID,
+    chunk_metadata,
+    connect,
+    entry_from,
+    generation_id,
+    ledger_metadata,
+    query,
+    read_pages,
+    where,
+)
 from ragfn.store.partitions import (
     SharedRows,
     chunk_table_name,
@@ -46,41 +55,7 @@ from ragfn.store.partitions import (
 )
 from ragfn.store.vectors import decode_vector
 
-GENERATION_ID = "~generation"  # a ledger record no document URI can collide with
 SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
-
-
-def read_pages(collection, include: list[str], page_rows: int = 10_000, where: dict | None = None) -> Iterator[dict]:
-    """Every row of a Chroma collection, `page_rows` at a time. One unbounded `get()` fails past 32,766 rows on
-    embedded Chroma (one SQLite variable per row) and holds a whole large collection twice in memory."""
-    offset = 0
-    while True:
-        page = collection.get(include=include, limit=page_rows, offset=offset, where=where)
-        if page["ids"]:
-            yield page
-        if len(page["ids"]) < page_rows:
-            return
-        offset += page_rows
-
-
-def where(caller: Caller) -> dict:
-    """A Chroma filter: the caller's tenant, and a document group the caller has (or the public group)."""
-    readable = [{"groups": {"$contains": group}} for group in caller.readable_groups()]
-    return {"$and": [{"tenant": caller.tenant or ""}, readable[0] if len(readable) == 1 else {"$or": readable}]}
-
-
-def _generation_id(tenant: str | None) -> str:
-    return f"{GENERATION_ID}:{tenant or ''}"
-
-
-def _entry(document_id: str, meta: dict) -> LedgerEntry:
-    return LedgerEntry(document_id, meta["version"], meta["sequence"], meta["state"], int(meta["chunks"]),
-                       meta.get("tenant") or None, meta.get("chunking") or "")
-
-
-def row_id(document: DocumentVersion, chunk: Chunk) -> str:
-    """Content-addressed within the document, so a row outlives versions that do not change its text."""
-    return f"{document.document_id}#{chunk.content_hash[:32]}#{chunk.occurrence}"
 
 
 class ChromaIndex:  # implements ragfn.store.base.Index
@@ -104,24 +79,8 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if self._client is None:
             with self._connecting:  # several request threads may arrive first together
                 if self._client is None:
-                    self._client = self._connect()
+                    self._client = connect(self.settings)
         return self._client
-
-    def _connect(self):
-        import chromadb
-
-        try:
-            if self.settings.chroma_url:
-                url = urlparse(self.settings.chroma_url)
-                if url.scheme not in ("http", "https") or not url.hostname:
-                    raise ConfigError(f"RAGFN_CHROMA_URL={self.settings.chroma_url!r} is not an http(s) URL")
-                return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 80),
-                                           ssl=url.scheme == "https")
-            self.settings.chroma_path.mkdir(parents=True, exist_ok=True)
-            return chromadb.PersistentClient(path=str(self.settings.chroma_path))
-        except (ValueError, ConnectionError, OSError) as exc:
-            raise Unavailable(f"cannot reach Chroma ({self.settings.chroma_url or self.settings.chroma_path}): {exc}",
-                              hint="start it with `chroma run` or unset RAGFN_CHROMA_URL for embedded mode") from exc
 
     def warm_up(self) -> None:
         self.client.heartbeat()
@@ -186,31 +145,29 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         found = self._ledger(collection).get(ids=[document_id], include=["metadatas"])
         if not found["ids"]:
             return None
-        return _entry(document_id, found["metadatas"][0])
+        return entry_from(document_id, found["metadatas"][0])
 
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
         for page in read_pages(self._ledger(collection), ["metadatas"]):
             for document_id, meta in zip(page["ids"], page["metadatas"], strict=True):
                 if not document_id.startswith(GENERATION_ID):
-                    yield _entry(document_id, meta)
+                    yield entry_from(document_id, meta)
 
     def _record(self, collection: str, entry: LedgerEntry) -> None:
-        meta = {"version": entry.version, "sequence": entry.sequence, "state": entry.state,
-                "chunks": entry.chunks, "tenant": entry.tenant or "", "chunking": entry.chunking}
-        self._ledger(collection).upsert(ids=[entry.document_id], embeddings=[[1.0]], metadatas=[meta])
+        self._ledger(collection).upsert(ids=[entry.document_id], embeddings=[[1.0]], metadatas=[ledger_metadata(entry)])
 
     def _bump(self, collection: str, *tenants: str | None) -> None:
         """New generations for these tenants (every tenant when none is named), after the last write of a commit or
         delete: readers that cache (BM25, per tenant) rebuild what changed and nothing else."""
-        ids = sorted({_generation_id(tenant) for tenant in tenants}) or [GENERATION_ID]
+        ids = sorted({generation_id(tenant) for tenant in tenants}) or [GENERATION_ID]
         self._ledger(collection).upsert(ids=ids, embeddings=[[1.0]] * len(ids),
                                         metadatas=[{"token": uuid.uuid4().hex} for _ in ids])
 
     def generation(self, collection: str, tenant: str | None = None) -> str | None:
         """A token that changes whenever one of the tenant's documents of the collection is committed or deleted."""
-        found = self._ledger(collection).get(ids=[GENERATION_ID, _generation_id(tenant)], include=["metadatas"])
+        found = self._ledger(collection).get(ids=[GENERATION_ID, generation_id(tenant)], include=["metadatas"])
         tokens = dict(zip(found["ids"], (meta["token"] for meta in found["metadatas"]), strict=True))
-        return "/".join(tokens.get(i, "") for i in (GENERATION_ID, _generation_id(tenant))) if tokens else None
+        return "/".join(tokens.get(i, "") for i in (GENERATION_ID, generation_id(tenant))) if tokens else None
 
     # -- writes ----------------------------------------------------------------------------------------------
 
@@ -246,10 +203,10 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if fresh:
             chunks.upsert(ids=[ids[k] for k in fresh], embeddings=np.stack([vectors[k] for k in fresh]),
                           documents=[batch.chunks[k].text for k in fresh],
-                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in fresh])
+                          metadatas=[chunk_metadata(doc, batch.chunks[k]) for k in fresh])
         if relabel:  # same text, same vector: only the version label and the position move
             chunks.update(ids=[ids[k] for k in relabel],
-                          metadatas=[self._chunk_metadata(doc, batch.chunks[k]) for k in relabel])
+                          metadatas=[chunk_metadata(doc, batch.chunks[k]) for k in relabel])
         # the exact label: a re-chunk of the same version (new chunking, newer sequence) must not count old rows
         present = chunks.get(where={"$and": [{"document_id": doc.document_id}, {"version": doc.version},
                                              {"sequence": doc.sequence}]}, include=[])
@@ -316,16 +273,6 @@ class ChromaIndex:  # implements ragfn.store.base.Index
             names.add(chunk_table_name(collection, None))
         return [table for name in sorted(names) if (table := self._find(name)) is not None]
 
-    @staticmethod
-    def _chunk_metadata(doc: DocumentVersion, chunk: Chunk) -> dict:
-        return {
-            "document_id": doc.document_id, "source": doc.document_id, "version": doc.version,
-            "sequence": doc.sequence, "number": chunk.number, "start": chunk.start, "end": chunk.end,
-            "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
-            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
-            "content_type": doc.content_type or "",
-        }
-
     # -- reads -------------------------------------------------------------------------------------------------
 
     def version_rows(self, collection: str, document_id: str, version: str, tenant: str | None = None) -> int:
@@ -370,19 +317,11 @@ class ChromaIndex:  # implements ragfn.store.base.Index
             # owns a small part of a shared collection) run the filtered query. Either way nothing unreadable is
             # returned or takes a place, and the readable hits come in the same order.
         fetch = min(top_k * self.overfetch, 1000)
-        found = self._query(chunks, vector, fetch, None)
+        found = query(chunks, vector, fetch, None)
         hits = [hit for hit in found if caller.can_read(hit.metadata)]
         if len(hits) >= top_k or len(found) < fetch:  # enough, or the table had no more to give
             return hits[:top_k]
-        return self._query(chunks, vector, top_k, where(caller))
-
-    @staticmethod
-    def _query(chunks, vector: np.ndarray, n: int, where: dict | None) -> list[Hit]:
-        found = chunks.query(query_embeddings=[vector], n_results=n, where=where,
-                             include=["documents", "metadatas", "distances"])
-        return [Hit(chunk_id=i, source=m["source"], text=d, score=1.0 - float(dist), metadata=m)
-                for i, d, m, dist in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
-                                         found["distances"][0], strict=True)]
+        return query(chunks, vector, top_k, where(caller))
 
     def lexical_search(self, collection: str, question: str, *, top_k: int, caller: Caller) -> list[Hit]:
         raise NotImplementedError("Chroma has no full-text index here: ragfn.retrieval.lexical's BM25 reads `rows`")

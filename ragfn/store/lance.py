@@ -37,22 +37,25 @@ import numpy as np
 from ragfn.core.config import Settings
 from ragfn.core.errors import BadEvent
 from ragfn.eventing.events import DocumentIndexed, DocumentRemoved, DocumentTombstoned, DocumentVersion, EmbeddedBatch
-from ragfn.store.base import PUBLIC, Caller, Hit, LedgerEntry, Rows, check_collection_name
-from ragfn.store.chroma import row_id
+from ragfn.store.base import Caller, Hit, LedgerEntry, Rows, check_collection_name
 from ragfn.store.lance_tables import (
     CHUNK_COLUMNS,
+    chunk_row,
     chunk_schema,
     connect,
-    create_vector_index,
+    embedder_of,
     ensure_indexes,
+    entry_from,
     guarded,
-    has_vector_index,
+    hit_from,
     is_not_older,
     ledger_schema,
+    maintain_table,
+    metadata_of,
     older_than,
     readable_by,
     sql,
-    unindexed_rows,
+    version_label,
 )
 from ragfn.store.partitions import (
     SharedRows,
@@ -65,7 +68,6 @@ from ragfn.store.partitions import (
 )
 from ragfn.store.vectors import decode_vector
 
-EMBEDDER_KEY = b"ragfn:embedder"
 SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
@@ -131,7 +133,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
                                hint="use another collection, or re-ingest everything with the collection's embedder")
             table = self._create(name, chunk_schema(dimensions, embedder))
         if table is not None and embedder:
-            stored = _embedder(table)
+            stored = embedder_of(table)
             if stored and stored != embedder:
                 raise BadEvent(f"collection {collection!r} holds vectors from {stored!r}, not {embedder!r}",
                                hint="use another collection, or re-ingest everything with the collection's embedder")
@@ -139,7 +141,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
 
     def _embedder_of(self, collection: str) -> str | None:
         for name in chunk_tables_of(self._names(), collection):
-            if (table := self._open(name)) is not None and (stored := _embedder(table)):
+            if (table := self._open(name)) is not None and (stored := embedder_of(table)):
                 return stored
         return None
 
@@ -190,14 +192,14 @@ class LanceIndex:  # implements ragfn.store.base.Index
         if ledger is None:
             return None
         found = ledger.search().where(f"document_id = {sql(document_id)}").limit(1).to_list()
-        return _entry(found[0]) if found else None
+        return entry_from(found[0]) if found else None
 
     def ledger(self, collection: str) -> Iterator[LedgerEntry]:
         ledger = self._ledger(collection)
         if ledger is None:
             return
         for batch in ledger.search().limit(None).to_batches(10_000):
-            yield from (_entry(row) for row in batch.to_pylist())
+            yield from (entry_from(row) for row in batch.to_pylist())
 
     def generation(self, collection: str, tenant: str | None = None) -> str | None:
         ledger = self._ledger(collection)
@@ -218,7 +220,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
     def reusable_vectors(self, collection: str, embedder: str, hashes: list[str],
                          tenant: str | None = None) -> dict[str, np.ndarray]:
         table = self.chunk_table(collection, tenant) if hashes else None
-        if table is None or _embedder(table) != embedder:
+        if table is None or embedder_of(table) != embedder:
             return {}
         wanted = ", ".join(sql(h) for h in sorted(set(hashes)))
         found = (table.search().where(f"content_hash IN ({wanted})").select(["content_hash", "vector"])
@@ -241,12 +243,12 @@ class LanceIndex:  # implements ragfn.store.base.Index
             if table.schema.field("vector").type.list_size != batch.dimensions:
                 raise BadEvent(f"collection {doc.collection!r} holds {table.schema.field('vector').type.list_size}"
                                f"-dimensional vectors, not {batch.dimensions}")
-            rows = [_chunk_row(doc, chunk, vector) for chunk, vector in zip(batch.chunks, vectors, strict=True)]
+            rows = [chunk_row(doc, chunk, vector) for chunk, vector in zip(batch.chunks, vectors, strict=True)]
             # insert new rows; relabel a stored row only when its label is not newer than this batch's
             (table.merge_insert("id").when_matched_update_all(where=is_not_older("target", "source"))
              .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
             self._ensure_indexes(table)
-            present = table.count_rows(_label(doc))
+            present = table.count_rows(version_label(doc))
             if present < batch.total_chunks:
                 return None
             return self._commit(doc, batch.total_chunks)
@@ -267,7 +269,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
                                                      doc.tenant, doc.chunking or ""))
         after = self.ledger_entry(doc.collection, doc.document_id)
         if after is None or (after.sequence, after.version) != (doc.sequence, doc.version):
-            table.delete(_label(doc))  # a newer version or delete won: this version's rows must not stay
+            table.delete(version_label(doc))  # a newer version or delete won: this version's rows must not stay
             return None
         for holding in self._holding(doc.collection, doc.tenant, *([before.tenant] if before else [])):
             holding.delete(f"document_id = {sql(doc.document_id)} AND {older_than(doc.sequence, doc.version)}")
@@ -309,7 +311,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         for table in self._tables(collection):
             for batch in table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None).to_batches(page_rows):
                 found = batch.to_pylist()
-                yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
+                yield Rows([r["id"] for r in found], [r["text"] for r in found], [metadata_of(r) for r in found])
 
     def tenant_rows(self, collection: str, tenant: str | None, *, page_rows: int = 10_000) -> Iterator[Rows]:
         """One tenant's rows: its table, and its rows in the shared table until they are moved."""
@@ -322,12 +324,12 @@ class LanceIndex:  # implements ragfn.store.base.Index
             query = table.search().select(["id", "text", *CHUNK_COLUMNS]).limit(None)
             for batch in (query.where(where) if where else query).to_batches(page_rows):
                 found = batch.to_pylist()
-                yield Rows([r["id"] for r in found], [r["text"] for r in found], [_metadata(r) for r in found])
+                yield Rows([r["id"] for r in found], [r["text"] for r in found], [metadata_of(r) for r in found])
 
     def dense_search(self, collection: str, vector: np.ndarray, *, top_k: int, caller: Caller) -> list[Hit]:
         with guarded("vector store unavailable"):
             query = np.asarray(vector, dtype=np.float32)
-            return merge_hits(([_hit(row, 1.0 - float(row["_distance"])) for row in (
+            return merge_hits(([hit_from(row, 1.0 - float(row["_distance"])) for row in (
                 table.search(query, vector_column_name="vector").distance_type("cosine")
                 .where(readable_by(caller), prefilter=True).limit(top_k)
                 .select(["id", "text", *CHUNK_COLUMNS, "_distance"]).to_list())]
@@ -338,7 +340,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
             results = []
             for table in self._reading(collection, caller):
                 self._ensure_indexes(table)  # a table written by an older ragfn, or whose writer died before indexing
-                results.append([_hit(row, float(row["_score"])) for row in (
+                results.append([hit_from(row, float(row["_score"])) for row in (
                     table.search(question, query_type="fts", fts_columns="text")
                     .where(readable_by(caller), prefilter=True).limit(top_k)
                     .select(["id", "text", *CHUNK_COLUMNS, "_score"]).to_list())])
@@ -364,20 +366,15 @@ class LanceIndex:  # implements ragfn.store.base.Index
             report["tables"] = len(tables)
             indexes = optimize = 0.0
             for table in tables:
-                started = time.monotonic()
                 self._indexed.discard(table.name)
-                self._ensure_indexes(table)
-                rows = table.count_rows()
-                report["rows"] += rows
-                report["unindexed_rows"] += unindexed_rows(table)
-                if rows >= self.settings.lancedb_vector_index_rows and not has_vector_index(table):
-                    create_vector_index(table, rows)
+                done = maintain_table(table, vector_index_rows=self.settings.lancedb_vector_index_rows,
+                                      keep_versions=keep_versions)
+                self._indexed.add(table.name)
+                for key in ("rows", "unindexed_rows", "versions_removed"):
+                    report[key] += done[key]
+                if done["vector_index_created"]:
                     report["vector_index_created"] = True
-                indexes += time.monotonic() - started
-                started, versions = time.monotonic(), len(table.list_versions())
-                table.optimize(cleanup_older_than=keep_versions)
-                report["versions_removed"] += max(versions - len(table.list_versions()), 0)
-                optimize += time.monotonic() - started
+                indexes, optimize = indexes + done["indexes_seconds"], optimize + done["optimize_seconds"]
             ledger = self._ledger(collection)
             if ledger is not None:
                 started = time.monotonic()
@@ -410,7 +407,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         import pyarrow as pa
 
         shared = self._open(chunk_table_name(collection, None))
-        table = self.chunk_table(collection, tenant, embedder=_embedder(shared),
+        table = self.chunk_table(collection, tenant, embedder=embedder_of(shared),
                                  dimensions=shared.schema.field("vector").type.list_size)
         (table.merge_insert("id").when_matched_update_all(where=is_not_older("target", "source"))
          .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
@@ -420,35 +417,3 @@ class LanceIndex:  # implements ragfn.store.base.Index
         table = self._open(chunk_table_name(collection, tenant))
         if table is not None:
             table.delete(f"id IN ({', '.join(sql(i) for i in ids)})")
-
-
-def _label(doc: DocumentVersion) -> str:
-    return (f"document_id = {sql(doc.document_id)} AND version = {sql(doc.version)}"
-            f" AND sequence = {sql(doc.sequence)}")
-
-
-def _embedder(table) -> str:
-    return (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode()
-
-
-def _entry(row: dict) -> LedgerEntry:
-    return LedgerEntry(row["document_id"], row["version"], row["sequence"], row["state"], int(row["chunks"]),
-                       row["tenant"] or None, row["chunking"] or "")
-
-
-def _chunk_row(doc: DocumentVersion, chunk, vector: np.ndarray) -> dict:
-    return {"id": row_id(doc, chunk), "text": chunk.text, "vector": vector, "document_id": doc.document_id,
-            "version": doc.version, "sequence": doc.sequence, "number": chunk.number, "start": chunk.start,
-            "end": chunk.end, "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
-            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
-            "content_type": doc.content_type or ""}
-
-
-def _metadata(row: dict) -> dict:
-    """The same metadata a Chroma row carries, so everything above the store reads one shape."""
-    return {key: row[key] for key in CHUNK_COLUMNS} | {"source": row["document_id"]}
-
-
-def _hit(row: dict, score: float) -> Hit:
-    return Hit(chunk_id=row["id"], source=row["document_id"], text=row["text"], score=score, metadata=_metadata(row))
-

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+
 from ragfn.core.config import Settings
 from ragfn.core.errors import BadEvent, ConfigError, RagfnError, Unavailable
-from ragfn.store.base import Caller
+from ragfn.eventing.events import DocumentVersion
+from ragfn.store.base import PUBLIC, Caller, Hit, LedgerEntry, row_id
 
 log = logging.getLogger("ragfn.store.lance")
+EMBEDDER_KEY = b"ragfn:embedder"
 
 # the metadata columns of a chunk row, returned with every hit in the shape Chroma's metadata has
 CHUNK_COLUMNS = ("document_id", "version", "sequence", "number", "start", "end", "heading_path", "content_hash",
@@ -156,3 +161,51 @@ def readable_by(caller: Caller) -> str:
     """The caller's filter, applied by Lance before its top-k (prefilter)."""
     groups = ", ".join(sql(group) for group in caller.readable_groups())
     return f"tenant = {sql(caller.tenant or '')} AND array_has_any(groups, [{groups}])"
+
+
+def maintain_table(table, *, vector_index_rows: int, keep_versions: timedelta) -> dict:
+    """One chunk table's maintenance: its indexes brought up to date, a vector index once it holds
+    `vector_index_rows`, compaction, and versions older than `keep_versions` removed."""
+    started = time.monotonic()
+    ensure_indexes(table)
+    rows, unindexed = table.count_rows(), unindexed_rows(table)
+    created = rows >= vector_index_rows and not has_vector_index(table)
+    if created:
+        create_vector_index(table, rows)
+    indexed, versions = time.monotonic(), len(table.list_versions())
+    table.optimize(cleanup_older_than=keep_versions)
+    return {"rows": rows, "unindexed_rows": unindexed, "vector_index_created": created,
+            "versions_removed": max(versions - len(table.list_versions()), 0),
+            "indexes_seconds": indexed - started, "optimize_seconds": time.monotonic() - indexed}
+
+
+def version_label(doc: DocumentVersion) -> str:
+    return (f"document_id = {sql(doc.document_id)} AND version = {sql(doc.version)}"
+            f" AND sequence = {sql(doc.sequence)}")
+
+
+def embedder_of(table) -> str:
+    return (table.schema.metadata or {}).get(EMBEDDER_KEY, b"").decode()
+
+
+def entry_from(row: dict) -> LedgerEntry:
+    return LedgerEntry(row["document_id"], row["version"], row["sequence"], row["state"], int(row["chunks"]),
+                       row["tenant"] or None, row["chunking"] or "")
+
+
+def chunk_row(doc: DocumentVersion, chunk, vector: np.ndarray) -> dict:
+    return {"id": row_id(doc, chunk), "text": chunk.text, "vector": vector, "document_id": doc.document_id,
+            "version": doc.version, "sequence": doc.sequence, "number": chunk.number, "start": chunk.start,
+            "end": chunk.end, "heading_path": " > ".join(chunk.heading_path), "content_hash": chunk.content_hash,
+            "tokens": chunk.tokens, "tenant": doc.tenant or "", "groups": list(doc.groups) or [PUBLIC],
+            "content_type": doc.content_type or ""}
+
+
+def metadata_of(row: dict) -> dict:
+    """The same metadata a Chroma row carries, so everything above the store reads one shape."""
+    return {key: row[key] for key in CHUNK_COLUMNS} | {"source": row["document_id"]}
+
+
+def hit_from(row: dict, score: float) -> Hit:
+    return Hit(chunk_id=row["id"], source=row["document_id"], text=row["text"], score=score, metadata=metadata_of(row))
+
