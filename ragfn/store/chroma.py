@@ -45,6 +45,7 @@ from ragfn.store.chroma_tables import (
     where,
 )
 from ragfn.store.partitions import (
+    SHARED_PAGE_ROWS,
     SharedRows,
     chunk_table_name,
     chunk_tables_of,
@@ -54,8 +55,6 @@ from ragfn.store.partitions import (
     move_shared_rows,
 )
 from ragfn.store.vectors import decode_vector
-
-SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
 class ChromaIndex:  # implements ragfn.store.base.Index

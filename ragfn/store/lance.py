@@ -58,6 +58,7 @@ from ragfn.store.lance_tables import (
     version_label,
 )
 from ragfn.store.partitions import (
+    SHARED_PAGE_ROWS,
     SharedRows,
     chunk_table_name,
     chunk_tables_of,
@@ -67,8 +68,6 @@ from ragfn.store.partitions import (
     move_shared_rows,
 )
 from ragfn.store.vectors import decode_vector
-
-SHARED_PAGE_ROWS = 2_000  # rows moved to their tenants' tables per step of maintenance
 
 
 class LanceIndex:  # implements ragfn.store.base.Index

@@ -28,6 +28,7 @@ from ragfn.store.base import COLLECTION_NAME, Hit, LedgerEntry, check_collection
 
 TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
 LEDGER = "ledger"
+SHARED_PAGE_ROWS = 2_000  # rows moved out of a shared table per step of maintenance
 RECHECK_SECONDS = 30.0  # how often a process looks again whether a collection still has shared rows
 
 
