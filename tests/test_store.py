@@ -372,6 +372,8 @@ def test_each_tenant_has_a_table_of_its_own(index, unique_collection):
     assert sorted(chunk_tables_of(index._names(), unique_collection)) == sorted(
         chunk_table_name(unique_collection, tenant) for tenant in ("acme", odd, None))
     assert chunk_table_name(unique_collection, odd).startswith(f"ragfn-{unique_collection}.h.")
+    # a case-insensitive disk must not put "Acme" in acme's folder
+    assert chunk_table_name(unique_collection, "Acme").startswith(f"ragfn-{unique_collection}.h.")
     assert index.collections().count(unique_collection) == 1
     assert index.stats()[unique_collection] == {"documents": 3, "chunks": 4}
     assert sum(len(page.ids) for page in index.rows(unique_collection)) == 4

@@ -5,8 +5,8 @@ rows, not the whole collection's: on one shared table Chroma evaluated its filte
 1,000 rows), and Lance's prefiltered vector search paid for the whole index (docs/benchmarks.md, "Table layout").
 Names, for collection NAME:
 - `ragfn-NAME`: the untenanted chunks (a single-tenant install's only table, so its layout is unchanged);
-- `ragfn-NAME.t.TENANT`: a tenant whose name is 1-63 letters, digits, '-' or '_' (starting and ending with a
-  letter or digit);
+- `ragfn-NAME.t.TENANT`: a tenant whose name is 1-63 lower-case letters, digits, '-' or '_' (starting and ending
+  with a letter or digit);
 - `ragfn-NAME.h.HASH`: any other tenant, by the SHA-256 of its name: every backend can take that, and the rows keep
   the tenant's own name in their `tenant` column, which every search still filters on;
 - `ragfn-NAME.ledger`: the collection's ledger, one for all its tenants (document ids are per collection).
@@ -26,7 +26,8 @@ from typing import Protocol
 
 from ragfn.store.base import COLLECTION_NAME, Hit, LedgerEntry, check_collection_name
 
-TENANT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+# lower case only: "Acme" and "acme" would share a folder on a case-insensitive disk (macOS, Windows)
+TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 LEDGER = "ledger"
 SHARED_PAGE_ROWS = 2_000  # rows moved out of a shared table per step of maintenance
 RECHECK_SECONDS = 30.0  # how often a process looks again whether a collection still has shared rows
