@@ -84,7 +84,7 @@ def row_id(document: DocumentVersion, chunk: Chunk) -> str:
 
 
 def check_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
+    if not COLLECTION_NAME.fullmatch(name):
         raise BadEvent(f"invalid collection name {name!r}",
                        hint="use 1-63 letters, digits, '-' or '_', starting with a letter or digit")
     return name

@@ -47,6 +47,8 @@ from ragfn.store.chroma_tables import (
 from ragfn.store.partitions import (
     SHARED_PAGE_ROWS,
     SharedRows,
+    TableNames,
+    by_label,
     chunk_table_name,
     chunk_tables_of,
     collections_of,
@@ -72,6 +74,7 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         # one writer at a time: Chroma (SQLite underneath when embedded) serialises writes anyway
         self._writing = threading.Lock()
         self._shared = SharedRows(self._count_shared)
+        self._listing = TableNames(self._list_collections)
 
     @property
     def client(self):
@@ -101,11 +104,15 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         return found
 
     def _find(self, name: str):
-        """A table's handle, or None when it does not exist: reads never create one."""
+        """A table's handle, or None when it does not exist: reads never create one. One lookup by name (not a
+        listing) for a table that does not exist yet, so another process's new table is found at once."""
         if name not in self._handles:
-            if name not in self._names():
+            from chromadb.errors import NotFoundError
+
+            try:
+                self._handles[name] = self.client.get_collection(name, embedding_function=None)
+            except NotFoundError:
                 return None
-            self._handles[name] = self.client.get_collection(name, embedding_function=None)
         return self._handles[name]
 
     def _embedder_of(self, collection: str) -> str | None:
@@ -123,9 +130,13 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if name not in self._handles:
             self._handles[name] = self.client.get_or_create_collection(name, metadata=metadata,
                                                                        embedding_function=None)
+            self._listing.add(name)
         return self._handles[name]
 
-    def _names(self) -> list[str]:
+    def _names(self) -> set[str]:
+        return self._listing.get()
+
+    def _list_collections(self) -> list[str]:
         return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
 
     def _tables(self, collection: str) -> list:
@@ -287,10 +298,12 @@ class ChromaIndex:  # implements ragfn.store.base.Index
                 yield Rows(page["ids"], page["documents"], page["metadatas"])
 
     def tenant_rows(self, collection: str, tenant: str | None, *, page_rows: int = 10_000) -> Iterator[Rows]:
-        """One tenant's rows: its table, and its rows in the shared table until they are moved."""
+        """One tenant's rows: its table, and its rows in the shared table until they are moved (the untenanted
+        table holds other tenants' rows until then, which the untenanted snapshot must not hold)."""
         own = self._find(chunk_table_name(collection, tenant))
+        mine = {"tenant": ""} if not tenant and self._shared.present(collection) else None
         if own is not None:
-            for page in read_pages(own, ["documents", "metadatas"], page_rows):
+            for page in read_pages(own, ["documents", "metadatas"], page_rows, where=mine):
                 yield Rows(page["ids"], page["documents"], page["metadatas"])
         shared = self._find(chunk_table_name(collection, None)) if tenant else None
         if shared is not None and self._shared.present(collection):
@@ -371,10 +384,13 @@ class ChromaIndex:  # implements ragfn.store.base.Index
                       documents=[row["text"] for row in rows],
                       metadatas=[{k: v for k, v in row.items() if k not in ("id", "text", "vector")} for row in rows])
 
-    def delete_ids(self, collection: str, tenant: str | None, ids: list[str]) -> None:
+    def delete_rows(self, collection: str, tenant: str | None, rows: list[dict]) -> None:
+        """Deletes these rows only where they still carry the tenant and label they were read with."""
         table = self._find(chunk_table_name(collection, tenant))
-        if table is not None:
-            table.delete(ids=ids)
+        if table is None:
+            return
+        for (owner, sequence, version), ids in by_label(rows).items():
+            table.delete(ids=ids, where={"$and": [{"tenant": owner}, {"sequence": sequence}, {"version": version}]})
 
     def stats(self) -> dict[str, dict[str, int]]:
         result = {}

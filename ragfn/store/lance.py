@@ -17,12 +17,12 @@ re-reads and retries (`merge_insert` does so by itself). Ordering does not depen
   never before, is what makes this hold: a loser's rows were all written before its record, so either the winner's
   delete comes later and takes them, or the loser's read-back comes later and sees the winner.
 So the rows left are the newest committed version's, whatever the interleaving. The winner deletes in its tenant's
-table and in that of the tenant its `before` read names. One case is left: a document whose tenant changes while
-two versions race, where the older version commits between the newer one's `before` read and its record, keeps the
-older version's rows in the old tenant's table (tenants change by an operator's re-mapping, not per write; a
-tombstone of the document clears them). A writer that dies between writing
-rows and committing leaves rows labelled with an uncommitted version; the document's next commit or tombstone
-removes them (as on Chroma).
+table and in that of the tenant its `before` read names. Left open: while an operator re-maps a document's tenant,
+an older version committing between the newer one's `before` read and its record keeps its rows in the old
+tenant's table, and a delete racing an uncommitted version of the new tenant leaves that version's rows; either is
+readable by that one tenant only, and nothing sweeps them yet (the shared layout's deletes by document id did).
+A writer that dies between writing rows and committing leaves rows labelled with an uncommitted version; the
+document's next commit or tombstone removes them (as on Chroma).
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ from ragfn.store.lance_tables import (
 from ragfn.store.partitions import (
     SHARED_PAGE_ROWS,
     SharedRows,
+    TableNames,
+    by_label,
     chunk_table_name,
     chunk_tables_of,
     collections_of,
@@ -83,6 +85,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         self._handles: dict[str, object] = {}  # open table handles by table name
         self._indexed: set[str] = set()  # tables whose scalar and FTS indexes are known to exist
         self._shared = SharedRows(self._count_shared)
+        self._listing = TableNames(self._list_tables)
 
     @property
     def db(self):
@@ -117,6 +120,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         except ValueError as exc:
             raise BadEvent(f"LanceDB cannot take the table name {name!r}: {exc}") from exc
         self._handles[name] = table
+        self._listing.add(name)
         return table
 
     def chunk_table(self, collection: str, tenant: str | None = None, *, embedder: str | None = None,
@@ -149,7 +153,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
         table = self._open(name)
         return self._create(name, ledger_schema()) if table is None and create else table
 
-    def _names(self) -> list[str]:
+    def _names(self) -> set[str]:
+        return self._listing.get()
+
+    def _list_tables(self) -> list[str]:
         names, token = [], None
         while True:
             page = self.db.list_tables(page_token=token, limit=1000)
@@ -313,8 +320,9 @@ class LanceIndex:  # implements ragfn.store.base.Index
                 yield Rows([r["id"] for r in found], [r["text"] for r in found], [metadata_of(r) for r in found])
 
     def tenant_rows(self, collection: str, tenant: str | None, *, page_rows: int = 10_000) -> Iterator[Rows]:
-        """One tenant's rows: its table, and its rows in the shared table until they are moved."""
-        tables = [(self.chunk_table(collection, tenant), None)]
+        """One tenant's rows: its table, and its rows in the shared table until they are moved (the untenanted
+        table holds other tenants' rows until then)."""
+        tables = [(self.chunk_table(collection, tenant), "tenant = ''" if not tenant else None)]
         if tenant and self._shared.present(collection):
             tables.append((self.chunk_table(collection), f"tenant = {sql(tenant)}"))
         for table, where in tables:
@@ -412,7 +420,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
          .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
         self._ensure_indexes(table)
 
-    def delete_ids(self, collection: str, tenant: str | None, ids: list[str]) -> None:
+    def delete_rows(self, collection: str, tenant: str | None, rows: list[dict]) -> None:
+        """Deletes these rows only where they still carry the tenant and label they were read with."""
         table = self._open(chunk_table_name(collection, tenant))
         if table is not None:
-            table.delete(f"id IN ({', '.join(sql(i) for i in ids)})")
+            table.delete(" OR ".join(
+                f"(id IN ({', '.join(sql(i) for i in ids)}) AND tenant = {sql(owner)} AND sequence = {sql(sequence)}"
+                f" AND version = {sql(version)})" for (owner, sequence, version), ids in by_label(rows).items()))

@@ -38,7 +38,7 @@ def chunk_table_name(collection: str, tenant: str | None) -> str:
     base = f"ragfn-{check_collection_name(collection)}"
     if not tenant:
         return base
-    if TENANT_NAME.match(tenant):
+    if TENANT_NAME.fullmatch(tenant):  # fullmatch: `$` would let "acme\n" through
         return f"{base}.t.{tenant}"
     return f"{base}.h.{hashlib.sha256(tenant.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}"
 
@@ -52,7 +52,7 @@ def _split(name: str) -> tuple[str, str] | None:
     if not name.startswith("ragfn-"):
         return None
     collection, _, part = name[len("ragfn-"):].partition(".")
-    return (collection, part) if COLLECTION_NAME.match(collection) else None
+    return (collection, part) if COLLECTION_NAME.fullmatch(collection) else None
 
 
 def collections_of(names: Iterable[str]) -> list[str]:
@@ -74,6 +74,25 @@ def merge_hits(results: Iterable[list[Hit]], top_k: int) -> list[Hit]:
             if hit.chunk_id not in best or hit.score > best[hit.chunk_id].score:
                 best[hit.chunk_id] = hit
     return sorted(best.values(), key=lambda hit: -hit.score)[:top_k]
+
+
+class TableNames:
+    """A store's table names, listed at most once per `ttl` seconds: a search asks for its tenant's table on every
+    query, and a tenant with nothing indexed yet has none; listing costs a request per page of tables. A table
+    another process creates is seen within `ttl`; one this process creates, at once."""
+
+    def __init__(self, list_all, ttl: float = 1.0) -> None:
+        self._list_all, self.ttl = list_all, ttl
+        self._names: set[str] = set()
+        self._listed: float | None = None
+
+    def get(self) -> set[str]:
+        if self._listed is None or time.monotonic() - self._listed >= self.ttl:
+            self._names, self._listed = set(self._list_all()), time.monotonic()
+        return self._names
+
+    def add(self, name: str) -> None:
+        self._names = self._names | {name}
 
 
 class SharedRows:
@@ -113,7 +132,7 @@ class Movable(Protocol):
 
     def put_rows(self, collection: str, tenant: str, rows: list[dict]) -> None: ...
 
-    def delete_ids(self, collection: str, tenant: str | None, ids: list[str]) -> None: ...
+    def delete_rows(self, collection: str, tenant: str | None, rows: list[dict]) -> None: ...
 
 
 def move_shared_rows(index: Movable, collection: str, *, limit: int, deadline: float) -> Iterator[int]:
@@ -121,9 +140,11 @@ def move_shared_rows(index: Movable, collection: str, *, limit: int, deadline: f
     until none are left or `deadline` (time.monotonic) passes; yields how many rows each page moved.
 
     Only rows of a document's committed version move; others (an older version a writer has not yet deleted, an
-    uncommitted one) are dropped. A writer may commit a newer version meanwhile, so after copying, the ledger is read
-    again and copies that are now older are deleted: the writer deletes older rows after its record, and this
-    after its copy, so whichever comes second removes them (the argument of ragfn.store.lance's commits).
+    uncommitted one) are dropped. A writer may commit a newer version meanwhile, so after copying, the ledger is
+    read again and copies that are now older are deleted: the writer deletes older rows after its record, and this
+    after its copy, so whichever comes second removes them (the argument of ragfn.store.lance's commits). Every
+    delete here names the rows as they were read (id, tenant and label), so a row a writer has relabelled meanwhile
+    (a new version sharing its text, a document re-mapped to no tenant) stays.
     """
     while time.monotonic() < deadline:
         page = index.shared_page(collection, limit)
@@ -136,15 +157,23 @@ def move_shared_rows(index: Movable, collection: str, *, limit: int, deadline: f
                 by_tenant.setdefault(row["tenant"], []).append(row)
         for tenant, rows in by_tenant.items():
             index.put_rows(collection, tenant, rows)
-        index.delete_ids(collection, None, [row["id"] for row in page])
+        index.delete_rows(collection, None, page)
         for tenant, rows in by_tenant.items():
             now = {doc: index.ledger_entry(collection, doc) for doc in {row["document_id"] for row in rows}}
-            stale = [row["id"] for row in rows if not _is_committed(now[row["document_id"]], row)]
+            stale = [row for row in rows if not _is_committed(now[row["document_id"]], row)]
             if stale:
-                index.delete_ids(collection, tenant, stale)
+                index.delete_rows(collection, tenant, stale)
         yield sum(len(rows) for rows in by_tenant.values())
 
 
 def _is_committed(entry: LedgerEntry | None, row: dict) -> bool:
     return (entry is not None and entry.state == "indexed" and (entry.tenant or "") == row["tenant"]
             and (entry.sequence, entry.version) == (row["sequence"], row["version"]))
+
+
+def by_label(rows: list[dict]) -> dict[tuple[str, str, str], list[str]]:
+    """Row ids grouped by (tenant, sequence, version): a conditional delete per group."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault((row["tenant"], row["sequence"], row["version"]), []).append(row["id"])
+    return groups
