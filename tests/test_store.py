@@ -457,3 +457,24 @@ def test_rows_from_the_shared_layout_are_read_until_maintenance_moves_them(store
     write_document(index, unique_collection, "s3://a/1.md", ["pelican zeta"], tenant="acme", groups=["*"],
                    sequence=20)
     assert texts("acme") == {"pelican zeta"}
+
+
+def test_a_version_committed_while_its_rows_move_keeps_every_row(store_settings, index, unique_collection,
+                                                                 monkeypatch):
+    # Another replica commits the document's next version (sharing one text, so one row id) between the mover's copy
+    # and its second ledger read: the mover's deletes must spare the row the writer relabelled.
+    write_document(index, unique_collection, URI, ["pelican alpha", "pelican beta"], tenant=None, groups=["*"])
+    make_shared(index, unique_collection, URI, "acme")
+    writer, put_rows = Runtime(store_settings).index, index.put_rows
+
+    def put_then_commit(collection: str, tenant: str, rows: list[dict]) -> None:
+        put_rows(collection, tenant, rows)
+        write_document(writer, unique_collection, URI, ["pelican alpha", "pelican gamma"], tenant="acme",
+                       groups=["*"], sequence=20)
+
+    monkeypatch.setattr(index, "put_rows", put_then_commit)
+    index.maintain(unique_collection, keep_versions=timedelta(hours=1))
+    hits = DenseRetriever(Runtime(store_settings).index, Vectors()).search(
+        "q", collection=unique_collection, top_k=10, caller=Caller("acme"), vector=np.ones(DIM, np.float32))
+    assert sorted(h.text for h in hits) == ["pelican alpha", "pelican gamma"]
+    assert index.stats()[unique_collection] == {"documents": 1, "chunks": 2}
