@@ -232,3 +232,18 @@ def test_one_collections_build_does_not_hold_up_another_collections_queries(inde
     finally:
         release.set()
         slow.join(30)
+
+
+def test_snapshots_past_the_row_budget_drop_the_least_recently_asked(setup):
+    runtime, lexical, collection, root = setup
+    for tenant in ("globex", "initech"):
+        (root / f"{tenant}.md").write_text(f"# {tenant}\n\nThe {tenant} handbook mentions pretty printing.\n")
+        ingest([str(root / f"{tenant}.md")], runtime, collection=collection, tenant=tenant)
+    lexical.max_rows = 1  # one row: only the newest snapshot is kept past the budget
+    for tenant in ("acme", "globex", "initech"):
+        assert lexical.search("pretty", collection=collection, caller=Caller(tenant))
+    assert list(lexical._snapshots) == [(collection, "initech")]
+    assert lexical.search("pretty", collection=collection, caller=Caller("acme"))  # rebuilt when asked again
+    lexical.max_rows = 10_000
+    assert lexical.search("handbook", collection=collection, caller=Caller("globex"))
+    assert list(lexical._snapshots) == [(collection, "acme"), (collection, "globex")]

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +80,10 @@ class LexicalRetriever:
         self.index = index
         self.k1, self.b = k1, b
         self.refresh_seconds = refresh_seconds
-        self._snapshots: dict[tuple[str, str], _Snapshot] = {}  # by (collection, tenant)
+        self._snapshots: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()  # by (collection, tenant), LRU
+        # Rows held over all snapshots: past it the least recently asked are dropped (and rebuilt when asked again),
+        # so a replica serving many tenants holds the texts of its busiest, not of every tenant it ever answered.
+        self.max_rows = 2_000_000
         self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # -> (when, why) its last build failed
         self.retry_seconds = 5.0
         # A snapshot that took longer than this to build is rebuilt in the background while the old one answers
@@ -151,7 +154,7 @@ class LexicalRetriever:
                     if now - cached.built >= rest:
                         self._rebuild_in_background(key, generation)
                 elif not (cached and cached.generation == generation):
-                    cached = self._snapshots[key] = self._build(key, generation)
+                    cached = self._keep(key, self._build(key, generation))
             except Exception as exc:  # Chroma unreachable: a stale snapshot still answers, which is the point
                 if cached is None:
                     message = f"cannot read collection {collection!r} for lexical search: {exc}"
@@ -159,7 +162,20 @@ class LexicalRetriever:
                     raise Unavailable(message) from exc
                 log.warning("lexical search serves a stale snapshot of %s: %s", collection, exc)
             cached.checked = now
+            with self._lock:
+                if key in self._snapshots:
+                    self._snapshots.move_to_end(key)
             return cached
+
+    def _keep(self, key: tuple[str, str], snapshot: _Snapshot) -> _Snapshot:
+        with self._lock:
+            self._snapshots[key] = snapshot
+            self._snapshots.move_to_end(key)
+            held = sum(len(s.ids) for s in self._snapshots.values())
+            while held > self.max_rows and len(self._snapshots) > 1:
+                _, dropped = self._snapshots.popitem(last=False)
+                held -= len(dropped.ids)
+        return snapshot
 
     def _rebuild_in_background(self, key: tuple[str, str], generation: str | None) -> None:
         """Called under the snapshot's lock; at most one rebuild per snapshot runs at a time."""
@@ -171,7 +187,7 @@ class LexicalRetriever:
             try:
                 snapshot = self._build(key, generation)
                 with self._snapshot_lock(key):
-                    self._snapshots[key] = snapshot
+                    self._keep(key, snapshot)
             except Exception as exc:  # the stale snapshot keeps answering; the next check tries again
                 log.warning("background rebuild of the BM25 snapshot of %s failed: %s", key, exc)
             finally:
