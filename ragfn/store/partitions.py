@@ -77,9 +77,9 @@ def merge_hits(results: Iterable[list[Hit]], top_k: int) -> list[Hit]:
 
 
 class TableNames:
-    """A store's table names, listed at most once per `ttl` seconds: a search asks for its tenant's table on every
-    query, and a tenant with nothing indexed yet has none; listing costs a request per page of tables. A table
-    another process creates is seen within `ttl`; one this process creates, at once."""
+    """A store's table names, listed at most once per `ttl` seconds: `exists`, `collections` and a collection's
+    tables are asked often (each lexical refresh, each upload status poll), and listing costs a request per page of
+    tables on a bucket. A table another process creates is seen within `ttl`; one this process creates, at once."""
 
     def __init__(self, list_all, ttl: float = 1.0) -> None:
         self._list_all, self.ttl = list_all, ttl
