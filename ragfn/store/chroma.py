@@ -151,7 +151,8 @@ class ChromaIndex:  # implements ragfn.store.base.Index
 
     # -- ledger --------------------------------------------------------------------------------------------
 
-    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None:
+    def ledger_entry(self, collection: str, document_id: str, *, latest: bool = False) -> LedgerEntry | None:
+        # Chroma's reads are always its latest state: `latest` changes nothing here
         found = self._ledger(collection).get(ids=[document_id], include=["metadatas"])
         if not found["ids"]:
             return None

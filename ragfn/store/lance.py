@@ -15,7 +15,10 @@ re-reads and retries (`merge_insert` does so by itself). Ordering does not depen
 - after its ledger write a writer reads the ledger back. If a newer version (or a delete) won, it deletes the rows
   that carry its own label; if it won, it deletes every row labelled older than itself. Deleting after the record,
   never before, is what makes this hold: a loser's rows were all written before its record, so either the winner's
-  delete comes later and takes them, or the loser's read-back comes later and sees the winner.
+  delete comes later and takes them, or the loser's read-back comes later and sees the winner. Both the read-back
+  and the winner's delete work on the tables' latest versions (`checkout_latest`): a replica's reads may otherwise
+  be RAGFN_LANCEDB_REFRESH_SECONDS old, and a Lance delete removes only rows of the version it read (rows another
+  writer appended meanwhile survive it), which let a loser's row outlive a race on moto's S3.
 So the rows left are the newest committed version's, whatever the interleaving. The winner deletes in its tenant's
 table and in that of the tenant its `before` read names. Left open: while an operator re-maps a document's tenant,
 an older version committing between the newer one's `before` read and its record keeps its rows in the old
@@ -193,10 +196,14 @@ class LanceIndex:  # implements ragfn.store.base.Index
 
     # -- ledger --------------------------------------------------------------------------------------------
 
-    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None:
+    def ledger_entry(self, collection: str, document_id: str, *, latest: bool = False) -> LedgerEntry | None:
+        """The document's record; `latest` reads the ledger's newest version, not one up to
+        RAGFN_LANCEDB_REFRESH_SECONDS old (the read-backs that decide who won need it)."""
         ledger = self._ledger(collection)
         if ledger is None:
             return None
+        if latest:
+            ledger.checkout_latest()
         found = ledger.search().where(f"document_id = {sql(document_id)}").limit(1).to_list()
         return entry_from(found[0]) if found else None
 
@@ -273,11 +280,12 @@ class LanceIndex:  # implements ragfn.store.base.Index
         if not (before and before.is_newer_than(doc.sequence, doc.version)):
             self._record(doc.collection, LedgerEntry(doc.document_id, doc.version, doc.sequence, "indexed", total,
                                                      doc.tenant, doc.chunking or ""))
-        after = self.ledger_entry(doc.collection, doc.document_id)
+        after = self.ledger_entry(doc.collection, doc.document_id, latest=True)
         if after is None or (after.sequence, after.version) != (doc.sequence, doc.version):
             table.delete(version_label(doc))  # a newer version or delete won: this version's rows must not stay
             return None
         for holding in self._holding(doc.collection, doc.tenant, *([before.tenant] if before else [])):
+            holding.checkout_latest()  # a delete removes only the rows of the version it read
             holding.delete(f"document_id = {sql(doc.document_id)} AND {older_than(doc.sequence, doc.version)}")
         replaced = [before.version] if before and before.state == "indexed" and before.version != doc.version else []
         return DocumentIndexed(collection=doc.collection, document_id=doc.document_id, version=doc.version,
@@ -292,12 +300,13 @@ class LanceIndex:  # implements ragfn.store.base.Index
             # version "~" sorts after every hex/etag version, so no upsert with the same sequence beats it
             self._record(event.collection, LedgerEntry(event.document_id, "~", event.sequence, "deleted", 0,
                                                        entry.tenant if entry else None))
-            after = self.ledger_entry(event.collection, event.document_id)
+            after = self.ledger_entry(event.collection, event.document_id, latest=True)
             if after is None or after.sequence > event.sequence:
                 return None  # a re-creation committed meanwhile
             # a duplicate delivery finds nothing left, and still answers to heal a lost reply
             doomed, removed = f"document_id = {sql(event.document_id)} AND sequence <= {sql(event.sequence)}", 0
             for table in self._holding(event.collection, entry.tenant) if entry else self._tables(event.collection):
+                table.checkout_latest()
                 found = table.count_rows(doomed)
                 if found:
                     table.delete(doomed)
@@ -424,6 +433,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
         """Deletes these rows only where they still carry the tenant and label they were read with."""
         table = self._open(chunk_table_name(collection, tenant))
         if table is not None:
+            table.checkout_latest()  # a delete removes only the rows of the version it read
             table.delete(" OR ".join(
                 f"(id IN ({', '.join(sql(i) for i in ids)}) AND tenant = {sql(owner)} AND sequence = {sql(sequence)}"
                 f" AND version = {sql(version)})" for (owner, sequence, version), ids in by_label(rows).items()))

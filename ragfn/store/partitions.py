@@ -126,7 +126,7 @@ class SharedRows:
 class Movable(Protocol):
     """What `move_shared_rows` needs of a backend."""
 
-    def ledger_entry(self, collection: str, document_id: str) -> LedgerEntry | None: ...
+    def ledger_entry(self, collection: str, document_id: str, *, latest: bool = False) -> LedgerEntry | None: ...
 
     def shared_page(self, collection: str, limit: int) -> list[dict]: ...
 
@@ -159,7 +159,8 @@ def move_shared_rows(index: Movable, collection: str, *, limit: int, deadline: f
             index.put_rows(collection, tenant, rows)
         index.delete_rows(collection, None, page)
         for tenant, rows in by_tenant.items():
-            now = {doc: index.ledger_entry(collection, doc) for doc in {row["document_id"] for row in rows}}
+            documents = {row["document_id"] for row in rows}
+            now = {doc: index.ledger_entry(collection, doc, latest=True) for doc in documents}
             stale = [row for row in rows if not _is_committed(now[row["document_id"]], row)]
             if stale:
                 index.delete_rows(collection, tenant, stale)
