@@ -149,7 +149,8 @@ def run_backend(name: str, args, corpus_rows, home: Path, model: Path, endpoint:
     report: dict = {"backend": name, "rows": args.rows, "synthetic_rows": max(0, args.rows - len(corpus_rows.texts))}
     if name == "lancedb-s3" and args.copy_from:  # the same tables, uploaded to the bucket: reported beside local disk
         started = time.perf_counter()
-        report["uploaded_tables"] = layout.upload(Path(args.copy_from), endpoint)
+        tenants = (layout.small_caller.tenant,) + ((layout.large_caller.tenant,) if args.s3_largest else ())
+        report["uploaded_tables"] = layout.upload(Path(args.copy_from), endpoint, tenants)
         report["upload_s"] = round(time.perf_counter() - started, 1)
     else:
         started = time.perf_counter()
@@ -162,7 +163,8 @@ def run_backend(name: str, args, corpus_rows, home: Path, model: Path, endpoint:
         report["ingest_rows_per_s"] = write_measured(runtime.index, layout, args.measured)
     report["tenants"] = layout.tenant_rows()
     callers = [("tenant_1pct_groups", layout.small_caller), ("largest_tenant", layout.large_caller)]
-    for label, caller in callers[:1] if "uploaded_tables" in report else callers:  # only the 1% tenant on moto
+    measured = callers if "uploaded_tables" not in report or args.s3_largest else callers[:1]  # what moto holds
+    for label, caller in measured:
         report[label] = latencies(runtime, vectors, caller, args.reps if name == "lancedb" else args.slow_reps)
         log(f"   {name} {label}: {json.dumps(report[label])}")
     if not runtime.index.full_text:  # the embedded default's BM25: a snapshot per tenant, built on its first query
@@ -185,6 +187,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--slow-reps", type=int, default=1, help="reps on moto S3 and Chroma (slow per query)")
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "scale")
+    parser.add_argument("--copy-tables", type=Path, help="lancedb-s3 alone: copy the tables of an earlier local run")
+    parser.add_argument("--s3-largest", action="store_true", help="copy and measure the largest tenant on moto too")
     args = parser.parse_args()
     # `timeout` and Ctrl-C end the run through `finally`, which stops the moto server this run started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -201,7 +205,7 @@ def main() -> None:
     np.save(vpath, vectors)
     reports, endpoint, server = [], None, None
     names = args.backends.split(",")
-    args.copy_from = None
+    args.copy_from = str(args.copy_tables) if args.copy_tables else None
     try:
         if "lancedb-s3" in names:
             from scale_rows import moto_bucket

@@ -133,14 +133,15 @@ class Layout:
                               dimensions=len(vector), vectors=[encode_vector(vector)])
         assert index.write_batch(batch) is not None
 
-    def upload(self, folder: Path, endpoint: str) -> list[str]:
-        """The 1% tenant's table and the ledger, copied into the bucket: a query of that tenant reads nothing else
-        (a table per tenant), and moto moves a few MB/s, so the other 99 tenants' tables would take hours."""
+    def upload(self, folder: Path, endpoint: str, tenants: tuple[str, ...] = (SMALL,)) -> list[str]:
+        """These tenants' tables and the ledger, copied into the bucket: a tenant's query reads nothing else (a
+        table per tenant), and moto moves a few MB/s, so all 100 tenants' tables would take hours."""
         import boto3
 
         from ragfn.store.partitions import chunk_table_name, ledger_table_name
 
-        tables = [f"{chunk_table_name(self.collection, SMALL)}.lance", f"{ledger_table_name(self.collection)}.lance"]
+        tables = [f"{chunk_table_name(self.collection, t)}.lance" for t in tenants]
+        tables.append(f"{ledger_table_name(self.collection)}.lance")
         s3 = boto3.client("s3", endpoint_url=endpoint)
         for path in folder.rglob("*"):
             if path.is_file() and path.relative_to(folder).parts[0] in tables:
