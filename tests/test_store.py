@@ -334,6 +334,9 @@ def test_counts_per_tenant_for_stats_and_me(index, unique_collection):
 def test_names_the_store_cannot_take_are_refused_before_any_write(index):
     with pytest.raises(BadEvent, match="invalid collection name"):
         index.exists("../escape")
+    with pytest.raises(BadEvent, match="invalid collection name"):  # `$` matched before a trailing newline
+        index.exists("docs\n")
+    assert chunk_table_name("docs", "acme\n").startswith("ragfn-docs.h.")
     (batch,) = make_batches("bad name", "v1", 10, V2, per_batch=5)
     with pytest.raises(BadEvent, match="invalid collection name"):
         index.write_batch(batch)
