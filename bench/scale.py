@@ -65,14 +65,14 @@ def timed(call, rounds: int) -> list[float]:
     return samples
 
 
-def latencies(runtime: Runtime, vectors: np.ndarray, caller: Caller, reps: int) -> dict:
+def latencies(runtime: Runtime, vectors: np.ndarray, caller: Caller, reps: int, questions: int) -> dict:
     retriever = runtime.retriever
     out = {}
     for mode in ("dense", "lexical", "hybrid"):
         retriever.search(QUESTIONS[0], mode=mode, collection=COLLECTION, caller=caller, vector=vectors[0])  # warm
         samples = []
         for _ in range(reps):
-            for question, vector in zip(QUESTIONS, vectors, strict=True):
+            for question, vector in zip(QUESTIONS[:questions], vectors[:questions], strict=True):
                 samples += timed(lambda q=question, v=vector: retriever.search(
                     q, mode=mode, collection=COLLECTION, top_k=10, caller=caller, vector=v), 1)
         out[mode] = summary(samples)
@@ -165,7 +165,9 @@ def run_backend(name: str, args, corpus_rows, home: Path, model: Path, endpoint:
     callers = [("tenant_1pct_groups", layout.small_caller), ("largest_tenant", layout.large_caller)]
     measured = callers if "uploaded_tables" not in report or args.s3_largest else callers[:1]  # what moto holds
     for label, caller in measured:
-        report[label] = latencies(runtime, vectors, caller, args.reps if name == "lancedb" else args.slow_reps)
+        slow = name != "lancedb"
+        report[label] = latencies(runtime, vectors, caller, args.slow_reps if slow else args.reps,
+                                  args.slow_questions if slow else len(QUESTIONS))
         log(f"   {name} {label}: {json.dumps(report[label])}")
     if not runtime.index.full_text:  # the embedded default's BM25: a snapshot per tenant, built on its first query
         snapshots = runtime.retriever.lexical._snapshots
@@ -186,6 +188,8 @@ def main() -> None:
     parser.add_argument("--backends", default="lancedb,lancedb-s3,chroma")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--slow-reps", type=int, default=1, help="reps on moto S3 and Chroma (slow per query)")
+    parser.add_argument("--slow-questions", type=int, default=len(QUESTIONS),
+                        help="questions per mode on moto S3 and Chroma (the largest tenant on moto: seconds each)")
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "scale")
     parser.add_argument("--copy-tables", type=Path, help="lancedb-s3 alone: copy the tables of an earlier local run")
     parser.add_argument("--s3-largest", action="store_true", help="copy and measure the largest tenant on moto too")
