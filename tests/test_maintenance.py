@@ -97,7 +97,8 @@ def test_chroma_has_nothing_to_maintain(settings):
     index = Runtime(settings).index
     write_document(index, "docs", "s3://a/1.md", ["one"], tenant=None, groups=["*"])
     assert index.maintain("docs", keep_versions=timedelta(hours=1)) == {
-        "collection": "docs", "rows": 1, "tables": 1, "shared_rows_moved": 0, "skipped": "chroma"}
+        "collection": "docs", "rows": 1, "tables": 1, "shared_rows_moved": 0, "orphan_rows_removed": 0,
+        "skipped": "chroma"}
 
 
 def test_the_dashboard_reads_the_store_metrics_by_the_names_served():
@@ -116,7 +117,8 @@ def test_the_dashboard_reads_the_store_metrics_by_the_names_served():
                             / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     wanted = {"ragfn_store_rows", "ragfn_store_unindexed_rows", "ragfn_store_maintenance_runs_total",
-              "ragfn_store_maintenance_seconds_bucket", "ragfn_store_shared_rows_moved_total"}
+              "ragfn_store_maintenance_seconds_bucket", "ragfn_store_shared_rows_moved_total",
+              "ragfn_store_orphan_rows_removed_total"}
     assert wanted <= served
     for name in wanted:
         assert any(name in expr for expr in exprs), f"no dashboard panel reads {name}"

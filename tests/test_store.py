@@ -481,3 +481,29 @@ def test_a_version_committed_while_its_rows_move_keeps_every_row(store_settings,
         "q", collection=unique_collection, top_k=10, caller=Caller("acme"), vector=np.ones(DIM, np.float32))
     assert sorted(h.text for h in hits) == ["pelican alpha", "pelican gamma"]
     assert index.stats()[unique_collection] == {"documents": 1, "chunks": 2}
+
+
+def test_maintenance_sweeps_rows_that_no_commit_or_delete_will_remove(index, unique_collection):
+    # A version of the document under tenant acme is half written (its writer dies, or it loses a race with an
+    # operator re-mapping the document) while a newer version commits under globex: that commit cleans globex's
+    # table and the tenant its ledger read named (none), so acme's rows would stay readable by acme for good.
+    def texts() -> set[str]:
+        return {text for _, text in rows_of(index, unique_collection).values()}
+
+    def swept() -> int:
+        return index.maintain(unique_collection, keep_versions=timedelta(hours=1))["orphan_rows_removed"]
+
+    assert index.write_batch(make_batches(unique_collection, "v1", 10, ["stale acme", "x"], per_batch=1)[0]) is None
+    write_document(index, unique_collection, URI, ["globex text"], tenant="globex", groups=["*"], sequence=11)
+    assert index.write_batch(make_batches(unique_collection, "v3", 12, ["next acme", "y"], per_batch=1)[0]) is None
+    acme = DenseRetriever(index, Vectors())
+    assert "stale acme" in {h.text for h in acme.search("q", collection=unique_collection, top_k=10,
+                                                        caller=Caller("acme", ["eng"]), vector=np.ones(DIM))}
+    assert swept() == 1
+    assert texts() == {"globex text", "next acme"}  # a newer version still being written stays
+    assert swept() == 0
+    # a delete racing that newer acme version: the tombstone cleans globex's tables, the sweep acme's
+    index.tombstone(DocumentTombstoned(collection=unique_collection, document_id=URI, sequence=sequence_key(13)))
+    assert texts() == {"next acme"}
+    assert swept() == 1 and texts() == set()
+    assert index.stats()[unique_collection] == {"documents": 0, "chunks": 0}

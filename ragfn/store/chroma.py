@@ -56,6 +56,7 @@ from ragfn.store.partitions import (
     merge_hits,
     move_shared_rows,
 )
+from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.vectors import decode_vector
 
 
@@ -354,15 +355,28 @@ class ChromaIndex:  # implements ragfn.store.base.Index
         if steps:  # rows moved or dropped: BM25 snapshots must be rebuilt
             self._bump(collection)
             self._shared.forget(collection)
+        swept = {}
+        for tenant, removed in sweep_orphans(self, collection, deadline=deadline if deadline is not None
+                                             else time.monotonic() + 60):
+            swept[tenant] = swept.get(tenant, 0) + removed
+        if swept:
+            self._bump(collection, *swept)
         tables = self._tables(collection)
         return {"collection": collection, "rows": sum(t.count() for t in tables), "tables": len(tables),
-                "shared_rows_moved": moved, "skipped": "chroma"}
+                "shared_rows_moved": moved, "orphan_rows_removed": sum(swept.values()), "skipped": "chroma"}
 
     # -- moving shared rows (ragfn.store.partitions.Movable) -------------------------------------------------
 
     def _count_shared(self, collection: str) -> int:
         shared = self._find(chunk_table_name(collection, None))
         return 0 if shared is None else len(shared.get(where={"tenant": {"$ne": ""}}, limit=1, include=[])["ids"])
+
+    def label_pages(self, collection: str, *, page_rows: int = 10_000) -> Iterator[tuple[bool, list[dict]]]:
+        base = chunk_table_name(collection, None)
+        for table in self._tables(collection):
+            for page in read_pages(table, ["metadatas"], page_rows):
+                yield table.name == base, [{"id": i} | {k: m[k] for k in LABEL_COLUMNS}
+                                           for i, m in zip(page["ids"], page["metadatas"], strict=True)]
 
     def shared_page(self, collection: str, limit: int) -> list[dict]:
         shared = self._find(chunk_table_name(collection, None))

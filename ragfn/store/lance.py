@@ -20,12 +20,11 @@ re-reads and retries (`merge_insert` does so by itself). Ordering does not depen
   be RAGFN_LANCEDB_REFRESH_SECONDS old, and a Lance delete removes only rows of the version it read (rows another
   writer appended meanwhile survive it), which let a loser's row outlive a race on moto's S3.
 So the rows left are the newest committed version's, whatever the interleaving. The winner deletes in its tenant's
-table and in that of the tenant its `before` read names. Left open: while an operator re-maps a document's tenant,
-an older version committing between the newer one's `before` read and its record keeps its rows in the old
-tenant's table, and a delete racing an uncommitted version of the new tenant leaves that version's rows; either is
-readable by that one tenant only, and nothing sweeps them yet (the shared layout's deletes by document id did).
-A writer that dies between writing rows and committing leaves rows labelled with an uncommitted version; the
-document's next commit or tombstone removes them (as on Chroma).
+table and in that of the tenant its `before` read names. Two interleavings escape that while an operator re-maps a
+document's tenant (an older version recording between the newer one's `before` read and its record, a delete racing
+an uncommitted version of another tenant), and a writer that dies after writing rows of a version that has lost
+leaves them too: maintenance sweeps such rows (ragfn.store.orphans). Rows of a version whose writer died before its
+record are removed by the document's next commit or tombstone (as on Chroma).
 """
 
 from __future__ import annotations
@@ -72,6 +71,7 @@ from ragfn.store.partitions import (
     merge_hits,
     move_shared_rows,
 )
+from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.vectors import decode_vector
 
 
@@ -378,6 +378,8 @@ class LanceIndex:  # implements ragfn.store.base.Index
                 deadline=deadline if deadline is not None else started + 60))
             if report["shared_rows_moved"]:
                 self._shared.forget(collection)
+            report["orphan_rows_removed"] = sum(n for _, n in sweep_orphans(
+                self, collection, deadline=deadline if deadline is not None else started + 60))
             tables = self._tables(collection)
             report["tables"] = len(tables)
             indexes = optimize = 0.0
@@ -413,6 +415,13 @@ class LanceIndex:  # implements ragfn.store.base.Index
     def _count_shared(self, collection: str) -> int:
         shared = self._open(chunk_table_name(collection, None))
         return 0 if shared is None else shared.count_rows("tenant != ''")
+
+    def label_pages(self, collection: str, *, page_rows: int = 50_000) -> Iterator[tuple[bool, list[dict]]]:
+        base = chunk_table_name(collection, None)
+        for table in self._tables(collection):
+            table.checkout_latest()
+            for batch in table.search().select(["id", *LABEL_COLUMNS]).limit(None).to_batches(page_rows):
+                yield table.name == base, batch.to_pylist()
 
     def shared_page(self, collection: str, limit: int) -> list[dict]:
         shared = self._open(chunk_table_name(collection, None))

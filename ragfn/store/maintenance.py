@@ -1,9 +1,9 @@
 """Scheduled index maintenance (functions/maintain): every collection in turn, within a time budget, with metrics.
 
 A PingSource in the cluster (manifests/components/lancedb) and a timer in `ragfn dev` call it. On LanceDB it folds
-new rows into the indexes, compacts, builds the vector index once a table is large enough and removes old versions;
-Chroma has nothing to do. Collections the budget did not reach are taken first next time, so a large collection
-cannot starve the others.
+new rows into the indexes, compacts, builds the vector index once a table is large enough and removes old versions.
+On both backends it moves rows from before the table-per-tenant layout and sweeps orphaned rows (ragfn.store.orphans).
+Collections the budget did not reach are taken first next time, so a large collection cannot starve the others.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class MaintenanceMetrics:
         self.shared_rows_moved = Counter("ragfn_store_shared_rows_moved", "rows moved from a collection's shared "
                                          "table (before the table-per-tenant layout) to their tenants' tables",
                                          registry=self.registry)
+        self.orphan_rows_removed = Counter("ragfn_store_orphan_rows_removed", "rows labelled older than their "
+                                           "document's record, which no commit or delete had removed",
+                                           registry=self.registry)
 
 
 class Maintenance:
@@ -87,6 +90,7 @@ class Maintenance:
         self.metrics.unindexed.set(sum(r.get("unindexed_rows", 0) for r in reports))
         self.metrics.versions_removed.inc(sum(r.get("versions_removed", 0) for r in reports))
         self.metrics.shared_rows_moved.inc(sum(r.get("shared_rows_moved", 0) for r in reports))
+        self.metrics.orphan_rows_removed.inc(sum(r.get("orphan_rows_removed", 0) for r in reports))
         for report in reports:
             for step in ("indexes", "optimize"):
                 if f"{step}_seconds" in report:
