@@ -44,6 +44,7 @@ from ragfn.store.chroma_tables import (
     read_pages,
     where,
 )
+from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.partitions import (
     SHARED_PAGE_ROWS,
     SharedRows,
@@ -56,7 +57,6 @@ from ragfn.store.partitions import (
     merge_hits,
     move_shared_rows,
 )
-from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.vectors import decode_vector
 
 

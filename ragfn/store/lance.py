@@ -59,6 +59,7 @@ from ragfn.store.lance_tables import (
     sql,
     version_label,
 )
+from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.partitions import (
     SHARED_PAGE_ROWS,
     SharedRows,
@@ -71,7 +72,6 @@ from ragfn.store.partitions import (
     merge_hits,
     move_shared_rows,
 )
-from ragfn.store.orphans import LABEL_COLUMNS, sweep_orphans
 from ragfn.store.vectors import decode_vector
 
 
