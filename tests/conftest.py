@@ -112,6 +112,30 @@ def ragfn_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
+def write_service_keys(path: Path, *keys: str) -> Path:
+    path.write_text("".join(f"{key}\n" for key in keys or (f"k{random.getrandbits(256):064x}",)))
+    return path
+
+
+@pytest.fixture
+def service_keys(tmp_path, monkeypatch):
+    """A service key file in RAGFN_SERVICE_KEYS_FILE (the gateway signs its calls to retrieve and cache-check with
+    it), and the signer: `service_keys.headers(audience, tenant, groups)`."""
+    from ragfn.core.service_auth import ServiceKeys
+
+    path = write_service_keys(tmp_path / "service-keys")
+    monkeypatch.setenv("RAGFN_SERVICE_KEYS_FILE", str(path))
+    return ServiceSigner(ServiceKeys(path))
+
+
+class ServiceSigner:
+    def __init__(self, keys) -> None:
+        self.keys, self.path = keys, keys.path
+
+    def headers(self, audience: str, tenant: str | None, groups=()) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys.sign(audience, tenant, tuple(groups))}"}
+
+
 @contextlib.contextmanager
 def served(argv: list[str], log_path: Path, ready: str):
     """A server process on loopback, until the block ends; yields once `ready` (a URL) answers."""

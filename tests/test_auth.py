@@ -207,3 +207,18 @@ def test_authorize_narrows_but_never_widens() -> None:
     with pytest.raises(Forbidden, match="finance") as caught:
         authorize(me, groups=["eng", "finance"])
     assert caught.value.status == 403
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "cannot read"), ("", "holds no key"), ("# only a comment\n\n", "holds no key"),
+    ("k" * 64 + "\nshort\n", "key 2 is shorter than 32 bytes"),
+])
+def test_a_service_key_file_that_cannot_sign_is_refused_at_start_up(tmp_path, content, problem):
+    from ragfn.core.service_auth import ServiceKeys
+
+    path = tmp_path / "service-keys"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=problem) as raised:
+        ServiceKeys(path)
+    assert "RAGFN_SERVICE_KEYS_FILE" in str(raised.value) and "short" not in str(raised.value).split(":")[0]

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-
 from conftest import DEV_PORTS, REPO, DevProcess, free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
@@ -27,9 +26,8 @@ GUIDE = "# Caching\n\nThe cache keeps answers for a day.\n\n## Invalidation\n\nA
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, model_dir, chat_server):
-    from moto.server import ThreadedMotoServer
-
     from chat_server import API_KEY
+    from moto.server import ThreadedMotoServer
 
     root = tmp_path_factory.mktemp("dev")
     moto_port = free_port()
@@ -193,6 +191,11 @@ def test_ask_answers_through_the_dev_stacks_predictor(stack):
     assert answer["degraded"] is None and "KServe predictor" in answer["answer"]
     metrics = httpx.get(predictor.removesuffix("/v1") + "/metrics").text
     assert 'ragfn_predictor_requests_total{model="ragfn",outcome="stop"}' in metrics
+    # dev wires the gateway's signed calls by itself: the functions behind it refuse a caller named in the body
+    for name in ("ragfn-retrieve", "ragfn-cache-check"):
+        refused = httpx.post(stack["state"]["functions"][name], json={"question": "What does the dev stack start?",
+                                                                      "tenant": ""})
+        assert refused.status_code == 401, refused.text
 
 
 def test_sampled_answers_reach_the_background_judge_through_the_broker(stack):

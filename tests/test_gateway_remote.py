@@ -23,12 +23,13 @@ import httpx
 import pytest
 import redis
 from chat_server import API_KEY, ChatServer
-from conftest import REPO, free_port, wait_http
+from conftest import REPO, ServiceSigner, free_port, wait_http, write_service_keys
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from ragfn.core.config import OFFLINE_MODEL, Settings
 from ragfn.core.errors import Unavailable
+from ragfn.core.service_auth import ServiceKeys
 from ragfn.core.telemetry import traced_http_client
 from ragfn.gateway.ask import NO_RETRIEVAL
 from ragfn.gateway.backends import AnswerKey, RetrievalQuery
@@ -107,9 +108,11 @@ def cluster(tmp_path_factory, model_dir, chroma_server):
     chat = TracedChat()
     chat.thread.start()
     prefix = f"rc-{RUN}"
+    service_keys = write_service_keys(root / "service-keys")  # the gateway signs, retrieve and cache-check verify
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAGFN_", "OTEL_")) and k != "K_SINK"}
     base |= {"PYTHONPATH": str(REPO), "RAGFN_TRACE_FILE": str(root / "traces.jsonl"), "THREADS": "4",
-             "RAGFN_EMBED_MODEL": OFFLINE_MODEL, "RAGFN_EMBED_MODEL_PATH": str(model_dir)}
+             "RAGFN_EMBED_MODEL": OFFLINE_MODEL, "RAGFN_EMBED_MODEL_PATH": str(model_dir),
+             "RAGFN_SERVICE_KEYS_FILE": str(service_keys)}
     retrieve = Service("retrieve", "retrieve", base | {"RAGFN_HOME": str(root / "retrieve"),
                                                        "RAGFN_CHROMA_URL": chroma_server}, root)
     cache = Service("cache-check", "cache_check", base | {"RAGFN_HOME": str(root / "cache"),
@@ -126,7 +129,8 @@ def cluster(tmp_path_factory, model_dir, chroma_server):
             service.start()
         for service in services.values():
             service.wait()
-        yield {"root": root, "services": services, "chat": chat, "ask": f"{ask.url}/v1/ask"}
+        yield {"root": root, "services": services, "chat": chat, "ask": f"{ask.url}/v1/ask",
+               "signer": ServiceSigner(ServiceKeys(service_keys))}
     finally:
         for service in services.values():
             service.stop()
@@ -136,11 +140,12 @@ def cluster(tmp_path_factory, model_dir, chroma_server):
             client.delete(key)
 
 
-def warm(service: Service) -> None:
+def warm(service: Service, signer: ServiceSigner) -> None:
     """The first real request loads the model; make it before the gateway's (shorter) timeouts apply."""
-    body = ({"question": "warm up", "tenant": TENANT} if service.name == "retrieve" else
-            {"op": "lookup", "question": "warm up", "tenant": TENANT, "model": "warm", "prompt_version": "v0"})
-    assert httpx.post(service.url, json=body, timeout=120).status_code == 200
+    body = ({"question": "warm up"} if service.name == "retrieve" else
+            {"op": "lookup", "question": "warm up", "model": "warm", "prompt_version": "v0"})
+    response = httpx.post(service.url, json=body, timeout=120, headers=signer.headers(service.name, TENANT))
+    assert response.status_code == 200, response.text
 
 
 @pytest.fixture
@@ -151,7 +156,7 @@ def stack(cluster):
             service.start()
             service.wait()
     for name in ("retrieve", "cache"):
-        warm(cluster["services"][name])
+        warm(cluster["services"][name], cluster["signer"])
     return cluster
 
 
@@ -340,17 +345,17 @@ class SlowServer:
         return Response(json.dumps({"cache": "miss"}), mimetype="application/json")
 
 
-def test_remote_calls_time_out_and_open_the_breaker():
-    http = traced_http_client()
+def test_remote_calls_time_out_and_open_the_breaker(tmp_path):
+    http, keys = traced_http_client(), ServiceKeys(write_service_keys(tmp_path / "service-keys"))
     slow = SlowServer(delay=2.0)
     key = AnswerKey(Caller("acme", ("eng",)), "default", "m", "v1")
     try:
-        cache = HttpAnswerCache(slow.url, http, timeout_seconds=0.3)
+        cache = HttpAnswerCache(slow.url, http, keys, timeout_seconds=0.3)
         started = time.monotonic()
         with pytest.raises(Unavailable, match="timed out"):
             cache.lookup("q", key)
         assert time.monotonic() - started < 1.5
-        retrieval = HttpRetrieval(f"http://127.0.0.1:{free_port()}", http, timeout_seconds=1.0)  # nothing listens
+        retrieval = HttpRetrieval(f"http://127.0.0.1:{free_port()}", http, keys, timeout_seconds=1.0)  # nothing listens
         for _ in range(3):
             with pytest.raises(Unavailable, match="cannot reach retrieve"):
                 retrieval.retrieve(RetrievalQuery("q", Caller("acme")))

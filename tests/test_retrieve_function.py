@@ -23,7 +23,7 @@ DOCS = {
 
 
 @pytest.fixture
-def client(ragfn_env, tmp_path):
+def client(ragfn_env, tmp_path, service_keys):
     runtime = Runtime(ragfn_env)
     for name, text in DOCS.items():
         (tmp_path / name).write_text(text)
@@ -32,8 +32,13 @@ def client(ragfn_env, tmp_path):
                       signature_type="http").test_client()
 
 
-def test_hits_and_numbered_passages_for_the_caller(client, tmp_path):
-    response = client.post("/", json={"question": "how do I sort a list?", "tenant": "acme", "top_k": 3})
+def as_caller(service_keys, tenant: str | None = "acme", groups=()) -> dict[str, str]:
+    return service_keys.headers("retrieve", tenant, groups)
+
+
+def test_hits_and_numbered_passages_for_the_caller(client, tmp_path, service_keys):
+    acme = as_caller(service_keys)
+    response = client.post("/", json={"question": "how do I sort a list?", "top_k": 3}, headers=acme)
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert body["hits"][0]["source"] == f"file://{tmp_path}/lists.md"
@@ -42,9 +47,11 @@ def test_hits_and_numbered_passages_for_the_caller(client, tmp_path):
     assert DOCS["lists.md"][first["start"]:first["end"]] == first["text"]
     assert all(not h["source"].endswith("hr.md") for h in body["hits"])
     assert body["timings_ms"]["retrieve"] > 0
-    hr = client.post("/", json={"question": "salary bands", "tenant": "acme", "groups": ["hr"], "mode": "lexical"})
+    hr = client.post("/", json={"question": "salary bands", "mode": "lexical"},
+                     headers=as_caller(service_keys, groups=["hr"]))
     assert hr.get_json()["hits"][0]["source"].endswith("hr.md")
-    assert client.post("/", json={"question": "salary bands", "tenant": "globex"}).get_json()["hits"] == []
+    assert client.post("/", json={"question": "salary bands"},
+                       headers=as_caller(service_keys, "globex")).get_json()["hits"] == []
 
 
 @pytest.mark.parametrize("body, field", [
@@ -56,14 +63,89 @@ def test_hits_and_numbered_passages_for_the_caller(client, tmp_path):
     ({"question": "ok", "unexpected": 1}, "unexpected"),
     ({}, "question"),
 ])
-def test_bad_requests_name_the_field(client, body, field):
-    response = client.post("/", json=body)
+def test_bad_requests_name_the_field(client, service_keys, body, field):
+    response = client.post("/", json=body, headers=as_caller(service_keys))
     assert response.status_code == 400 and field in response.get_json()["message"]
 
 
-def test_non_json_body_is_a_400(client):
-    response = client.post("/", data=b"\xff\xfe binary", headers={"content-type": "application/json"})
+def test_non_json_body_is_a_400(client, service_keys):
+    response = client.post("/", data=b"\xff\xfe binary",
+                           headers={"content-type": "application/json"} | as_caller(service_keys))
     assert response.status_code == 400 and "JSON" in response.get_json()["message"]
+
+
+# Security: retrieve took tenant and groups from the body, so any pod that could reach it read any tenant's passages.
+def test_the_caller_comes_from_the_gateways_token_never_from_the_body(client, service_keys, tmp_path):
+    question = {"question": "salary bands", "mode": "lexical"}
+    unsigned = client.post("/", json=question | {"tenant": "acme", "groups": ["hr"]})
+    assert unsigned.status_code == 401 and "service token" in unsigned.get_json()["message"]
+    assert client.post("/", json=question).status_code == 401
+    # a token naming acme without hr cannot be widened by the body
+    widened = client.post("/", json=question | {"tenant": "acme", "groups": ["hr"]}, headers=as_caller(service_keys))
+    assert widened.status_code == 400 and "tenant" in widened.get_json()["message"]
+    key = service_keys.path.read_text().strip()
+    for forged in (service_keys.headers("cache-check", "acme", ["hr"]),  # a token meant for another service
+                   {"Authorization": "Bearer " + forge("retrieve", "acme", ["hr"], "k" * 64)},  # another key
+                   {"Authorization": "Bearer " + forge("retrieve", "acme", ["hr"], key, expires_in=-60)},  # expired
+                   {"Authorization": "Bearer " + forge("retrieve", "acme", ["hr"], key, algorithm="none")},
+                   {"Authorization": "Basic YWNtZTpocg=="}, {"Authorization": "Bearer not.a.token"}):
+        refused = client.post("/", json=question, headers=forged)
+        assert refused.status_code == 401, (forged, refused.get_json())
+    hr = client.post("/", json=question, headers=as_caller(service_keys, groups=["hr"]))
+    assert hr.status_code == 200 and hr.get_json()["hits"][0]["source"].endswith("hr.md")
+
+
+def forge(audience: str, tenant: str, groups: list[str], key: str, *, expires_in: int = 60,
+          algorithm: str = "HS256") -> str:
+    import time
+
+    import jwt
+
+    from ragfn.core.service_auth import ISSUER, key_id
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": audience, "iat": now - 120, "exp": now + expires_in, "tenant": tenant,
+              "groups": groups}
+    if expires_in > 0:
+        claims["iat"] = now
+    if algorithm == "none":
+        return jwt.encode(claims, None, algorithm="none", headers={"kid": key_id(key.encode())})
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": key_id(key.encode())})
+
+
+def test_service_keys_rotate_without_a_restart(client, service_keys, monkeypatch):
+    from conftest import write_service_keys
+
+    from ragfn.core.service_auth import ServiceKeys
+
+    monkeypatch.setattr("ragfn.core.service_auth.RELOAD_SECONDS", 0.0)  # every process reads the file each time
+    old, new = service_keys.path.read_text().strip(), "n" * 64
+    gateway = ServiceKeys(service_keys.path)
+
+    def status(token: str) -> int:
+        return client.post("/", json={"question": "sort a list"}, headers={"Authorization": f"Bearer {token}"}
+                           ).status_code
+
+    def signed() -> int:
+        return status(gateway.sign("retrieve", "acme", ()))
+
+    assert signed() == 200 and status(forge("retrieve", "acme", [], new)) == 401
+    write_service_keys(service_keys.path, old, new)  # 1. every service learns the new key
+    assert signed() == 200 and status(forge("retrieve", "acme", [], new)) == 200
+    write_service_keys(service_keys.path, new, old)  # 2. the gateway signs with it
+    assert signed() == 200 and status(forge("retrieve", "acme", [], old)) == 200
+    write_service_keys(service_keys.path, new)  # 3. the old key goes
+    assert signed() == 200 and status(forge("retrieve", "acme", [], old)) == 401
+    service_keys.path.write_text("")  # a half-written Secret update keeps the keys last read
+    assert signed() == 200
+
+
+def test_not_ready_without_a_service_key_file(ragfn_env, monkeypatch):
+    monkeypatch.delenv("RAGFN_SERVICE_KEYS_FILE", raising=False)
+    client = create_app(target="handle", source=str(REPO / "functions" / "retrieve" / "main.py"),
+                        signature_type="http").test_client()
+    probe = client.get("/")
+    assert probe.status_code >= 500 and "RAGFN_SERVICE_KEYS_FILE" in probe.get_json()["message"]
 
 
 @pytest.mark.unit

@@ -130,7 +130,8 @@ def second_gateway(dev_chat, log_dir, **settings: str):
     port = free_port()
     env = {k: v for k, v in dev_chat.env.items() if k != "RAGFN_REDIS_URL"} | {
         "RAGFN_API_KEYS_FILE": str(dev_chat.home / "dev-keys.json"), "RAGFN_CHROMA_URL": dev_chat.state["chroma_url"],
-        "RAGFN_RETRIEVE_URL": dev_chat.state["functions"]["ragfn-retrieve"], **settings}
+        "RAGFN_RETRIEVE_URL": dev_chat.state["functions"]["ragfn-retrieve"],
+        "RAGFN_SERVICE_KEYS_FILE": str(dev_chat.home / "service-keys"), **settings}
     with (log_dir / "ask.log").open("wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "ragfn.serve.gateway_app", "--port", str(port)],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

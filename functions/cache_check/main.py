@@ -4,11 +4,12 @@ Both targets run from this file: `--target handle` is the query-path service (th
 RAGFN_CACHE_URL points here), `--target invalidate` the Trigger subscriber. They share nothing but Redis, so they
 scale apart.
 
-    {"op": "lookup", "question", "tenant", "groups", "collection", "model", "prompt_version"}
+    {"op": "lookup", "question", "collection", "model", "prompt_version"}
         -> {"cache": "hit", "tier", "answer", "question", "similarity"} | {"cache": "miss"} | {"cache": "off"}
     {"op": "store", ..., "answer": {"answer", "citations"}, "cited": [document ids]}
         -> {"cache": "on", "stored": bool} | {"cache": "off"}
-Redis down is a 503, so the gateway's breaker counts it and the answer goes on without the cache.
+Redis down is a 503, so the gateway's breaker counts it and the answer goes on without the cache. The caller (tenant
+and groups, which scope every entry) comes from the gateway's signed token only (ragfn.core.service_auth).
 """
 
 from typing import Literal
@@ -31,8 +32,6 @@ class CacheRequest(BaseModel):
 
     op: Literal["lookup", "store"]
     question: str = Field(min_length=1, max_length=4000)
-    tenant: str | None = None
-    groups: list[str] = Field(default_factory=list)
     collection: str = "default"
     model: str = Field(min_length=1)
     prompt_version: str = Field(min_length=1)
@@ -41,7 +40,7 @@ class CacheRequest(BaseModel):
 
 
 @json_function("cache-check", request_model=CacheRequest)
-def handle(request: CacheRequest, runtime: Runtime) -> dict:
+def handle(request: CacheRequest, runtime: Runtime, caller: Caller) -> dict:
     span = trace.get_current_span()  # the function's span, opened by json_function
     span.set_attribute("rag.cache.op", request.op)
     if runtime.redis is None:  # other processes (the invalidate target) could not evict an in-memory entry
@@ -50,8 +49,7 @@ def handle(request: CacheRequest, runtime: Runtime) -> dict:
     if request.op == "store" and request.answer is None:
         raise BadEvent("op=store needs an answer")
     cache = runtime.local_answer_cache  # never runtime.answer_cache: that may point back here
-    key = AnswerKey(Caller(request.tenant, tuple(request.groups)), request.collection, request.model,
-                    request.prompt_version)
+    key = AnswerKey(caller, request.collection, request.model, request.prompt_version)
     if request.op == "store":
         stored = cache.store(request.question, key, request.answer, request.cited, Lookup("miss"))
         span.set_attribute("rag.cache.stored", stored)

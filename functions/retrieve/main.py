@@ -1,5 +1,8 @@
 """retrieve: a question in, the passages the caller may read out, ranked and cut to a token budget.
 
+The caller (tenant and groups) comes from the gateway's signed token only (ragfn.core.service_auth); a body naming
+a tenant or groups is refused.
+
 With the vector store down it answers from the lexical snapshot and says so: `"degraded": "vector-store-unavailable"`.
 """
 
@@ -22,16 +25,14 @@ class RetrieveRequest(BaseModel):
     collection: str = "default"
     top_k: int = Field(10, ge=1, le=100)
     mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
-    tenant: str | None = None  # the gateway authenticates and sets these; retrieve is not exposed publicly
-    groups: list[str] = Field(default_factory=list)
     budget_tokens: int = Field(1500, ge=50, le=32000)
 
 
 @json_function("retrieve", request_model=RetrieveRequest, uses_index=True)
-def handle(request: RetrieveRequest, runtime: Runtime) -> dict:
+def handle(request: RetrieveRequest, runtime: Runtime, caller: Caller) -> dict:
     started = time.perf_counter()
-    query = RetrievalQuery(request.question, Caller(request.tenant, tuple(request.groups)), request.collection,
-                           request.top_k, request.mode, request.budget_tokens)
+    query = RetrievalQuery(request.question, caller, request.collection, request.top_k, request.mode,
+                           request.budget_tokens)
     retrieved = runtime.local_retrieval.retrieve(query)  # never runtime.retrieval: that may point back here
     attributes = {"rag.retrieval.mode": request.mode, "rag.degraded": bool(retrieved.degraded),
                   **retrieval_attributes(retrieved.hits, retrieved.passages)}

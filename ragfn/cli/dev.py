@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from ragfn.cli.dev_chat import dev_key_path, gateway_env, ui_available, ui_command
+from ragfn.cli.dev_chat import dev_key_path, ensure_service_keys, gateway_env, ui_available, ui_command
 from ragfn.core.config import Settings
 from ragfn.core.errors import ConfigError, Unavailable
 from ragfn.eventing.broker import LocalBroker
@@ -168,6 +168,7 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     # the functions run in the checkout; `ragfn ingest --dev PATH` names files under the folder dev started in
     env.setdefault("RAGFN_FILE_ROOTS", str(Path.cwd()))
+    env["RAGFN_SERVICE_KEYS_FILE"] = str(ensure_service_keys(settings).resolve())  # gateway -> retrieve, cache-check
     chroma_url = settings.chroma_url
     if settings.store == "lancedb":
         chroma_url = None  # every function opens the same LanceDB folder or bucket; no server to start

@@ -19,17 +19,32 @@ def dev_key_path(settings: Settings) -> Path:
     return settings.home / "dev-key"
 
 
+def _secret_file(path: Path, content: str) -> None:
+    """Writes a file created 0600 from the start: a secret must not be readable by others even for an instant."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)
+
+
+def ensure_service_keys(settings: Settings) -> Path:
+    """The key file the dev gateway signs its calls to retrieve and cache-check with (ragfn.core.service_auth):
+    RAGFN_SERVICE_KEYS_FILE when set, else one made under RAGFN_HOME and kept across restarts."""
+    if settings.service_keys_file is not None:
+        return settings.service_keys_file
+    path = settings.home / "service-keys"
+    if not path.is_file() or not path.read_text().strip():
+        _secret_file(path, secrets.token_hex(32) + "\n")
+    return path
+
+
 def ensure_dev_key(settings: Settings) -> tuple[Path, str]:
     """(key file, plaintext key) for the untenanted space, which `ragfn ingest` without --tenant fills.
 
     Kept across restarts so a signed-in browser stays signed in; only its digest goes into the key file."""
     plain = dev_key_path(settings)
     if not plain.is_file() or not plain.read_text().strip():
-        plain.parent.mkdir(parents=True, exist_ok=True)
-        # created 0600 from the start: the key must not be readable by others even for an instant
-        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"rfk-{secrets.token_urlsafe(24)}\n")
+        _secret_file(plain, f"rfk-{secrets.token_urlsafe(24)}\n")
     key = plain.read_text().strip()
     keys_file = settings.home / "dev-keys.json"
     keys_file.write_text(json.dumps({ApiKeys.hash(key): {"tenant": "", "groups": [], "name": DEV_KEY_NAME}}))

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")
     jwt_secret: str | None = Field(None, description="HS256 secret; enables JWT bearer tokens with tenant/groups")
     jwt_audience: str | None = None
+    service_keys_file: Path | None = Field(None, description="HS256 keys, one per line, for the gateway's signed "
+                                           "calls to retrieve and cache-check (ragfn.core.service_auth)")
     rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
     rate_window_seconds: float = Field(60.0, gt=0)
 

@@ -3,7 +3,8 @@
 Both speak the functions' own JSON (`functions/retrieve`, `functions/cache_check`). Every call goes through one
 pooled `httpx.Client` (keep-alive connections; a span per request, `traceparent` carried on: `traced_http_client`),
 has its own timeout, and runs inside the implementation's circuit breaker, so a down service degrades the answer
-exactly as the in-process failure would.
+exactly as the in-process failure would. Every call carries a token signed for that service with the caller's tenant
+and groups (ragfn.core.service_auth): the services take the caller from it, never from the body.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import httpx
 
 from ragfn.cache.redis_cache import CacheHit
 from ragfn.core.errors import ConfigError, RagfnError, Unavailable, is_retryable_status
+from ragfn.core.service_auth import ServiceKeys
 from ragfn.gateway.backends import AnswerKey, Lookup, RetrievalQuery, Retrieved, gateway_breaker
 from ragfn.gateway.breaker import CircuitBreaker
 from ragfn.retrieval.context import Passage
-from ragfn.retrieval.dense import Hit
+from ragfn.retrieval.dense import Caller, Hit
 
 
 class UpstreamRejected(RagfnError):
@@ -28,16 +30,18 @@ class UpstreamRejected(RagfnError):
 class JsonService:
     """POST a JSON body, get a JSON object back; transport faults, timeouts, 404/429/5xx become Unavailable."""
 
-    def __init__(self, name: str, url: str, http: httpx.Client, *, timeout_seconds: float) -> None:
+    def __init__(self, name: str, url: str, http: httpx.Client, keys: ServiceKeys, *, timeout_seconds: float) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{name} URL {url!r} is not http(s)", hint=f"e.g. http://ragfn-{name}.default.svc")
-        self.name, self.url, self.http = name, url, http
+        self.name, self.url, self.http, self.keys = name, url, http, keys
         # connect fails fast (nothing listening); the read timeout bounds a slow or cold service
         self.timeout = httpx.Timeout(timeout_seconds, connect=min(2.0, timeout_seconds))
 
-    def post(self, body: dict) -> dict:
+    def post(self, body: dict, caller: Caller) -> dict:
+        token = self.keys.sign(self.name, caller.tenant, caller.groups)
         try:
-            response = self.http.post(self.url, json=body, timeout=self.timeout)
+            response = self.http.post(self.url, json=body, timeout=self.timeout,
+                                      headers={"Authorization": f"Bearer {token}"})
         except httpx.TimeoutException as exc:
             raise Unavailable(f"{self.name} at {self.url} timed out ({type(exc).__name__})",
                               hint=f"a cold or overloaded {self.name} service") from exc
@@ -71,17 +75,16 @@ class HttpRetrieval:
 
     remote = True
 
-    def __init__(self, url: str, http: httpx.Client, *, timeout_seconds: float = 10.0,
+    def __init__(self, url: str, http: httpx.Client, keys: ServiceKeys, *, timeout_seconds: float = 10.0,
                  breaker: CircuitBreaker | None = None) -> None:
-        self.service = JsonService("retrieve", url, http, timeout_seconds=timeout_seconds)
+        self.service = JsonService("retrieve", url, http, keys, timeout_seconds=timeout_seconds)
         self.breaker = breaker or gateway_breaker("retrieve")
 
     def retrieve(self, query: RetrievalQuery) -> Retrieved:
         body = {"question": query.question, "collection": query.collection, "top_k": query.top_k,
-                "mode": query.mode, "tenant": query.caller.tenant, "groups": list(query.caller.groups),
-                "budget_tokens": query.budget_tokens}
+                "mode": query.mode, "budget_tokens": query.budget_tokens}
         with self.breaker.guard():  # a malformed answer counts as a failure too
-            payload = self.service.post(body)
+            payload = self.service.post(body, query.caller)
             try:
                 hits = [Hit(h["chunk_id"], h["source"], h["text"], float(h["score"])) for h in payload["hits"]]
                 passages = [Passage(**p) for p in payload["passages"]]
@@ -96,19 +99,18 @@ class HttpAnswerCache:
 
     remote = True
 
-    def __init__(self, url: str, http: httpx.Client, *, timeout_seconds: float = 2.0,
+    def __init__(self, url: str, http: httpx.Client, keys: ServiceKeys, *, timeout_seconds: float = 2.0,
                  breaker: CircuitBreaker | None = None) -> None:
-        self.service = JsonService("cache-check", url, http, timeout_seconds=timeout_seconds)
+        self.service = JsonService("cache-check", url, http, keys, timeout_seconds=timeout_seconds)
         self.breaker = breaker or gateway_breaker("cache-check")
 
     @staticmethod
     def _scope(key: AnswerKey) -> dict:
-        return {"tenant": key.caller.tenant, "groups": list(key.caller.groups), "collection": key.collection,
-                "model": key.model, "prompt_version": key.prompt_version}
+        return {"collection": key.collection, "model": key.model, "prompt_version": key.prompt_version}
 
     def lookup(self, question: str, key: AnswerKey) -> Lookup:
         with self.breaker.guard():
-            payload = self.service.post({"op": "lookup", "question": question, **self._scope(key)})
+            payload = self.service.post({"op": "lookup", "question": question, **self._scope(key)}, key.caller)
             status = payload.get("cache")
             if status == "hit":
                 try:
@@ -129,5 +131,5 @@ class HttpAnswerCache:
             return False
         with self.breaker.guard():
             payload = self.service.post({"op": "store", "question": question, "answer": answer, "cited": documents,
-                                         **self._scope(key)})
+                                         **self._scope(key)}, key.caller)
         return bool(payload.get("stored"))

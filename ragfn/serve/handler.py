@@ -32,6 +32,7 @@ from ragfn.core.errors import BadEvent, RagfnError, problems
 from ragfn.core.telemetry import configure_tracing, context_from_event, tracer
 from ragfn.eventing.publish import StageResult
 from ragfn.serve.runtime import Runtime
+from ragfn.store.base import Caller
 
 log = logging.getLogger("ragfn.handler")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -156,14 +157,16 @@ def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], I
         return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event())
 
 
-def _ready(name: str, runtime: LazyRuntime, uses_index: bool) -> flask.Response:
+def _ready(name: str, runtime: LazyRuntime, uses_index: bool, *, verifies_callers: bool = False) -> flask.Response:
     """The readiness probe: settings load, and the index answers where the function uses it. A bad RAGFN_STORE, an
     unreachable bucket or refused credentials keep a revision from turning ready (Knative keeps the last good one
-    serving) instead of failing its first request."""
-    return guarded(name, lambda: _check_ready(name, runtime, uses_index), lambda: None)
+    serving) instead of failing its first request; so does a missing service key file where callers are verified."""
+    return guarded(name, lambda: _check_ready(name, runtime, uses_index, verifies_callers), lambda: None)
 
 
-def _check_ready(name: str, runtime: LazyRuntime, uses_index: bool) -> flask.Response:
+def _check_ready(name: str, runtime: LazyRuntime, uses_index: bool, verifies_callers: bool) -> flask.Response:
+    if verifies_callers:
+        runtime.get().service_keys
     if uses_index and not runtime.index_ready:
         runtime.get().index.warm_up()
         runtime.index_ready = True
@@ -218,26 +221,31 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
 
 
 def json_function(name: str, *, request_model: type[BaseModel], uses_index: bool = False):
-    """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans."""
+    """A synchronous JSON-over-HTTP function (the query path): validated body in, JSON out, same errors and spans.
+    The caller comes from the gateway's signed token for `name` (ragfn.core.service_auth), checked first: a request
+    without a valid one is a 401 before its body is read."""
 
-    def decorate(handle: Callable[[BaseModel, Runtime], dict]) -> Callable[[flask.Request], flask.Response]:
+    def decorate(handle: Callable[[BaseModel, Runtime, Caller], dict]) -> Callable[[flask.Request], flask.Response]:
         runtime = LazyRuntime(f"ragfn-{name}")
 
         @functions_framework.http
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
             if request.method == "GET":
-                return _ready(name, runtime, uses_index)
+                return _ready(name, runtime, uses_index, verifies_callers=True)
 
             def run() -> flask.Response:
+                context = runtime.get()
+                identity = context.service_keys.verify(request.headers, audience=name)
+                caller = Caller(identity.tenant or None, identity.groups)
                 body = decode_json(request.get_data(cache=False))
                 try:
                     parsed = request_model.model_validate(body)
                 except ValidationError as exc:
                     raise BadEvent(f"invalid request: {problems(exc)}") from exc
-                context = runtime.get()
                 parent = context_from_event({k.lower(): v for k, v in request.headers.items()})
-                result = _in_span(name, parent, trace.SpanKind.SERVER, {}, lambda span: handle(parsed, context))
+                result = _in_span(name, parent, trace.SpanKind.SERVER, {"ragfn.caller.subject": identity.subject},
+                                  lambda span: handle(parsed, context, caller))
                 return flask.Response(json.dumps(result), status=200, mimetype="application/json")
 
             return guarded(name, run, lambda: None)

@@ -72,6 +72,18 @@ class Runtime:
         return traced_http_client(transport=httpx.HTTPTransport(retries=1, limits=limits))
 
     @cached_property
+    def service_keys(self):
+        """The keys the gateway signs its calls to retrieve and cache-check with, and they verify with."""
+        from ragfn.core.errors import ConfigError
+        from ragfn.core.service_auth import ServiceKeys
+
+        if self.settings.service_keys_file is None:
+            raise ConfigError("RAGFN_SERVICE_KEYS_FILE is not set: retrieve and cache-check take the caller only "
+                              "from a token the gateway signs", hint="mount the ragfn-service-keys Secret and point "
+                              "RAGFN_SERVICE_KEYS_FILE at it, in the gateway and in retrieve and cache-check")
+        return ServiceKeys(self.settings.service_keys_file)
+
+    @cached_property
     def local_retrieval(self):
         """Retrieval in this process; the retrieve function serves this, whatever RAGFN_RETRIEVE_URL says."""
         from ragfn.gateway.backends import LocalRetrieval
@@ -85,7 +97,7 @@ class Runtime:
             return self.local_retrieval
         from ragfn.gateway.remote import HttpRetrieval
 
-        return HttpRetrieval(self.settings.retrieve_url, self.http,
+        return HttpRetrieval(self.settings.retrieve_url, self.http, self.service_keys,
                              timeout_seconds=self.settings.retrieve_timeout_seconds)
 
     @cached_property
@@ -101,7 +113,8 @@ class Runtime:
             return self.local_answer_cache
         from ragfn.gateway.remote import HttpAnswerCache
 
-        return HttpAnswerCache(self.settings.cache_url, self.http, timeout_seconds=self.settings.cache_timeout_seconds)
+        return HttpAnswerCache(self.settings.cache_url, self.http, self.service_keys,
+                               timeout_seconds=self.settings.cache_timeout_seconds)
 
     @cached_property
     def cache(self):
