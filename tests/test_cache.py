@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -198,3 +200,17 @@ def test_guard_on_the_labelled_set():
     other = [r for p, r in zip(pairs, refused, strict=True) if p["label"] != "paraphrase"]
     assert len(pairs) >= 300 and len(para) >= 150
     assert 1 - sum(para) / len(para) >= 0.78 and sum(other) / len(other) >= 0.75
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("question", [
+    ";" * 3000 + " " + " ".join(["Word"] * 200),  # 22 s with the per-word regex over the text before each word
+    "a" * 4000, "a" * 3999 + "(", "; Who" * 800, "; None" * 660,
+])
+def test_the_guard_does_linear_work_on_a_hostile_question(question):
+    # Security: the guard holds the GIL, so one quadratic question stalls every request of the replica. A child
+    # process, so the old code's minutes end at the timeout instead of hanging the suite.
+    script = ("import sys; from ragfn.cache.guard import conflicting; q = sys.stdin.read()\n"
+              "for _ in range(5): conflicting(q, 'How do I sort a list?'); conflicting('How do I sort a list?', q)\n")
+    done = subprocess.run([sys.executable, "-c", script], input=question, text=True, timeout=30, capture_output=True)
+    assert done.returncode == 0, done.stderr

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # A small embedder (all-MiniLM-L6-v2) scores "sort a list" / "reverse a list" or "key exists" / "value exists" as
 # close as true paraphrases, so no threshold separates them (bench/cache_quality.py). These rules look for what the
 # embedding blurs. They are lexical, so the in-process cache applies them too, without another embedding call, and
 # each names its reason for the `guarded_*` counters.
 
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = frozenset(".?!:;")
 _TOKEN = re.compile(r"c\+\+|c#|\w+(?:'\w+)?", re.I)
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[A-Za-z_]\w*(?=\()|\b\w*[a-z]_\w+|\b[A-Z]?[a-z]+[A-Z]\w*")
+# each alternative starts at a word's start only: tried inside a long word, each would rescan the word's rest
+_IDENTIFIER = re.compile(r"(?<!\w)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|(?<!\w)[A-Za-z_]\w*(?=\()|\b\w*[a-z]_\w+"
+                         r"|\b[A-Z]?[a-z]+[A-Z]\w*")
 _NUMBER = re.compile(r"(?<![\w.])(?:python|py)?(\d+(?:\.\d+)*)", re.I)  # "python3" is version 3, "win32" no number
 _NUMBER_WORDS = dict(zip("two three four five six seven eight nine ten eleven twelve hundred thousand".split(),
                          "2 3 4 5 6 7 8 9 10 11 12 100 1000".split()))  # not "one"/"zero": mostly pronoun, "zero-pad"
@@ -95,6 +100,17 @@ def _canon(word: str) -> str:
     return _CANON.get(word) or _CANON.get(_stem(word)) or _stem(word)
 
 
+def _words(text: str) -> Iterator[tuple[re.Match, bool]]:
+    """Each word of `text`, and whether it opens a sentence (the first word, or one after . ? ! : or ;).
+
+    One pass over the text: asking a regex whether the text before each word ends a sentence was quadratic, and a
+    4 kB question of semicolons and capitalised words held the GIL for seconds."""
+    end = None
+    for match in _WORD.finditer(text):
+        yield match, end is None or not _SENTENCE_END.isdisjoint(text[end:match.start()])
+        end = match.end()
+
+
 class _Question:
     """The features of one question that the guard compares."""
 
@@ -103,9 +119,11 @@ class _Question:
         for phrase, word in _PHRASES.items():
             low = low.replace(phrase, word)
         self.low = _TOKEN.findall(low)
-        self.asks = set(re.findall(r"(?:^|[.?!;:])\W*(who|when)\b", low))  # a person or a time, asked for
+        # a person or a time, asked for
+        self.asks = {m.group(0) for m, opens in _words(low) if opens and m.group(0) in ("who", "when")}
         # "none of" / a sentence opening with "None", not the value ("is None")
-        self.none_negates = bool(re.search(r"\bnone\b", text) or re.search(r"(?:^|[.?!:;])\W*None\b", text))
+        self.none_negates = bool(re.search(r"\bnone\b", text)) or any(
+            opens and m.group(0) == "None" for m, opens in _words(text))
         self.words = set(self.low) | {_canon(w) for w in self.low}
         self.numbers = set(_NUMBER.findall(text)) | {_NUMBER_WORDS[w] for w in self.low if w in _NUMBER_WORDS}
         # "one" counts as 1 only before a content word ("with one element"), not as a pronoun ("pick one", "one of")
@@ -129,9 +147,9 @@ class _Question:
                 self.content.append(term)
         self.slots.setdefault("lang", {"python"})  # a question naming no language is about Python
         idents = {m.split(".")[-1].lower() for m in _IDENTIFIER.findall(text)}
-        capitals = {m.group(0).lower() for m in re.finditer(r"\w+", text) if m.group(0) != "I" and (
+        capitals = {m.group(0).lower() for m, opens in _words(text) if m.group(0) != "I" and (
             (m.group(0).isupper() and len(m.group(0)) > 1 and m.group(0).isalpha())
-            or (m.group(0)[0].isupper() and not re.search(r"(^|[.?!:;])\W*$", text[:m.start()])))}
+            or (m.group(0)[0].isupper() and not opens))}
         self.names = {n for n in idents | capitals if _canon(n) not in _SLOT_OF}  # slots judge those
 
     def negated(self, other: _Question) -> bool:
