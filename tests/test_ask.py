@@ -206,7 +206,7 @@ def test_a_json_body_over_the_limit_is_refused_before_it_is_read(gateway):
     big = {"question": "x" * 200_000}
     for route in ("/v1/ask", "/v1/feedback"):
         refused = app.post(route, json=big, headers={"Authorization": "Bearer key-acme"})
-        assert refused.status_code == 400 and refused.get_json()["error"] == "ObjectTooLarge", refused.get_json()
+        assert refused.status_code == 400 and refused.get_json()["error"] == "RequestTooLarge", refused.get_json()
     served = Served(app.application)
 
     def chunked():  # no Content-Length: the cap must hold while the body streams in
@@ -216,7 +216,7 @@ def test_a_json_body_over_the_limit_is_refused_before_it_is_read(gateway):
     try:
         response = httpx.post(f"{served.url}v1/ask", content=chunked(), timeout=30, headers={
             "Authorization": "Bearer key-acme", "Content-Type": "application/json"})
-        assert response.status_code == 400 and response.json()["error"] == "ObjectTooLarge", response.text
+        assert response.status_code == 400 and response.json()["error"] == "RequestTooLarge", response.text
     finally:
         served.server.shutdown()
     assert ask(app, "How do I sort a list?").status_code == 200  # an ordinary question still goes through

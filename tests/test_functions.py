@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -121,3 +122,52 @@ def test_missing_model_folder_is_a_retryable_config_error(ragfn_env, monkeypatch
 
 def test_get_is_a_readiness_probe(ragfn_env):
     assert client("index").get("/").get_json() == {"function": "index", "ready": True}
+
+
+class Body(io.RawIOBase):
+    """A request body that never ends, or that fails if read at all; what a function reads of it is counted."""
+
+    def __init__(self, *, readable: bool = True) -> None:
+        self.allowed, self.read_bytes = readable, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.allowed:
+            raise AssertionError("the body was read")
+        buffer[:] = b" " * len(buffer)
+        self.read_bytes += len(buffer)
+        return len(buffer)
+
+
+def send(app, headers: dict, body: Body, content_length: int | None) -> tuple[int, dict]:
+    """The function's WSGI app called as a server calls it, with `body` as wsgi.input: declared by a Content-Length,
+    or chunked (no length; the server marks the input terminated)."""
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(method="POST", path="/", headers=headers).get_environ()
+    environ["wsgi.input"] = io.BufferedReader(body)
+    if content_length is None:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = str(content_length)
+    answer = []
+    chunks = app.application(environ, lambda status, headers, exc_info=None: answer.append((status, dict(headers))))
+    return int(answer[0][0].split()[0]), json.loads(b"".join(chunks))
+
+
+# Security: the functions read the whole body before checking its size, so one request could make a pod buffer
+# any amount (or wait forever on a body with no end).
+@pytest.mark.parametrize("name, limit", [("chunk", 16 * 2**20), ("dead_letter", 16 * 2**20), ("retrieve", 256 * 2**10)])
+def test_a_body_over_the_limit_is_refused_before_it_is_read(ragfn_env, service_keys, name, limit):
+    app = client(name)
+    headers = {"ce-specversion": "1.0", "ce-type": events.DOCUMENT_UPSERTED, "ce-id": "1", "ce-source": "t",
+               "content-type": "application/json", **service_keys.headers("retrieve", "acme")}
+    status, body = send(app, headers, Body(readable=False), limit + 1)
+    assert status == 400 and "over the limit" in body["message"], body
+    endless = Body()
+    status, body = send(app, headers, endless, None)
+    assert status == 400 and "over the limit" in body["message"], body
+    assert endless.read_bytes <= limit + 2**16

@@ -9,7 +9,7 @@ import functions_framework
 
 from ragfn.core.config import load_settings
 from ragfn.eventing.dead_letters import open_dead_letters, receive
-from ragfn.serve.handler import guarded
+from ragfn.serve.handler import MAX_REQUEST_BYTES, guarded, read_body
 
 _store = []  # built on the first request, never at import
 
@@ -26,7 +26,8 @@ def handle(request: flask.Request) -> flask.Response:
         return flask.jsonify({"function": "dead-letter", "ready": True})
 
     def keep() -> flask.Response:
-        letter = receive(request.headers, request.get_data(cache=False), _letters())
+        body = read_body(request, MAX_REQUEST_BYTES, hint="a dead letter is the event the Broker could not deliver")
+        letter = receive(request.headers, body, _letters())
         return flask.jsonify({"stored": letter.id, "type": letter.event.get("type"), "trigger": letter.trigger})
 
     return guarded("dead-letter", keep, lambda: None)

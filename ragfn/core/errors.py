@@ -50,6 +50,11 @@ class ObjectTooLarge(BadEvent):
     pass
 
 
+class RequestTooLarge(ObjectTooLarge):
+    """A request body over its limit, refused unread. Its answer is streamed: functions-framework reads (and holds in
+    memory) the whole request before any other answer, which an endless chunked body would never end."""
+
+
 class ObjectNotFound(RagfnError):
     status = 404
 

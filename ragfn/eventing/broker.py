@@ -26,6 +26,7 @@ from ragfn.eventing.dead_letters import DeadLetterStore
 from ragfn.eventing.triggers import Trigger
 
 log = logging.getLogger("ragfn.broker")
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the functions take (ragfn.serve.handler.MAX_REQUEST_BYTES)
 
 
 class LocalBroker:
@@ -134,6 +135,8 @@ class LocalBroker:
 
     def app(self) -> flask.Flask:
         app = flask.Flask("ragfn-broker")
+        # Flask refuses a larger body (413) before reading it, or as soon as a chunked one passes the limit
+        app.config["MAX_CONTENT_LENGTH"] = MAX_EVENT_BYTES
         app.register_error_handler(RagfnError, lambda exc: (flask.jsonify(exc.to_dict()), exc.status))
 
         @app.post("/", defaults={"path": ""})

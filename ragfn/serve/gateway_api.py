@@ -35,8 +35,8 @@ class _Body(BaseModel):
 class ErrorBody(_Body):
     """Every refusal and failure: the error class, what is wrong, whether to retry, and how to fix it."""
 
-    error: str = Field(description="the ragfn error class, e.g. BadEvent, ObjectTooLarge, Unauthorized, Forbidden, "
-                       "RateLimitExceeded, Unavailable")
+    error: str = Field(description="the ragfn error class, e.g. BadEvent, ObjectTooLarge, RequestTooLarge, "
+                       "Unauthorized, Forbidden, RateLimitExceeded, Unavailable")
     message: str
     retryable: bool
     hint: str | None = Field(None, description="what to do about it; absent when there is nothing to add")

@@ -29,12 +29,13 @@ from ragfn.gateway.uploads import StatusQuery, Upload, Uploads, split_groups
 from ragfn.llm.client import shown_url
 from ragfn.retrieval.dense import Caller
 from ragfn.serve.gateway_api import FeedbackRequest, openapi_document
-from ragfn.serve.handler import LazyRuntime, decode_json, error_response, guarded
+from ragfn.serve.handler import LazyRuntime, decode_json, error_response, guarded, read_body
 from ragfn.serve.runtime import Runtime
 from ragfn.serve.wsgi import serve
 
 FORM_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers, and the small fields beside the file
 MAX_JSON_BYTES = 64 * 1024  # a question (4,000 characters) or a rating (2,000), many times over
+JSON_HINT = "send the question or rating as JSON of a few kilobytes"
 ROUTES = "POST /v1/ask, /v1/feedback, /v1/documents or /v1/warmup; GET /v1/me or /v1/documents/status"
 
 
@@ -66,18 +67,6 @@ def read_upload(request: flask.Request, limit: int) -> Upload:
         raise BadEvent("the form has no `file` field", hint="send the document as a form field named `file`")
     return Upload(file.filename or "", file.stream.read(limit + 1), form.get("collection") or "default",
                   split_groups(form.get("groups")))
-
-
-def read_json_body(request: flask.Request) -> bytes:
-    """At most MAX_JSON_BYTES of the body, with or without a Content-Length; more is refused, never read."""
-    too_large = ObjectTooLarge(f"the request body is over {MAX_JSON_BYTES} bytes",
-                               hint="send the question or rating as JSON of a few kilobytes")
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise too_large
-    data = request.stream.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise too_large
-    return data
 
 
 class AskService:
@@ -113,7 +102,8 @@ class AskService:
         """Who is calling (401 otherwise), within their rate limit (429), with a valid body (400)."""
         identity, headers = self._identify(request)
         try:
-            body = schema.model_validate(decode_json(read_json_body(request)))
+            body = schema.model_validate(decode_json(read_body(request, MAX_JSON_BYTES,
+                                                                          hint=JSON_HINT)))
         except ValidationError as exc:
             raise BadEvent(f"invalid request: {problems(exc)}") from exc
         return identity, body, headers

@@ -28,14 +28,15 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from ragfn.core.config import load_settings
-from ragfn.core.errors import BadEvent, RagfnError, problems
+from ragfn.core.errors import BadEvent, RagfnError, RequestTooLarge, problems
 from ragfn.core.telemetry import configure_tracing, context_from_event, tracer
 from ragfn.eventing.publish import StageResult
 from ragfn.serve.runtime import Runtime
 from ragfn.store.base import Caller
 
 log = logging.getLogger("ragfn.handler")
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a CloudEvent: a batch of chunks and their vectors at most
+MAX_JSON_BYTES = 256 * 1024  # a query-path request: a question, or a cache store with its answer and citations
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,20 @@ class InboundEvent:
     attributes: Mapping[str, object]
 
 
+def read_body(request: flask.Request, limit: int, *, hint: str) -> bytes:
+    """At most `limit` bytes of the body, with or without a Content-Length: a body declared larger is refused before
+    any of it is read, and one sent without a length (chunked) once `limit` + 1 bytes have arrived."""
+    too_large = RequestTooLarge(f"the request body is over the limit of {limit} bytes", hint=hint)
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    return data
+
+
 def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundEvent:
-    body = request.get_data(cache=False)
-    if len(body) > MAX_REQUEST_BYTES:
-        raise BadEvent(f"request body is {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    body = read_body(request, MAX_REQUEST_BYTES, hint="an event carries a reference to a document, not the document")
     headers = {k.lower(): v for k, v in request.headers.items()}
     is_cloudevent = "ce-specversion" in headers or headers.get("content-type", "").startswith(
         "application/cloudevents+json")
@@ -99,7 +110,12 @@ def error_response(error: RagfnError, event: InboundEvent | None = None) -> flas
     body = error.to_dict()
     if event is not None:
         body |= {"event_id": event.id, "event_type": event.type}
-    response = flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+    if isinstance(error, RequestTooLarge):
+        # streamed: functions-framework's after_request reads the whole request into memory before other answers.
+        # gunicorn then discards the rest of the body as it arrives, holding nothing.
+        response = flask.Response(iter([json.dumps(body)]), status=error.status, mimetype="application/json")
+    else:
+        response = flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
     retry_after = getattr(error, "retry_after", None)  # a rate limit or an open breaker knows when to come back
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
@@ -238,7 +254,8 @@ def json_function(name: str, *, request_model: type[BaseModel], uses_index: bool
                 context = runtime.get()
                 identity = context.service_keys.verify(request.headers, audience=name)
                 caller = Caller(identity.tenant or None, identity.groups)
-                body = decode_json(request.get_data(cache=False))
+                body = decode_json(read_body(request, MAX_JSON_BYTES, hint=f"{name} takes a question and a few "
+                                             "settings as JSON"))
                 try:
                     parsed = request_model.model_validate(body)
                 except ValidationError as exc:
