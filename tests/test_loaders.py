@@ -321,3 +321,13 @@ def test_bad_input_is_unsupported_content(data: bytes, name: str, content_type: 
     assert error.status == 400 and not error.retryable
     assert name in error.message and words in error.message
     assert error.hint  # says what to do
+
+
+# Security: deeply nested HTML raised RecursionError, which the chunk function answered as a retryable 500, so the
+# Broker redelivered the same document again and again.
+@pytest.mark.parametrize("tag", ["b", "div", "section"])
+def test_html_nested_thousands_deep_loads(tag):
+    depth = 20_000
+    markup = "<h1>Deep</h1>" + f"<{tag}>" * depth + "the bottom" + f"</{tag}>" * depth
+    doc = load_document(markup.encode(), name="deep.html")
+    assert "the bottom" in doc.text and doc.text.startswith("Deep")

@@ -144,20 +144,34 @@ def _html_parts(markup: str) -> list[tuple[str, str, int]]:
         anchor = tag.name == "a" and tag.get_text().strip() in _ANCHORS
         return anchor or tag.name in _DROP or tag.get("role") in _DROP_ROLES
 
-    def text_of(node: object) -> str:  # inline children join as they are ("Hel<b>lo</b>"), others with a space
-        if isinstance(node, NavigableString):  # PreformattedString: comments, doctypes, CDATA
-            return "" if isinstance(node, PreformattedString) else str(node)
-        if not isinstance(node, Tag) or dropped(node):
-            return ""
-        inner = "".join(text_of(child) for child in node.children)
-        return inner if node.name in _INLINE else f" {inner} "
+    # Both walks keep their own stack: a document nested thousands of tags deep (which a parser accepts) must not
+    # exhaust Python's recursion limit.
+    def text_of(root: object) -> str:  # inline children join as they are ("Hel<b>lo</b>"), others with a space
+        out: list[str] = []
+        stack: list[object] = [root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, tuple):  # the space after a block's children
+                out.append(node[0])
+            elif isinstance(node, NavigableString):  # PreformattedString: comments, doctypes, CDATA
+                out.append("" if isinstance(node, PreformattedString) else str(node))
+            elif isinstance(node, Tag) and not dropped(node):
+                edge = "" if node.name in _INLINE else " "
+                out.append(edge)
+                stack.append((edge,))
+                stack.extend(reversed(node.contents))
+        return "".join(out)
 
     parts: list[tuple[str, str, int]] = []
     loose: list[str] = []  # text directly inside containers such as <div>
 
-    def walk(node: Tag) -> None:
-        for child in node.children:
-            if not isinstance(child, Tag) or child.name in _INLINE:
+    def walk(root: Tag) -> None:
+        stack = [iter(root.contents)]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+            elif not isinstance(child, Tag) or child.name in _INLINE:
                 loose.append(text_of(child))
             elif not dropped(child):
                 name = child.name
@@ -169,7 +183,7 @@ def _html_parts(markup: str) -> list[tuple[str, str, int]]:
                     body = text_of(child).strip() if name == "pre" else " ".join(text_of(child).split())
                     parts.append(({"pre": "code", "hr": "break"}.get(name, "text"), body, 0))
                 else:
-                    walk(child)
+                    stack.append(iter(child.contents))
 
     soup = BeautifulSoup(markup, "html.parser")
     walk(soup.find("main") or soup.find(role="main") or soup)  # marked main content: the rest is chrome
