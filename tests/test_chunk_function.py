@@ -59,9 +59,13 @@ def test_a_large_document_fans_out_in_small_batches(sink, ragfn_env, tmp_path, m
     ("latin1.txt", "caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"), "UTF-8"),
     ("broken.pdf", b"%PDF-1.7\n garbage", "PDF"),
     ("big.txt", b"x" * 5000, "RAGFN_MAX_OBJECT_BYTES"),
+    # Security: a small object could chunk into any number of chunks, each then embedded and stored
+    ("many.txt", "\n\n".join(f"paragraph {n} " + "word " * 120 for n in range(6)).encode()[:4000],
+     "RAGFN_MAX_CHUNKS_PER_OBJECT=3"),
 ])
 def test_bad_objects_get_400_and_publish_nothing(sink, tmp_path, monkeypatch, name, content, expected):
     monkeypatch.setenv("RAGFN_MAX_OBJECT_BYTES", "4096")
+    monkeypatch.setenv("RAGFN_MAX_CHUNKS_PER_OBJECT", "3")
     (tmp_path / name).write_bytes(content)
     headers, body = upsert(str(tmp_path / name))
     response = chunk_client().post("/", headers=headers, data=body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from ragfn.core.errors import UnsupportedContent
@@ -11,8 +13,9 @@ from ragfn.ingest.loaders import LoadedDocument, load_document
 pytestmark = pytest.mark.unit
 
 
-def make_pdf(pages: list[list[str]]) -> bytes:
-    """A minimal valid PDF (Helvetica, one text line per entry), with exact xref offsets, built by hand."""
+def make_pdf(pages: list[list[str]], *, padding: int = 0) -> bytes:
+    """A minimal valid PDF (Helvetica, one text line per entry), with exact xref offsets, built by hand; `padding`
+    spaces in each page's content stream make it Flate-compressed (small on disk, large inflated)."""
     objects = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     kids = []
     for lines in pages:
@@ -21,7 +24,10 @@ def make_pdf(pages: list[list[str]]) -> bytes:
             escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
             ops += [f"({escaped}) Tj", "T*"]
         stream = "\n".join([*ops, "ET"])
-        objects.append(f"<< /Length {len(stream.encode('latin-1'))} >>\nstream\n{stream}\nendstream")
+        if padding:
+            stream = zlib.compress((stream + " " * padding).encode("latin-1")).decode("latin-1")
+        flate = " /Filter /FlateDecode" if padding else ""
+        objects.append(f"<< /Length {len(stream.encode('latin-1'))}{flate} >>\nstream\n{stream}\nendstream")
         objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
                        "/Resources << /Font << /F1 3 0 R >> >> >>")
         kids.append(f"{len(objects)} 0 R")
@@ -331,3 +337,19 @@ def test_html_nested_thousands_deep_loads(tag):
     markup = "<h1>Deep</h1>" + f"<{tag}>" * depth + "the bottom" + f"</{tag}>" * depth
     doc = load_document(markup.encode(), name="deep.html")
     assert "the bottom" in doc.text and doc.text.startswith("Deep")
+
+
+# Security: pypdf bounds each stream it inflates, but not their sum, so a small PDF of many highly compressed pages
+# made the chunk function inflate and parse without bound.
+def test_a_pdf_whose_pages_inflate_past_the_budget_is_refused(monkeypatch):
+    import ragfn.ingest.loaders as loaders
+
+    from ragfn.core.errors import ObjectTooLarge
+
+    bomb = make_pdf([[f"Page {n}."] for n in range(6)], padding=300_000)
+    assert len(bomb) < 10_000
+    assert "Page 5." in load_document(bomb, name="fine.pdf").text  # within the default budget
+    monkeypatch.setattr(loaders, "MAX_PDF_CONTENT_BYTES", 1_000_000)
+    with pytest.raises(ObjectTooLarge, match="inflate to over 1000000 bytes") as refused:
+        load_document(bomb, name="bomb.pdf")
+    assert "split the PDF" in refused.value.hint

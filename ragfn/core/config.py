@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(96, ge=16, le=8192, description="target chunk size in embedder tokens")
     chunk_overlap_tokens: int = Field(16, ge=0)
     max_object_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_chunks_per_object: int = Field(20_000, ge=1, description="an object that chunks into more is refused before "
+                                       "anything is embedded (20,000 chunks: a 2,000-page book, ~4 hours of CPU "
+                                       "embedding)")
     max_event_bytes: int = Field(256 * 1024, ge=4096, description="budget for one outgoing event's JSON")
 
     file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list, description="folders file:// events may read; cwd when empty")

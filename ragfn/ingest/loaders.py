@@ -7,11 +7,12 @@ import io
 import re
 from dataclasses import dataclass
 
-from ragfn.core.errors import UnsupportedContent
+from ragfn.core.errors import ObjectTooLarge, UnsupportedContent
 from ragfn.ingest.blocks import Block, Blocks, line_starts
 from ragfn.ingest.rst import rst_blocks
 
 FORMATS_HINT = "ragfn ingests plain text, Markdown, reStructuredText, HTML and PDF"
+MAX_PDF_CONTENT_BYTES = 128 * 1024 * 1024  # all pages' content streams, inflated; a 1,000-page book has a few MB
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,17 @@ def _pdf_parts(data: bytes, name: str) -> list[tuple[str, str, int]]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise UnsupportedContent(f"{name} is an encrypted PDF", hint="upload an unencrypted copy")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except UnsupportedContent:
+        pages, content = [], 0
+        for page in reader.pages:
+            # pypdf bounds each stream it inflates (75 MB); this bounds them all together, so a small file of many
+            # highly compressed pages cannot make the chunk function inflate and parse gigabytes
+            stream = page.get_contents()
+            content += len(stream.get_data()) if stream is not None else 0
+            if content > MAX_PDF_CONTENT_BYTES:
+                raise ObjectTooLarge(f"{name}'s pages inflate to over {MAX_PDF_CONTENT_BYTES} bytes of content",
+                                     hint="split the PDF into smaller files")
+            pages.append(page.extract_text() or "")
+    except (UnsupportedContent, ObjectTooLarge):
         raise
     except Exception as exc:  # pypdf raises many types on corrupt input; all of them mean the same to the sender
         raise UnsupportedContent(f"{name} is not a readable PDF ({type(exc).__name__}: {exc})",

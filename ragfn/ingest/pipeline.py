@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from ragfn.core.errors import ObjectNotFound, UnsupportedContent
+from ragfn.core.errors import ObjectNotFound, ObjectTooLarge, UnsupportedContent
 from ragfn.eventing import events
 from ragfn.eventing.events import Chunk, ChunkBatch, DocumentTombstoned, DocumentVersion, EmbeddedBatch
 from ragfn.eventing.publish import OutboundEvent, StageResult
@@ -127,6 +127,10 @@ def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: d
     chunks = with_occurrences(chunk_document(loaded, config, runtime.token_counter))
     if not chunks:
         raise UnsupportedContent(f"{change.uri} has no text to index")
+    if len(chunks) > runtime.settings.max_chunks_per_object:
+        raise ObjectTooLarge(f"{change.uri} makes {len(chunks)} chunks, over RAGFN_MAX_CHUNKS_PER_OBJECT="
+                             f"{runtime.settings.max_chunks_per_object}",
+                             hint="split the document, or raise RAGFN_MAX_CHUNKS_PER_OBJECT on chunk")
     groups = batch_chunks(chunks, runtime.settings.max_event_bytes)
     out = [
         OutboundEvent(events.CHUNKS, ChunkBatch(document=document, batch=i, batches=len(groups),
