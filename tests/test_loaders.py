@@ -343,7 +343,6 @@ def test_html_nested_thousands_deep_loads(tag):
 # made the chunk function inflate and parse without bound.
 def test_a_pdf_whose_pages_inflate_past_the_budget_is_refused(monkeypatch):
     import ragfn.ingest.loaders as loaders
-
     from ragfn.core.errors import ObjectTooLarge
 
     bomb = make_pdf([[f"Page {n}."] for n in range(6)], padding=300_000)
