@@ -187,6 +187,19 @@ def test_a_question_is_embedded_once_per_answer_and_not_at_all_on_an_exact_repea
     assert embedded == ["How do I sort a list?"]  # the exact tier needs no embedding
 
 
+# Security: /v1/me and upload status scan ledgers and dead letters on every call and had no limit at all.
+def test_the_reads_a_chat_polls_have_a_limit_of_their_own_per_caller(gateway):
+    client, _ = gateway
+    app = client(RAGFN_REDIS_URL=REDIS_URL, RAGFN_READ_RATE_LIMIT="3", RAGFN_RATE_WINDOW_SECONDS="60")
+    acme = {"Authorization": "Bearer key-acme"}
+    reads = [app.get("/v1/me", headers=acme), app.get("/v1/documents/status?document_id=s3://u/x.md&version=v1", headers=acme),
+             app.get("/v1/me", headers=acme), app.get("/v1/me", headers=acme)]
+    assert [r.status_code for r in reads] == [200, 404, 200, 429], [r.get_json() for r in reads]  # 404: no such upload
+    assert "caller" in reads[-1].get_json()["message"] and int(reads[-1].headers["Retry-After"]) >= 59
+    assert app.get("/v1/me", headers={"Authorization": "Bearer key-globex"}).status_code == 200
+    assert ask(app, "How do I sort a list?").status_code == 200  # questions keep their own budget
+
+
 def test_a_chat_polling_who_am_i_does_not_use_up_the_tenant_s_questions(gateway):
     client, _ = gateway
     app = client(RAGFN_REDIS_URL=REDIS_URL, RAGFN_RATE_LIMIT="1", RAGFN_RATE_WINDOW_SECONDS="60")

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
                                            "calls to retrieve and cache-check (ragfn.core.service_auth)")
     rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
     rate_window_seconds: float = Field(60.0, gt=0)
+    read_rate_limit: int = Field(120, ge=1, description="reads per caller per window of the routes a chat polls "
+                                 "(/v1/me, upload status), which scan ledgers and dead letters; apart from questions")
 
     llm_url: str | None = Field(None, description="OpenAI-compatible base URL (the predictor); extractive when unset")
     llm_served_name: str = Field("ragfn", description="the model name the predictor serves (its --model_name)")

@@ -91,12 +91,12 @@ class RateLimiter:
             return Decision(True, -1, 0.0)
         return Decision(bool(allowed), int(remaining), int(wait_us) / 1_000_000)
 
-    def enforce(self, tenant: str) -> Decision:
-        """`check`, raising RateLimitExceeded (a RateLimited, 429) when the tenant is over its limit."""
+    def enforce(self, tenant: str, *, what: str = "tenant") -> Decision:
+        """`check`, raising RateLimitExceeded (a RateLimited, 429) when the tenant (or other key) is over its limit."""
         decision = self.check(tenant)
         if not decision.allowed:
             raise RateLimitExceeded(
-                f"tenant {tenant!r} is over its rate limit of {self.limit} requests per {self.window_seconds:g}s; "
+                f"{what} {tenant!r} is over its rate limit of {self.limit} requests per {self.window_seconds:g}s; "
                 f"retry after {decision.retry_after:.1f}s", retry_after=decision.retry_after,
                 hint="slow down or ask for a higher limit")
         return decision

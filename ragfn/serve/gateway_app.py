@@ -82,21 +82,28 @@ class AskService:
             {}, jwt_secret=settings.jwt_secret, jwt_audience=settings.jwt_audience)
         self.runtime, self.keys, self.uploads = runtime, keys, Uploads(runtime)
         runtime.gateway.sampler = runtime.answer_sampler  # the background judge's share of live answers, if set
-        self.limiter = None
+        self.limiter = self.read_limiter = None
         if runtime.redis is not None:
             from ragfn.gateway.ratelimit import RateLimiter
 
             self.limiter = RateLimiter(runtime.redis, limit=settings.rate_limit,
                                        window_seconds=settings.rate_window_seconds)
+            self.read_limiter = RateLimiter(runtime.redis, limit=settings.read_rate_limit,
+                                            window_seconds=settings.rate_window_seconds, prefix="rl-read")
 
-    def _identify(self, request: flask.Request, *, limited: bool = True) -> tuple[Identity, dict[str, str]]:
+    def _identify(self, request: flask.Request, *, reads: bool = False) -> tuple[Identity, dict[str, str]]:
         """Who is calling (401 otherwise), within their rate limit (429); the rate-limit headers to answer with.
 
-        `limited=False` for the cheap reads a chat repeats on its own (who am I, upload progress): polling them
-        must not use up the questions a tenant may ask."""
+        `reads` for what a chat repeats on its own (who am I, upload progress): those have their own limit per
+        caller, so polling does not use up the questions a tenant may ask, yet cannot make the gateway scan ledgers
+        and dead letters without bound."""
         identity = self.keys.authenticate(request.headers)
-        decision = self.limiter.enforce(identity.tenant) if self.limiter and limited else None
-        return identity, self.limiter.headers(decision) if decision else {}
+        limiter = self.read_limiter if reads else self.limiter
+        if limiter is None:
+            return identity, {}
+        decision = (limiter.enforce(f"{identity.tenant}/{identity.subject}", what="caller") if reads
+                    else limiter.enforce(identity.tenant))
+        return identity, limiter.headers(decision)
 
     def _admit(self, request: flask.Request, schema: type[BaseModel]):
         """Who is calling (401 otherwise), within their rate limit (429), with a valid body (400)."""
@@ -110,7 +117,7 @@ class AskService:
 
     def me(self, request: flask.Request) -> flask.Response:
         """GET /v1/me: the caller's subject, tenant and groups, and what their tenant has indexed per collection."""
-        identity, headers = self._identify(request, limited=False)
+        identity, headers = self._identify(request, reads=True)
         return as_json(self.uploads.me(identity), headers)
 
     def upload(self, request: flask.Request) -> flask.Response:
@@ -121,7 +128,7 @@ class AskService:
 
     def upload_status(self, request: flask.Request) -> flask.Response:
         """GET /v1/documents/status?document_id=&version=&collection=: how far an upload has got."""
-        identity, headers = self._identify(request, limited=False)
+        identity, headers = self._identify(request, reads=True)
         args = request.args
         missing = [name for name in ("document_id", "version") if not args.get(name)]
         if missing:
