@@ -235,9 +235,34 @@ def test_a_json_body_over_the_limit_is_refused_before_it_is_read(gateway):
     assert ask(app, "How do I sort a list?").status_code == 200  # an ordinary question still goes through
 
 
-def test_the_unauthenticated_warmup_never_shows_the_predictors_credentials(gateway):
+# Security: /v1/warmup answered anyone, with the predictor's URL, and a ping every few minutes from anywhere kept a
+# GPU predictor from ever scaling to zero.
+def test_the_warmup_needs_credentials_and_never_shows_the_predictors_url(gateway):
+    import time
+
+    from conftest import Served
+    from werkzeug.wrappers import Response
+
+    knocks = []
+    predictor = Served(lambda environ, start: (knocks.append(environ["PATH_INFO"]) or Response("down", 503))(
+        environ, start))  # a predictor that is still starting: every request is counted
     client, _ = gateway
-    app = client(RAGFN_LLM_URL="http://ragfn:s3cret@127.0.0.1:9/v1", RAGFN_LLM_WARMUP_GIVE_UP_SECONDS="1")
-    answer = app.post("/v1/warmup")
-    assert answer.status_code == 202
-    assert answer.get_json()["llm"] == "http://127.0.0.1:9/v1" and "s3cret" not in answer.get_data(as_text=True)
+    url = predictor.url.replace("127.0.0.1", "ragfn:s3cret@127.0.0.1") + "v1"
+    app = client(RAGFN_LLM_URL=url, RAGFN_LLM_WARMUP_GIVE_UP_SECONDS="30", RAGFN_LLM_SERVED_NAME="smollm")
+    try:
+        for method in (app.post, app.get):
+            refused = method("/v1/warmup")
+            assert refused.status_code == 401 and str(predictor.server.server_port) not in refused.get_data(True)
+        time.sleep(0.5)
+        assert knocks == []  # nobody without credentials woke it
+        answer = app.post("/v1/warmup", headers={"Authorization": "Bearer key-acme"})
+        assert answer.status_code == 202 and answer.get_json()["llm"] == "smollm"
+        assert str(predictor.server.server_port) not in answer.get_data(as_text=True)
+        deadline = time.monotonic() + 10
+        while not knocks:
+            assert time.monotonic() < deadline, "the signed-in warm-up never reached the predictor"
+            time.sleep(0.05)
+    finally:
+        predictor.server.shutdown()
+
+

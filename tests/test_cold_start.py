@@ -80,6 +80,9 @@ def _prompt() -> list[dict]:
     return prepared.messages
 
 
+SIGNED_IN = {"Authorization": "Bearer key-acme"}
+
+
 @pytest.mark.integration
 def test_a_warmup_ping_wakes_the_predictor_without_waiting(gateway, gguf_model, tmp_path):
     client, _ = gateway
@@ -87,13 +90,13 @@ def test_a_warmup_ping_wakes_the_predictor_without_waiting(gateway, gguf_model, 
     app = client(RAGFN_LLM_URL=predictor.base_url, RAGFN_LLM_SERVED_NAME="smollm")
     try:
         started = time.monotonic()
-        answer = app.post("/v1/warmup")  # what the chat UI sends when a session opens; no credentials needed
+        answer = app.post("/v1/warmup", headers=SIGNED_IN)  # what the chat UI sends when a user signs in
         assert answer.status_code == 202 and time.monotonic() - started < 1
         assert answer.get_json()["warming"] is True
-        assert app.post("/v1/warmup").get_json()["warming"] is True  # one warm-up at a time
+        assert app.post("/v1/warmup", headers=SIGNED_IN).get_json()["warming"] is True  # one warm-up at a time
         predictor.start()
         deadline = time.monotonic() + 30
-        while app.get("/v1/warmup").get_json()["state"] != "ready":
+        while app.get("/v1/warmup", headers=SIGNED_IN).get_json()["state"] != "ready":
             assert time.monotonic() < deadline, predictor.log()
             time.sleep(0.2)
         answer = ask(app, QUESTION, max_tokens=32).get_json()  # short: on a loaded machine 256 tokens can take 30 s
@@ -123,7 +126,7 @@ def test_a_prompt_over_the_models_context_is_answered_extractively(gateway, gguf
 @pytest.mark.integration
 def test_warmup_without_a_predictor_reports_the_in_process_engine(gateway):
     client, _ = gateway
-    body = client().post("/v1/warmup").get_json()
+    body = client().post("/v1/warmup", headers=SIGNED_IN).get_json()
     assert body == {"llm": "extractive", "state": "ready", "warming": False}
 
 
@@ -145,10 +148,11 @@ def test_the_keepalive_timer_pings_at_the_scheduled_times():
 
 
 @pytest.mark.unit
-def test_the_pingsource_schedule_is_one_the_local_timer_understands():
-    source = yaml.safe_load((REPO / "eventing" / "sources" / "predictor-keepalive.yaml").read_text())
-    assert source["kind"] == "PingSource" and source["spec"]["sink"]["uri"] == "/v1/warmup"
-    assert parse_schedule(source["spec"]["schedule"])(datetime(2026, 11, 23, 6, 0)) == datetime(2026, 11, 23, 7, 0)
+def test_the_clusters_keepalive_schedule_is_one_the_timer_understands():
+    ask = yaml.safe_load((REPO / "manifests" / "base" / "functions" / "ask.yaml").read_text())
+    env = {e["name"]: e.get("value") for e in ask["spec"]["template"]["spec"]["containers"][0]["env"]}
+    schedule = env["RAGFN_KEEPALIVE_SCHEDULE"]
+    assert parse_schedule(schedule)(datetime(2026, 11, 23, 6, 0)) == datetime(2026, 11, 23, 7, 0)
     with pytest.raises(ConfigError, match="not a cron expression") as bad:
         parse_schedule("every five minutes")
     assert "5 fields" in bad.value.hint

@@ -57,8 +57,8 @@ def test_the_folder_builds_and_holds_what_a_cluster_needs(tmp_path):
             assert delivery["deadLetterSink"]["ref"]["name"] == "ragfn-dead-letter"
         if doc["kind"] == "Trigger":
             assert doc["spec"]["broker"] == "ragfn"
-    ping, = [d for d in docs if d["kind"] == "PingSource" and d["metadata"]["name"] == "predictor-keepalive"]
-    assert ping["spec"]["sink"]["ref"]["name"] == "ragfn-ask" and ping["spec"]["sink"]["uri"] == "/v1/warmup"
+    # the keep-alive is the gateway's own timer: /v1/warmup needs credentials a PingSource cannot send
+    assert not [d for d in docs if d["kind"] == "PingSource" and "/v1/warmup" in str(d["spec"].get("sink"))]
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -81,7 +81,8 @@ def test_the_callers_routes_match_their_schemas(api):
     check(document, "post", "/v1/documents", app.post("/v1/documents", headers=HEADERS, data={"other": "x"},
                                                        content_type="multipart/form-data"))  # 400
     check(document, "get", "/v1/documents/status", app.get("/v1/documents/status", headers=HEADERS))  # 400
-    check(document, "post", "/v1/warmup", app.post("/v1/warmup"))
+    check(document, "post", "/v1/warmup", app.post("/v1/warmup", headers=HEADERS))
+    check(document, "post", "/v1/warmup", app.post("/v1/warmup"))  # 401
     check(document, "get", "/", app.get("/"))
     check(document, "get", "/", app.get("/healthz"))  # any unrouted GET is the readiness probe
 

@@ -231,14 +231,14 @@ def ask(question: str, collection: str) -> dict:
 
 def main() -> None:
     st.set_page_config(page_title="ragfn chat", page_icon="💬")
-    if not state().get("warmed"):  # a chat opened: wake a scaled-to-zero model now, not at the first question
-        client().warmup()
-        state().warmed = True
     collection = sidebar()
     if collection is None:
         st.title("Chat with your documents")
         st.info("Sign in with an API key in the sidebar. `ragfn dev` prints one for local use.")
         return
+    if state().get("warmed") != state().get("api_key"):  # signed in: wake a scaled-to-zero model now, not at the
+        client().warmup()                                 # first question
+        state().warmed = state().get("api_key")
     if state().me.documents(collection) == 0:
         st.info(EMPTY.format(collection=collection), icon="📭")
     history = state().setdefault("history", {}).setdefault(collection, [])

@@ -145,9 +145,10 @@ class GatewayClient:
         raise GatewayError(message, hint=hint, status=response.status_code)  # up, but it or a dependency refused
 
     def warmup(self) -> None:
-        """Wake a scaled-to-zero model while the user is still typing; never an error on screen."""
+        """Wake a scaled-to-zero model while the user is still typing (the gateway wakes it for signed-in callers
+        only); never an error on screen."""
         try:
-            self.http.post("/v1/warmup", timeout=2.0)
+            self.http.post("/v1/warmup", headers=self._headers(), timeout=2.0)
         except httpx.HTTPError:
             pass
 

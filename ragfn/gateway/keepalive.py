@@ -1,7 +1,8 @@
-"""The local keep-alive timer: warm-up pings on a cron schedule, the laptop's stand-in for the cluster's PingSource.
+"""The gateway's keep-alive timer: warm-up pings of the predictor on a cron schedule (RAGFN_KEEPALIVE_SCHEDULE).
 
-The cluster's schedule lives in `eventing/sources/predictor-keepalive.yaml` (a Knative PingSource that POSTs to the
-gateway's `/v1/warmup`); `RAGFN_KEEPALIVE_SCHEDULE` takes the same 5-field cron string, evaluated in local time.
+The same on a laptop and in the cluster (`manifests/base/functions/ask.yaml` sets working hours; the gateway keeps at
+least one replica, so the timer always runs): a 5-field cron string, evaluated in the process's local time. It
+replaced a PingSource posting to `/v1/warmup` once that route began to require a caller's credentials.
 cronsim parses it (a small, maintained parser) rather than a hand-written one.
 """
 

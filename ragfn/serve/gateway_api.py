@@ -122,7 +122,7 @@ class Me(_Body):
 
 
 class Warmup(_Body):
-    llm: str = Field(description="the engine's name, or the predictor's URL")
+    llm: str = Field(description="the engine's name, or the model name the predictor serves")
     state: str = Field(description="ready, or how far the predictor's warm-up has got")
     warming: bool
     gave_up: bool | None = Field(None, description="warm-ups gave up: the predictor is reported down")
@@ -147,7 +147,9 @@ class Route:
     form: bool = False  # multipart/form-data (uploads)
     query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
     authenticated: bool = True
-    limited: bool = False  # counts against the tenant's rate limit: 2xx answers carry X-RateLimit-* (with Redis)
+    # counts against a rate limit (the tenant's questions, or the caller's reads): 2xx answers carry X-RateLimit-*
+    # (with Redis)
+    limited: bool = False
     tags: tuple[str, ...] = field(default=("gateway",))
 
 
@@ -155,8 +157,8 @@ _CALLER = {401: ErrorBody, 500: ErrorBody, 503: ErrorBody}
 _LIMITED = _CALLER | {429: ErrorBody}
 _ASK = Route("post", "/v1/ask", "Ask a question: one JSON answer, or server-sent events with \"stream\": true",
              {200: Answer, 400: ErrorBody} | _LIMITED, body=AskRequest, limited=True)
-_WARMUP = {200: Warmup, 202: Warmup, 500: ErrorBody}
-_WAKE = "Wake the predictor in the background (a chat opened, or the keep-alive fired)"
+_WARMUP = {200: Warmup, 202: Warmup} | _LIMITED
+_WAKE = "Wake the predictor in the background (a chat signed in)"
 ROUTES = (
     _ASK,
     Route("post", "/", "The same as POST /v1/ask (kept for clients of the single-function gateway)",
@@ -166,13 +168,13 @@ ROUTES = (
     Route("post", "/v1/documents", "Upload a document (multipart: file, collection?, groups?); queued for ingestion",
           {202: UploadReceipt, 400: ErrorBody, 403: ErrorBody} | _LIMITED, form=True, limited=True),
     Route("get", "/v1/documents/status", "How far an upload has got: queued, indexing, indexed, replaced or failed",
-          {200: UploadStatus, 400: ErrorBody, 404: ErrorBody} | _CALLER,
+          {200: UploadStatus, 400: ErrorBody, 404: ErrorBody} | _LIMITED, limited=True,
           query=(("document_id", True, "from the upload's receipt"), ("version", True, "from the upload's receipt"),
                  ("collection", False, "default: default"), ("event_id", False, "ties a dead letter to the upload"))),
     Route("get", "/v1/me", "Who is signed in, and what their tenant has indexed per collection",
-          {200: Me} | _CALLER),
-    Route("post", "/v1/warmup", _WAKE, _WARMUP, authenticated=False),
-    Route("get", "/v1/warmup", _WAKE, _WARMUP, authenticated=False),
+          {200: Me} | _LIMITED, limited=True),
+    Route("post", "/v1/warmup", _WAKE, _WARMUP, limited=True),
+    Route("get", "/v1/warmup", _WAKE, _WARMUP, limited=True),
     Route("get", "/", "Readiness: any GET outside the API answers this", {200: Ready}, authenticated=False),
     Route("get", "/openapi.json", "This document", {200: "the OpenAPI 3.1 document"}, authenticated=False),
 )

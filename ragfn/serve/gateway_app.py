@@ -26,7 +26,6 @@ from ragfn.core.telemetry import context_from_headers
 from ragfn.gateway.ask import AskRequest
 from ragfn.gateway.keepalive import KeepAlive
 from ragfn.gateway.uploads import StatusQuery, Upload, Uploads, split_groups
-from ragfn.llm.client import shown_url
 from ragfn.retrieval.dense import Caller
 from ragfn.serve.gateway_api import FeedbackRequest, openapi_document
 from ragfn.serve.handler import LazyRuntime, decode_json, error_response, guarded, read_body
@@ -120,6 +119,13 @@ class AskService:
         identity, headers = self._identify(request, reads=True)
         return as_json(self.uploads.me(identity), headers)
 
+    def wake(self, request: flask.Request) -> flask.Response:
+        """GET|POST /v1/warmup: wake the predictor (ragfn.serve.gateway_app.warmup), for a caller with credentials."""
+        _, headers = self._identify(request, reads=True)
+        response = warmup(self.runtime)
+        response.headers.update(headers)
+        return response
+
     def upload(self, request: flask.Request) -> flask.Response:
         """POST /v1/documents (multipart: file, collection?, groups?): store the file and queue it; 202."""
         identity, headers = self._identify(request)
@@ -172,14 +178,15 @@ class AskService:
 
 
 def warmup(runtime: Runtime) -> flask.Response:
-    """A chat opened, or the keep-alive PingSource fired: wake the predictor in the background, answer at once.
+    """A chat signed in, or the keep-alive timer fired: wake the predictor in the background, answer at once.
 
-    No credentials needed: it reveals only whether the model is warm, and starts at most one warm-up at a time."""
+    Callers need credentials (the route is public, and a ping every few minutes from anyone would keep a GPU
+    predictor from ever scaling to zero); the answer names the served model, never its URL."""
     warmth = runtime.warmth
     if warmth is None:
         return flask.jsonify({"llm": runtime.llm.name, "state": "ready", "warming": False})
     warmth.ping()
-    return flask.Response(json.dumps({"llm": shown_url(runtime.settings.llm_url), **warmth.describe()}),
+    return flask.Response(json.dumps({"llm": runtime.settings.llm_served_name, **warmth.describe()}),
                           status=202, mimetype="application/json")
 
 
@@ -218,13 +225,11 @@ def create_app() -> flask.Flask:
                                  ("/v1/feedback", ["POST"], AskService.rate),
                                  ("/v1/documents", ["POST"], AskService.upload),
                                  ("/v1/documents/status", ["GET"], AskService.upload_status),
-                                 ("/v1/me", ["GET"], AskService.me)):
+                                 ("/v1/me", ["GET"], AskService.me),
+                                 ("/v1/warmup", ["GET", "POST"], AskService.wake)):
         app.add_url_rule(rule, f"{route.__name__}:{rule}", service(route), methods=methods, strict_slashes=False,
                          provide_automatic_options=False)
 
-    @app.route("/v1/warmup", methods=["GET", "POST"], strict_slashes=False, provide_automatic_options=False)
-    def wake() -> flask.Response:
-        return guarded("ask", lambda: warmup(lazy.get()), lambda: None)
 
     @app.get("/openapi.json", provide_automatic_options=False)
     def openapi() -> flask.Response:
