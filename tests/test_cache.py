@@ -214,3 +214,75 @@ def test_the_guard_does_linear_work_on_a_hostile_question(question):
               "for _ in range(5): conflicting(q, 'How do I sort a list?'); conflicting('How do I sort a list?', q)\n")
     done = subprocess.run([sys.executable, "-c", script], input=question, text=True, timeout=30, capture_output=True)
     assert done.returncode == 0, done.stderr
+
+
+# Security: the vectors and the document sets never expired, and an expired entry's vector went only when it won a
+# lookup, so Redis filled up and then refused every write (the rate limiter's with them).
+def test_every_cache_key_is_bounded(embedder):
+    import time
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    cache = RedisCache(client, threshold=0.85, prefix=prefix, ttl_seconds=1, max_entries=3)
+    try:
+        put(cache, embedder, "How do I reverse a list?")
+        time.sleep(1.2)  # that entry has expired; nothing looked it up
+        for question in ("How do I sort a dict?", "What is a tuple?", "How do I read a file?", "What is a set?"):
+            put(cache, embedder, question)
+        s = scope().key()
+        assert client.hlen(f"{prefix}:{s}:vec") == client.zcard(f"{prefix}:{s}:t") == 3  # expired, then oldest
+        kept = {client.hget(f"{prefix}:{s}:e:{i.decode()}", "question").decode()
+                for i in client.hkeys(f"{prefix}:{s}:vec")}
+        assert kept == {"What is a tuple?", "How do I read a file?", "What is a set?"}
+        assert len(list(client.scan_iter(f"{prefix}:{s}:x:*"))) == 3
+        cites = f"{prefix}:cites:default:file:///faq.md"
+        assert client.zcard(cites) == 4  # the expired entry is pruned at the next store citing the document
+        for key in client.scan_iter(f"{prefix}:*"):
+            if key != f"{prefix}:stats".encode():
+                assert client.ttl(key) > 0, f"{key} never expires"
+        assert cache.invalidate("default", "file:///faq.md") == 4 and client.hlen(f"{prefix}:{s}:vec") == 0
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def test_each_process_holds_the_vectors_of_its_recent_scopes_only(cache, embedder):
+    cache.max_vectors = 2
+    for tenant in ("a", "b", "c"):
+        put(cache, embedder, f"How does {tenant} sort a list?", scope(tenant))
+        cache.lookup("How do I sort things?", scope(tenant), lambda q: vector(embedder, q))  # loads its vectors
+    assert list(cache._vectors) == [scope("b").key(), scope("c").key()]
+
+
+# Security: only connection errors were the cache being down; a read-only replica after a failover or an
+# out-of-memory refusal failed the whole answer with a 500.
+def wait_redis(client, seconds: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+
+def test_a_read_only_redis_is_the_cache_being_unavailable(embedder, tmp_path):
+    import subprocess
+
+    from conftest import free_port
+
+    port = free_port()
+    replica = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path), "--replicaof", "127.0.0.1", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        wait_redis(client)
+        with pytest.raises(Unavailable, match="semantic cache unavailable"):
+            put(RedisCache(client, prefix="ro"), embedder, "How do I reverse a list?")
+    finally:
+        replica.terminate()
+        replica.wait(timeout=10)

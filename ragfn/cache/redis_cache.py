@@ -4,10 +4,18 @@ Keys (prefix `rc` by default):
     {p}:{scope}:e:{id}      hash  question, answer JSON, cited documents, exact key       (expires with the TTL)
     {p}:{scope}:x:{sha}     str   entry id of an exact (normalised) question               (expires with the TTL)
     {p}:{scope}:vec         hash  entry id -> float32 question vector
+    {p}:{scope}:t           zset  entry id -> when it expires: what `vec` may still hold
     {p}:{scope}:gen         int   bumped by every write and eviction, so replicas reload vectors only when stale
-    {p}:doc:{coll}:{doc}    set   "{scope}:{id}" of every entry citing that document
-    {p}:stats               hash  hit/miss/guard counters
+    {p}:cites:{coll}:{doc}  zset  "{scope}:{id}" of every live entry citing that document -> when it expires
+                                  (`{p}:doc:{coll}:{doc}`, a set without expiry times, is read and removed too)
+    {p}:stats               hash  hit/miss/guard counters (a fixed set of fields)
 No Redis module is needed: each process keeps a scope's vectors in memory and compares them with numpy.
+
+Every key is bounded (Redis 7.0 has no per-field expiry, so `vec` is kept in step with `t`): each store removes the
+scope's expired entries and, past `max_entries`, its oldest, and a document's citing entries that have expired; a
+scope's `vec`, `t` and `gen` and a document's `cites` expire a TTL after their last write. A full Redis would
+otherwise refuse every write, the cache with it. Each process keeps the vectors of the scopes it used last, up to
+`max_vectors` rows in all.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,12 +70,15 @@ def normalise(question: str) -> str:
 
 
 class RedisCache:
-    def __init__(self, client, *, threshold: float = 0.9, ttl_seconds: int = 86400, prefix: str = "rc") -> None:
+    def __init__(self, client, *, threshold: float = 0.9, ttl_seconds: int = 86400, prefix: str = "rc",
+                 max_entries: int = 10_000, max_vectors: int = 200_000) -> None:
         self.redis = client
         self.threshold = threshold
         self.ttl = ttl_seconds
         self.prefix = prefix
-        self._vectors: dict[str, tuple[int, list[str], np.ndarray]] = {}  # scope -> (generation, ids, matrix)
+        self.max_entries, self.max_vectors = max_entries, max_vectors
+        # scope -> (generation, ids, matrix), least recently used first
+        self._vectors: OrderedDict[str, tuple[int, list[str], np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _k(self, *parts: str) -> str:
@@ -113,21 +125,50 @@ class RedisCache:
             return False
         s, exact = scope.key(), self._sha(question)
         entry_id = hashlib.sha256(f"{s}|{normalise(question)}".encode()).hexdigest()[:20]
+        now = time.time()
         try:
             pipe = self.redis.pipeline()
             pipe.hset(self._k(s, "e", entry_id), mapping={"question": question, "answer": json.dumps(answer),
-                                                          "exact": exact, "created": time.time()})
+                                                          "exact": exact, "created": now})
             pipe.expire(self._k(s, "e", entry_id), self.ttl)
             pipe.set(self._k(s, "x", exact), entry_id, ex=self.ttl)
             pipe.hset(self._k(s, "vec"), entry_id, np.asarray(vector, dtype="<f4").tobytes())
+            pipe.zadd(self._k(s, "t"), {entry_id: now + self.ttl})
             for collection, document_id in cited:
-                pipe.sadd(self._k("doc", collection, document_id), f"{s}:{entry_id}")
+                cites = self._k("cites", collection, document_id)
+                pipe.zadd(cites, {f"{s}:{entry_id}": now + self.ttl})
+                pipe.zremrangebyscore(cites, "-inf", now)
+                pipe.expire(cites, self.ttl)
             pipe.incr(self._k(s, "gen"))
+            for part in ("vec", "t", "gen"):  # an idle scope goes away once its last entry has expired
+                pipe.expire(self._k(s, part), self.ttl)
             pipe.hincrby(self._k("stats"), "stores", 1)
             pipe.execute()
+            self._trim(s, now)
         except self._redis_errors() as exc:
             raise Unavailable(f"semantic cache unavailable: {exc}") from exc
         return True
+
+    def _trim(self, scope: str, now: float) -> None:
+        """Drop the scope's expired entries, then its oldest past `max_entries`."""
+        times = self._k(scope, "t")
+        doomed = [i.decode() for i in self.redis.zrangebyscore(times, "-inf", now)]
+        extra = self.redis.zcard(times) - len(doomed) - self.max_entries
+        if extra > 0:
+            doomed += [i.decode() for i in self.redis.zrange(times, len(doomed), len(doomed) + extra - 1)]
+        if not doomed:
+            return
+        exacts = [self.redis.hget(self._k(scope, "e", i), "exact") for i in doomed]
+        pipe = self.redis.pipeline()
+        for entry_id, exact in zip(doomed, exacts, strict=True):
+            pipe.delete(self._k(scope, "e", entry_id))
+            if exact:
+                pipe.delete(self._k(scope, "x", exact.decode()))
+        pipe.zrem(times, *doomed)
+        pipe.hdel(self._k(scope, "vec"), *doomed)
+        pipe.incr(self._k(scope, "gen"))
+        pipe.hincrby(self._k("stats"), "trimmed", len(doomed))
+        pipe.execute()
 
     def invalidate(self, collection: str, document_id: str) -> int:
         """Evict every answer that cites the document (on document.indexed / document.removed)."""
@@ -137,7 +178,8 @@ class RedisCache:
             raise Unavailable(f"semantic cache unavailable: {exc}") from exc
 
     def _invalidate(self, collection: str, document_id: str) -> int:
-        members = self.redis.smembers(self._k("doc", collection, document_id))
+        cites, legacy = self._k("cites", collection, document_id), self._k("doc", collection, document_id)
+        members = set(self.redis.zrange(cites, 0, -1)) | set(self.redis.smembers(legacy))
         by_scope: dict[str, list[str]] = {}
         for member in members:
             scope, _, entry_id = member.decode().partition(":")
@@ -151,7 +193,7 @@ class RedisCache:
                     pipe.delete(self._k(scope, "x", exact.decode()))
             pipe.execute()
             self._forget(scope, entry_ids)
-        self.redis.delete(self._k("doc", collection, document_id))
+        self.redis.delete(cites, legacy)
         self._count("evicted", len(members))
         return len(members)
 
@@ -165,12 +207,18 @@ class RedisCache:
         with self._lock:
             cached = self._vectors.get(scope)
             if cached and cached[0] == generation:
+                self._vectors.move_to_end(scope)
                 return cached[1], cached[2]
         raw = self.redis.hgetall(self._k(scope, "vec"))
         ids = [k.decode() for k in raw]
         matrix = np.stack([np.frombuffer(v, dtype="<f4") for v in raw.values()]) if raw else np.zeros((0, 1))
         with self._lock:
             self._vectors[scope] = (generation, ids, matrix)
+            self._vectors.move_to_end(scope)
+            held = sum(len(v[1]) for v in self._vectors.values())
+            while held > self.max_vectors and len(self._vectors) > 1:
+                _, (_, dropped, _) = self._vectors.popitem(last=False)
+                held -= len(dropped)
         return ids, matrix
 
     def _forget(self, scope: str, entry_ids: list[str]) -> None:
@@ -190,4 +238,6 @@ class RedisCache:
     def _redis_errors() -> tuple[type[Exception], ...]:
         import redis
 
-        return (redis.ConnectionError, redis.TimeoutError)
+        # every Redis failure: a read-only replica after a failover or an out-of-memory refusal is as much an
+        # outage of the cache as a lost connection, and must degrade the answer, not fail it
+        return (redis.RedisError,)

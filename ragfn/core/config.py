@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis for the semantic cache, e.g. redis://127.0.0.1:6379/0")
     cache_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity a semantic cache hit needs")
     cache_ttl_seconds: int = Field(86400, ge=1)
+    cache_max_entries: int = Field(10_000, ge=1, description="answers kept per cache scope (tenant, groups, "
+                                   "collection, model, prompt); the oldest go first")
     cache_prefix: str = Field("rc", min_length=1, pattern=r"^[\w.-]+$", description="key prefix of the Redis cache")
 
     api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")

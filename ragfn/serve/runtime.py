@@ -131,7 +131,8 @@ class Runtime:
         from ragfn.cache.redis_cache import RedisCache
 
         return RedisCache(self.redis, threshold=self.settings.cache_threshold,
-                          ttl_seconds=self.settings.cache_ttl_seconds, prefix=self.settings.cache_prefix)
+                          ttl_seconds=self.settings.cache_ttl_seconds, prefix=self.settings.cache_prefix,
+                          max_entries=self.settings.cache_max_entries)
 
     @cached_property
     def redis(self):
