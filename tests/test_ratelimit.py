@@ -164,6 +164,16 @@ def test_redis_down_admits_and_warns_once_per_period(caplog: pytest.LogCaptureFi
     assert len(warnings) == 1 and "without a limit" in warnings[0].getMessage()
 
 
+def test_failing_closed_refuses_what_it_cannot_count() -> None:
+    from ragfn.core.errors import Unavailable
+
+    limiter = RateLimiter(fast_failing(1), limit=1, window_seconds=60, down_seconds=60, fail_open=False)
+    for _ in range(2):  # Redis refused, then the remembered outage: both refuse
+        with pytest.raises(Unavailable, match="RAGFN_RATE_LIMIT_FAIL=closed") as refused:
+            limiter.check("acme")
+        assert refused.value.status == 503 and refused.value.retryable
+
+
 def test_redis_down_with_the_default_client_still_answers() -> None:
     # redis-py 8's default client retries a refused connection with backoff (~3 s here): slow, but never an error.
     limiter = RateLimiter(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), limit=1,

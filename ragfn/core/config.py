@@ -61,6 +61,8 @@ class Settings(BaseSettings):
                                            "calls to retrieve and cache-check (ragfn.core.service_auth)")
     rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
     rate_window_seconds: float = Field(60.0, gt=0)
+    rate_limit_fail: Literal["open", "closed"] = Field("open", description="with Redis down or refusing writes: "
+                                                      "answer without a limit (open), or refuse with a 503 (closed)")
     read_rate_limit: int = Field(120, ge=1, description="reads per caller per window of the routes a chat polls "
                                  "(/v1/me, upload status), which scan ledgers and dead letters; apart from questions")
 

@@ -12,7 +12,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from ragfn.core.errors import ConfigError, RateLimited
+from ragfn.core.errors import ConfigError, RateLimited, Unavailable
 from ragfn.gateway.breaker import CircuitBreaker, CircuitOpen
 
 log = logging.getLogger("ragfn.ratelimit")
@@ -54,15 +54,17 @@ class RateLimitExceeded(RateLimited):
 class RateLimiter:
     """At most `limit` requests per tenant in any `window_seconds`, counted in Redis across replicas.
 
-    Fails open: when Redis is unreachable or errors, `check` admits the request (remaining=-1) and logs a warning,
-    as the gateway degrades without Redis to "no cache, no rate limit" rather than refusing to answer. After a
-    failure it leaves Redis alone for `down_seconds`, so only one request per period pays for finding Redis down.
+    Fails open by default: when Redis is unreachable or errors (a full or read-only Redis too), `check` admits the
+    request (remaining=-1) and logs a warning, as the gateway degrades without Redis to "no cache, no rate limit"
+    rather than refusing to answer: availability over cost. `fail_open=False` (RAGFN_RATE_LIMIT_FAIL=closed) refuses
+    instead, with a retryable 503, for installs where an unmetered GPU costs more than an outage. After a failure it
+    leaves Redis alone for `down_seconds`, so only one request per period pays for finding Redis down.
     That request still waits for the client: give it short timeouts and few retries (redis-py 8 retries a refused
     connection 10 times with backoff, about 3 s), e.g. `retry=Retry(NoBackoff(), 1), socket_timeout=0.25`.
     """
 
     def __init__(self, client, *, limit: int, window_seconds: float, prefix: str = "rl",
-                 down_seconds: float = 5.0) -> None:
+                 down_seconds: float = 5.0, fail_open: bool = True) -> None:
         if limit < 1 or not window_seconds > 0 or down_seconds < 0:
             raise ConfigError(f"rate limit must be at least 1 per positive window, got {limit} per {window_seconds}s"
                               f" (down_seconds={down_seconds})")
@@ -70,6 +72,7 @@ class RateLimiter:
         self.limit = limit
         self.window_seconds = window_seconds
         self.prefix = prefix
+        self.fail_open = fail_open
         self._script = client.register_script(_SCRIPT)  # EVALSHA, reloading the script if Redis lost it
         self._window_us = max(1, round(window_seconds * 1_000_000))
         self._redis_down = CircuitBreaker(f"{prefix} rate limiter redis", failure_threshold=1,
@@ -82,14 +85,20 @@ class RateLimiter:
         try:
             allowed, remaining, wait_us = self._redis_down.call(
                 self._script, keys=[f"{self.prefix}:{tenant}"], args=[self.limit, self._window_us, uuid.uuid4().hex])
-        except CircuitOpen:
-            return Decision(True, -1, 0.0)  # Redis failed moments ago: admit without waiting on it again
+        except CircuitOpen as exc:
+            return self._without_redis(exc)  # Redis failed moments ago: do not wait on it again
         except redis.RedisError as exc:
-            # Any Redis failure, not only connection errors: a read-only replica after failover or an OOM
-            # refusal must not take answering down with it.
-            log.warning("rate limiter cannot reach Redis, admitting requests without a limit: %s", exc)
-            return Decision(True, -1, 0.0)
+            # Any Redis failure, not only connection errors: a read-only replica after failover or an OOM refusal.
+            log.warning("rate limiter cannot reach Redis (%s): %s", "admitting requests without a limit"
+                        if self.fail_open else "refusing requests", exc)
+            return self._without_redis(exc)
         return Decision(bool(allowed), int(remaining), int(wait_us) / 1_000_000)
+
+    def _without_redis(self, exc: Exception) -> Decision:
+        if self.fail_open:
+            return Decision(True, -1, 0.0)
+        raise Unavailable("the rate limiter cannot reach Redis, and RAGFN_RATE_LIMIT_FAIL=closed refuses requests "
+                          "it cannot count", hint="retry shortly; check Redis") from exc
 
     def enforce(self, tenant: str, *, what: str = "tenant") -> Decision:
         """`check`, raising RateLimitExceeded (a RateLimited, 429) when the tenant (or other key) is over its limit."""

@@ -85,10 +85,11 @@ class AskService:
         if runtime.redis is not None:
             from ragfn.gateway.ratelimit import RateLimiter
 
+            fail_open = settings.rate_limit_fail == "open"
             self.limiter = RateLimiter(runtime.redis, limit=settings.rate_limit,
-                                       window_seconds=settings.rate_window_seconds)
-            self.read_limiter = RateLimiter(runtime.redis, limit=settings.read_rate_limit,
-                                            window_seconds=settings.rate_window_seconds, prefix="rl-read")
+                                       window_seconds=settings.rate_window_seconds, fail_open=fail_open)
+            self.read_limiter = RateLimiter(runtime.redis, limit=settings.read_rate_limit, prefix="rl-read",
+                                            window_seconds=settings.rate_window_seconds, fail_open=fail_open)
 
     def _identify(self, request: flask.Request, *, reads: bool = False) -> tuple[Identity, dict[str, str]]:
         """Who is calling (401 otherwise), within their rate limit (429); the rate-limit headers to answer with.
