@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragfn.core.errors import ConfigError
@@ -30,6 +30,8 @@ class PredictorSettings(BaseSettings):
     presence_penalty: float = Field(0.0, ge=0.0, le=2.0, description="llama.cpp: penalise tokens already used")
     stop_on_loop: bool = Field(True, description="llama.cpp: stop generating once the answer is a repetition loop "
                                                  "(finish_reason stop, stop_reason repetition)")
+    api_key: SecretStr | None = Field(None, description="every request but health and metrics needs it as a bearer "
+                                      "token (inference/guard.py); the gateway sends the same RAGFN_LLM_API_KEY")
     upstream_url: str | None = Field(None, description="OpenAI-compatible base URL for the openai engine")
     upstream_api_key: str | None = None
     upstream_retries: int = Field(3, ge=0, le=10, description="retries before the first token (connect, 429, 5xx)")

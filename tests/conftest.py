@@ -224,8 +224,8 @@ class PredictorProcess:
     """`python -m inference` as a real KServe ModelServer on a free port; its log is kept for failures."""
 
     def __init__(self, log_dir: Path, env: dict[str, str], *, model_name: str = "smollm",
-                 port: int | None = None) -> None:
-        self.port, self.model_name = port or free_port_block(1), model_name
+                 port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.port, self.model_name, self.args = port or free_port_block(1), model_name, args
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = log_dir / f"predictor-{self.port}.log"
         self.env, self.process = env, None
@@ -235,7 +235,8 @@ class PredictorProcess:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGFN_LLM_")} | self.env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inference", "--http_port", str(self.port), "--model_name", self.model_name],
+            [sys.executable, "-m", "inference", "--http_port", str(self.port), "--model_name", self.model_name,
+             *self.args],
             cwd=REPO, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
@@ -247,7 +248,9 @@ class PredictorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"predictor exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.post(f"{self.base_url}/warmup", params={"wait": 5}, timeout=10).status_code == 200:
+                key = self.env.get("RAGFN_LLM_API_KEY")
+                if httpx.post(f"{self.base_url}/warmup", params={"wait": 5}, timeout=10,
+                              headers={"Authorization": f"Bearer {key}"} if key else {}).status_code == 200:
                     return
             time.sleep(0.2)
         raise TimeoutError(f"predictor not ready:\n{self.log()}")

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-
 from conftest import PredictorProcess, llamacpp_env
 
 pytestmark = pytest.mark.integration
@@ -226,5 +225,34 @@ def test_a_model_that_fails_to_load_is_reported_not_hidden(tmp_path):
         assert warm.status_code == 503 and "cannot load" in warm.json()["error"]
         chat = httpx.post(f"{server.base_url}/chat/completions", json={"messages": QUESTION}, timeout=10)
         assert chat.status_code == 503 and re.search("failed to load.*cannot load", chat.json()["error"]["message"])
+    finally:
+        server.stop()
+
+
+# Security: the predictor answered anyone who reached it (its OpenAI routes and KServe's own), and under `ragfn dev`
+# it listened on every address of the laptop.
+def test_with_a_key_every_route_but_probes_needs_it_and_dev_binds_loopback(tmp_path):
+    import psutil
+
+    key = "k" * 40
+    server = PredictorProcess(tmp_path, {"RAGFN_LLM_ENGINE": "extractive", "RAGFN_LLM_API_KEY": key},
+                              args=("--host", "127.0.0.1")).start()
+    root, signed = server.base_url.removesuffix("/v1"), {"Authorization": f"Bearer {key}"}
+    chat = {"messages": QUESTION, "max_tokens": 8}
+    try:
+        for method, path, body in (("POST", "/v1/chat/completions", chat), ("POST", "/v1/completions",
+                                   {"prompt": "One, two,"}), ("GET", "/v1/models", None), ("POST", "/v1/warmup", None),
+                                   ("POST", "/v1/models/smollm:predict", {"instances": ["Hi"]}),
+                                   ("POST", "/v2/models/smollm/infer", {"inputs": []})):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": key}):
+                refused = httpx.request(method, root + path, json=body, headers=headers, timeout=30)
+                assert refused.status_code == 401, (path, headers, refused.text)
+                assert refused.json()["error"]["code"] == "Unauthorized"
+        assert httpx.post(f"{root}/v1/chat/completions", json=chat, headers=signed, timeout=60).status_code == 200
+        for probe in ("/", "/v2/health/live", "/v2/health/ready", "/v1/models/smollm", "/metrics"):
+            assert httpx.get(root + probe, timeout=10).status_code == 200, probe
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port}
+        assert listening == {"127.0.0.1"}
     finally:
         server.stop()

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import httpx
 
-from ragfn.cli.dev_chat import dev_key_path, ensure_service_keys, gateway_env, ui_available, ui_command
+from ragfn.cli.dev_chat import (
+    dev_key_path,
+    ensure_llm_key,
+    ensure_service_keys,
+    gateway_env,
+    ui_available,
+    ui_command,
+)
 from ragfn.core.config import Settings
 from ragfn.core.errors import ConfigError, Unavailable
 from ragfn.eventing.broker import LocalBroker
@@ -247,9 +254,10 @@ def _launch_predictor(settings: Settings, root: Path, host: str, port: int, env:
                       processes: list[subprocess.Popen]) -> dict:
     engine = predictor_engine(settings)
     # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
-    _spawn("predictor", [sys.executable, "-m", "inference", "--http_port", str(port), "--model_name",
-                         settings.llm_served_name], env | engine, root, log_dir, processes,
-           f"http://{host}:{port}/v2/health/live")
+    # on `host` only (KServe listens on every address otherwise), behind the key the dev gateway sends
+    _spawn("predictor", [sys.executable, "-m", "inference", "--http_port", str(port), "--host", host, "--model_name",
+                         settings.llm_served_name], env | engine | {"RAGFN_LLM_API_KEY": ensure_llm_key(settings)},
+           root, log_dir, processes, f"http://{host}:{port}/v2/health/live")
     return {"predictor": f"http://{host}:{port}/v1",
             "predictor_engine": engine.get("RAGFN_LLM_ENGINE", os.environ.get("RAGFN_LLM_ENGINE", ""))}
 

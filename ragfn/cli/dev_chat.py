@@ -38,6 +38,14 @@ def ensure_service_keys(settings: Settings) -> Path:
     return path
 
 
+def ensure_llm_key(settings: Settings) -> str:
+    """The key between the dev gateway and the dev predictor (RAGFN_LLM_API_KEY on both), kept under RAGFN_HOME."""
+    path = settings.home / "llm-key"
+    if not path.is_file() or not path.read_text().strip():
+        _secret_file(path, secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
 def ensure_dev_key(settings: Settings) -> tuple[Path, str]:
     """(key file, plaintext key) for the untenanted space, which `ragfn ingest` without --tenant fills.
 
@@ -55,7 +63,7 @@ def gateway_env(settings: Settings, functions: dict[str, str], predictor: str | 
     """The ask gateway's settings in dev, and the dev key when dev made one (None when credentials are configured)."""
     env = {"RAGFN_RETRIEVE_URL": functions["ragfn-retrieve"], "RAGFN_CACHE_URL": functions["ragfn-cache-check"]}
     if predictor and not settings.llm_url:
-        env["RAGFN_LLM_URL"] = predictor
+        env |= {"RAGFN_LLM_URL": predictor, "RAGFN_LLM_API_KEY": ensure_llm_key(settings)}
     if settings.api_keys_file is not None or settings.jwt_secret is not None:
         return env, None
     keys_file, key = ensure_dev_key(settings)
