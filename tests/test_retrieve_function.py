@@ -158,3 +158,20 @@ def test_context_respects_the_budget_and_skips_covered_chunks():
     assert [p.chunk_id for p in passages] == ["c1", "c4"]  # c2 is inside c1, c3 does not fit
     assert [p.number for p in passages] == [1, 2]
     assert render(passages).startswith("[1] s › H\ntext 1\n\n[2] s › H\ntext 4")
+
+
+# Security: an unexpected failure answered with its exception's text, which can name internal hosts and paths.
+def test_an_unexpected_failure_answers_with_a_reference_not_its_text(client, service_keys, monkeypatch, caplog):
+    from ragfn.gateway.backends import LocalRetrieval
+
+    def broken(self, query):
+        raise RuntimeError("cannot open /srv/secret/acme-payroll.db on db-7.internal")
+
+    monkeypatch.setattr(LocalRetrieval, "retrieve", broken)
+    with caplog.at_level("ERROR", logger="ragfn.handler"):
+        response = client.post("/", json={"question": "sort"}, headers=as_caller(service_keys))
+    body = response.get_json()
+    assert response.status_code == 500 and body["retryable"] is True
+    assert "payroll" not in response.get_data(as_text=True) and "db-7" not in response.get_data(as_text=True)
+    reference = body["message"].rsplit("reference ", 1)[1].rstrip(")")
+    assert any(reference in r.getMessage() and "payroll" in (r.exc_text or "") for r in caplog.records)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,9 +169,13 @@ def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], I
     except RagfnError as exc:
         log.warning("%s: %s", name, exc)
         return error_response(exc, event())
-    except Exception as exc:  # never let one bad request take the worker down
-        log.exception("%s: unexpected failure", name)
-        return error_response(RagfnError(f"internal error in {name}: {type(exc).__name__}: {exc}"), event())
+    except Exception:  # never let one bad request take the worker down
+        # the exception's text stays in the log (it can name hosts, paths, or someone else's data): the caller
+        # gets a reference to find it there
+        reference = uuid.uuid4().hex[:12]
+        log.exception("%s: unexpected failure (reference %s)", name, reference)
+        return error_response(RagfnError(f"internal error in {name} (reference {reference})",
+                                         hint=f"the {name} log has the details under this reference"), event())
 
 
 def _ready(name: str, runtime: LazyRuntime, uses_index: bool, *, verifies_callers: bool = False) -> flask.Response:
