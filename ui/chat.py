@@ -7,8 +7,9 @@ import time
 import streamlit as st
 
 from ui.client import GatewayClient, GatewayDown, GatewayError, RateLimited, SignInRefused, UploadStatus
+from ui.safe_markdown import SafeMarkdown
 from ui.settings import UISettings
-from ui.views import render_badges, render_citations
+from ui.views import plain, render_badges, render_citations, render_markdown
 
 EMPTY = ("No documents in **{collection}** yet. Add some with the upload box in the sidebar, or from a terminal "
          "with `ragfn ingest --collection {collection} PATH`.")
@@ -22,6 +23,13 @@ def settings() -> UISettings:
     if "settings" not in state():
         state().settings = UISettings()
     return state().settings
+
+
+def safe() -> SafeMarkdown:
+    """How this session renders untrusted text (ui/safe_markdown.py)."""
+    if "safe" not in state():
+        state().safe = SafeMarkdown(settings().link_hosts)
+    return state().safe
 
 
 def client() -> GatewayClient:
@@ -82,8 +90,8 @@ def sidebar() -> str | None:
             sign_in()
             return None
         me = state().me
-        st.caption(f"Signed in as **{me.subject}** · tenant {me.tenant or '(untenanted)'} · "
-                   f"groups {', '.join(me.groups) or '(none)'}")
+        st.caption(f"Signed in as **{plain(me.subject)}** · tenant {plain(me.tenant) if me.tenant else '(untenanted)'}"
+                   f" · groups {plain(', '.join(me.groups)) if me.groups else '(none)'}")
         names = sorted({"default", *me.collections, *state().setdefault("new_collections", set())})
         collection = st.selectbox("Collection", names, key="collection")
         st.text_input("New collection", key="new_collection", on_change=add_collection,
@@ -190,15 +198,15 @@ def feedback(turn: dict) -> None:
 
 def show_turn(turn: dict) -> None:
     with st.chat_message("user"):
-        st.markdown(turn["question"])
+        st.text(turn["question"])
     with st.chat_message("assistant"):
         for status in turn["statuses"]:
             st.caption(f"⚠️ {status['message']}")
         if turn["text"]:
-            st.markdown(turn["text"])
+            render_markdown(turn["text"], safe())
         if turn.get("error"):
             show_error(turn["error"])
-        render_citations(turn["citations"])
+        render_citations(turn["citations"], safe())
         render_badges(turn["final"])
         feedback(turn)
 
@@ -207,23 +215,27 @@ def ask(question: str, collection: str) -> dict:
     """Stream one answer into the page; returns the turn to keep in the history."""
     turn = {"question": question, "text": "", "statuses": [], "citations": [], "final": {}, "error": None}
     with st.chat_message("user"):
-        st.markdown(question)
+        st.text(question)
     with st.chat_message("assistant"):
         notes = st.container()
         streamed = st.empty()  # one slot, so a `replace` event's text takes the place of the withdrawn tokens
         answer = client().ask(question, collection=collection)
+        text, shown = "", 0.0
         try:
-            with streamed:
-                st.write_stream(answer.tokens(on_status=lambda status: notes.caption(f"⚠️ {status['message']}")))
+            # not st.write_stream: that renders the model's Markdown as it comes, images and all
+            for token in answer.tokens(on_status=lambda status: notes.caption(f"⚠️ {status['message']}")):
+                text += token
+                if time.monotonic() - shown > 0.05:  # redraw at most 20 times a second
+                    render_markdown(text, safe(), streamed)
+                    shown = time.monotonic()
         except GatewayError as exc:
             answer.error = exc
-        if answer.replaced:
-            streamed.markdown(answer.text)
+        render_markdown(answer.text if answer.replaced else text, safe(), streamed)
         turn.update(text=answer.text, statuses=answer.statuses, citations=answer.citations, final=answer.final,
                     error=answer.error)
         if answer.error:
             show_error(answer.error)
-        render_citations(turn["citations"])
+        render_citations(turn["citations"], safe())
         render_badges(turn["final"])
         feedback(turn)
     return turn

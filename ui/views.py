@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+import re
+from html import escape
 
 import streamlit as st
 
 from ragfn.core.uris import document_name
+from ui.safe_markdown import SafeMarkdown
 
 # What each `degraded` reason (ragfn/gateway/ask.py) means to someone reading the answer.
 DEGRADED = {
@@ -48,22 +50,29 @@ def timing_line(timings_ms: dict) -> str:
     return " · ".join([*parts, f"total {fmt(sum(timings_ms.values()))}"]) if parts else ""
 
 
-def source_link(source: str) -> str:
-    """A clickable link for web and bucket sources the browser can open; otherwise the location as code."""
-    if urlparse(source).scheme in ("http", "https"):
-        return f"[{source}]({source})"
-    return f"`{source}`"
+def plain(text: str) -> str:
+    """Text for a place Streamlit reads as Markdown (labels, captions): the characters that make links, images,
+    HTML, code or emphasis are escaped, so a document's or a key's name shows as written and loads nothing."""
+    return re.sub(r"([\\`*_\[\]()!<>|~])", r"\\\1", text)
 
 
-def render_citations(citations: list[dict]) -> None:
+def render_markdown(text: str, safe: SafeMarkdown, slot=None) -> None:
+    """Untrusted Markdown (a model's answer) in `slot` (or the page): see ui/safe_markdown.py. Nothing for empty
+    text (st.html refuses an empty body). The HTML always starts with a tag, so st.html never takes it for a file
+    path to read."""
+    if text.strip():
+        (slot or st).html(safe.html(text))
+
+
+def render_citations(citations: list[dict], safe: SafeMarkdown) -> None:
     if not citations:
         return
     columns = st.columns(min(len(citations), 4))
     for i, citation in enumerate(citations):
-        with columns[i % len(columns)].popover(f"[{citation['n']}] {document_name(citation['source'])}"):
-            st.markdown(f"**Source** {source_link(citation['source'])}")
-            if citation.get("heading_path"):
-                st.markdown(f"**Section** {citation['heading_path']}")
+        with columns[i % len(columns)].popover(f"[{citation['n']}] {plain(document_name(citation['source']))}"):
+            section = (f"<br><b>Section</b> {escape(citation['heading_path'])}"
+                       if citation.get("heading_path") else "")
+            st.html(f"<b>Source</b> {safe.link(citation['source'])}{section}")
             st.text(citation["text"])
 
 

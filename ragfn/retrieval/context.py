@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ragfn.core.uris import document_name
@@ -44,11 +45,18 @@ def assemble_context(hits: list[Hit], budget_tokens: int) -> list[Passage]:
     return chosen
 
 
+_HEADER_LIKE = re.compile(r"^(\s*)\[(\d+)\]", re.MULTILINE)
+
+
 def render(passages: list[Passage], *, full_sources: bool = False) -> str:
-    """The numbered passages as the prompt shows them: each under its document's name, or its whole URI."""
+    """The numbered passages as the prompt shows them: each under its document's name, or its whole URI.
+
+    Only these headers open a passage: a header is one line, and a line of a passage's text that would read as one
+    ("[2] payroll.md", planted to make the model take the text for another passage) has its number written (2)."""
     blocks = []
     for passage in passages:
         source = passage.source if full_sources else document_name(passage.source)
-        where = f"{source} › {passage.heading_path}" if passage.heading_path else source
-        blocks.append(f"[{passage.number}] {where}\n{passage.text}")
+        where = " ".join(f"{source} › {passage.heading_path}".split() if passage.heading_path else source.split())
+        text = _HEADER_LIKE.sub(r"\1(\2)", passage.text)
+        blocks.append(f"[{passage.number}] {where}\n{text}")
     return "\n\n".join(blocks)
