@@ -507,3 +507,11 @@ def test_maintenance_sweeps_rows_that_no_commit_or_delete_will_remove(index, uni
     assert texts() == {"next acme"}
     assert swept() == 1 and texts() == set()
     assert index.stats()[unique_collection] == {"documents": 0, "chunks": 0}
+
+
+# Security: chromadb's anonymized telemetry was on in every pod and on every laptop.
+def test_chroma_clients_send_no_telemetry(settings, chroma_server):
+    from ragfn.store.chroma_tables import connect
+
+    for where in (settings, settings.model_copy(update={"chroma_url": chroma_server})):
+        assert connect(where).get_settings().anonymized_telemetry is False

@@ -185,7 +185,8 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
         chroma = Path(sys.executable).with_name("chroma")
         processes.append(subprocess.Popen(
             [str(chroma), "run", "--path", str(settings.chroma_path.resolve()), "--host", host, "--port",
-             str(ports.chroma)], stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
+             str(ports.chroma)], env=dict(os.environ, ANONYMIZED_TELEMETRY="False"),
+            stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
         wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
     if chroma_url:
         env["RAGFN_CHROMA_URL"] = chroma_url

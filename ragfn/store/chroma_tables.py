@@ -19,16 +19,19 @@ GENERATION_ID = "~generation"  # ledger records no document URI can collide with
 def connect(settings: Settings):
     """Embedded `PersistentClient` under RAGFN_HOME, or `HttpClient` when RAGFN_CHROMA_URL is set."""
     import chromadb
+    from chromadb.config import Settings as ChromaSettings
 
+    # chromadb sends anonymized usage telemetry unless told not to; ragfn's pods and laptops send none
+    private = ChromaSettings(anonymized_telemetry=False)
     try:
         if settings.chroma_url:
             url = urlparse(settings.chroma_url)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ConfigError(f"RAGFN_CHROMA_URL={settings.chroma_url!r} is not an http(s) URL")
             return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 80),
-                                       ssl=url.scheme == "https")
+                                       ssl=url.scheme == "https", settings=private)
         settings.chroma_path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(settings.chroma_path))
+        return chromadb.PersistentClient(path=str(settings.chroma_path), settings=private)
     except (ValueError, ConnectionError, OSError) as exc:
         raise Unavailable(f"cannot reach Chroma ({settings.chroma_url or settings.chroma_path}): {exc}",
                           hint="start it with `chroma run` or unset RAGFN_CHROMA_URL for embedded mode") from exc
