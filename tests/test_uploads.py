@@ -126,7 +126,7 @@ def test_upload_is_stored_under_the_tenant_and_queued(recorder, gateway, ragfn_e
     response = upload(app, "../../Deploy Guide.md", GUIDE.encode(), groups="eng")
     assert response.status_code == 202, response.get_json()
     receipt = response.get_json()
-    folder = (ragfn_env.home / "uploads" / "tenants" / "acme" / "default").resolve()
+    folder = (ragfn_env.home / "uploads" / "tenants" / "acme" / "default" / "groups" / "eng").resolve()
     assert receipt == {"document_id": f"file://{folder}/Deploy Guide.md", "version": content_version(GUIDE.encode()),
                        "collection": "default", "event_id": receipt["event_id"], "state": "queued",
                        "bytes": len(GUIDE.encode())}
@@ -190,7 +190,7 @@ def test_the_untenanted_space_uploads_to_shared(recorder, gateway, ragfn_env, mo
     keys.write_text(json.dumps({hashlib.sha256(b"key-solo").hexdigest(): {"tenant": "", "groups": [], "name": "solo"}}))
     app = client(RAGFN_API_KEYS_FILE=str(keys))
     receipt = upload(app, "guide.md", GUIDE.encode(), key="key-solo").get_json()
-    assert "/uploads/shared/default/guide.md" in receipt["document_id"]
+    assert "/uploads/shared/default/all/guide.md" in receipt["document_id"]
     assert recorder.received[0].get_data()["tenant"] is None
     ingest_received(recorder.received[0], ragfn_env)
     assert status(app, receipt, key="key-solo")["state"] == "indexed"
@@ -266,6 +266,36 @@ def test_status_of_another_tenants_upload_is_not_found(recorder, gateway):
         "document_id": receipt["document_id"], "version": receipt["version"], "collection": "other"}).status_code == 404
 
 
+# Security: any member of a tenant could replace another group's upload by its name (tenants/<t>/<collection>/
+# <name>), making an HR-only document readable tenant-wide, and the status route told whether a hidden name existed.
+def test_an_upload_can_neither_replace_nor_reveal_one_its_caller_cannot_read(recorder, gateway, ragfn_env, tmp_path):
+    client, _ = gateway
+    keys = tmp_path / "acme-keys.json"
+    keys.write_text(json.dumps({hashlib.sha256(k.encode()).hexdigest(): v for k, v in {
+        "key-hr": {"tenant": "acme", "groups": ["hr"], "name": "hr"},
+        "key-eng": {"tenant": "acme", "groups": ["eng"], "name": "eng"}}.items()}))
+    app = client(RAGFN_API_KEYS_FILE=str(keys))
+    secret = upload(app, "pay.md", b"# Pay\n\nBands are confidential.\n", groups="hr", key="key-hr").get_json()
+    public = upload(app, "pay.md", b"# Pay\n\nEveryone earns the same.\n", key="key-eng").get_json()
+    assert public["document_id"] != secret["document_id"]  # another object: the HR one is untouched
+    hr_file = Path(secret["document_id"].removeprefix("file://"))
+    assert hr_file.read_bytes() == b"# Pay\n\nBands are confidential.\n"
+    assert [e.get_data()["groups"] for e in recorder.received] == [["hr"], []]
+    assert upload(app, "pay.md", b"x", groups="hr", key="key-eng").status_code == 403
+    hidden = status_response(app, secret, key="key-eng")
+    missing = status_response(app, secret | {"document_id": secret["document_id"].replace("pay.md", "nope.md")},
+                              key="key-eng")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.get_json()["message"].replace("pay.md", "nope.md") == missing.get_json()["message"]
+    assert status_response(app, secret, key="key-hr").status_code == 200
+    assert status_response(app, public, key="key-hr").status_code == 200  # tenant-wide: everyone may read it
+
+
+def status_response(app, receipt: dict, *, key: str):
+    return app.get("/v1/documents/status", headers=auth(key), query_string={
+        "document_id": receipt["document_id"], "version": receipt["version"], "collection": receipt["collection"]})
+
+
 # --- s3:// ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -283,8 +313,8 @@ def test_s3_upload_writes_the_object_with_its_labels(s3, versioned, recorder, ga
         bucket.put_bucket_versioning(Bucket="uploads", VersioningConfiguration={"Status": "Enabled"})
     app = client(RAGFN_UPLOAD_URI="s3://uploads/incoming", RAGFN_S3_ENDPOINT_URL=s3)
     receipt = upload(app, "guide.md", GUIDE.encode(), groups="eng").get_json()
-    assert receipt["document_id"] == "s3://uploads/incoming/tenants/acme/default/guide.md", receipt
-    head = bucket.head_object(Bucket="uploads", Key="incoming/tenants/acme/default/guide.md")
+    assert receipt["document_id"] == "s3://uploads/incoming/tenants/acme/default/groups/eng/guide.md", receipt
+    head = bucket.head_object(Bucket="uploads", Key="incoming/tenants/acme/default/groups/eng/guide.md")
     assert head["Metadata"] == {"ragfn-tenant": "acme", "ragfn-groups": "eng", "ragfn-collection": "default"}
     assert head["ContentType"] == "text/markdown"
     assert receipt["version"] == (head["VersionId"] if versioned else head["ETag"].strip('"'))

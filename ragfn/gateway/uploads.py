@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import PurePosixPath
 from typing import Literal, Protocol
+from urllib.parse import quote, unquote
 
 from ragfn.core.auth import Identity, authorize
 from ragfn.core.errors import (
@@ -135,8 +136,29 @@ class Uploads:
         part = f"tenants/{tenant}" if tenant else "shared"  # "": the untenanted space of a single-tenant install
         return f"{self.runtime.settings.resolved_upload_uri()}{part}/{check_collection_name(collection)}/"
 
+    @staticmethod
+    def scope(groups: tuple[str, ...]) -> str:
+        """The folder of an upload readable by these groups: `all/` for the whole tenant, `groups/<g>+<h>/` else.
+
+        An upload replaces only the one of the same name in the same scope, which its uploader could read: a
+        tenant-wide upload named like an HR-only document is another object, never a way to make it readable."""
+        if not groups:
+            return "all/"
+        return "groups/" + "+".join(quote(g, safe="") for g in sorted(set(groups))) + "/"
+
+    @staticmethod
+    def readable(identity: Identity, scoped: str) -> bool:
+        """Whether the caller may see an upload at `scoped` (its path under the tenant's collection folder)."""
+        parts = scoped.split("/")
+        if len(parts) == 2 and parts[0] == "all":
+            return bool(parts[1])
+        if len(parts) == 3 and parts[0] == "groups" and parts[2]:
+            return not {unquote(g) for g in parts[1].split("+")}.isdisjoint(identity.groups)
+        return False
+
     def upload(self, identity: Identity, upload: Upload) -> UploadReceipt:
-        """Store the file under the caller's prefix (replacing one of the same name), then queue it."""
+        """Store the file under the caller's prefix and its readers' scope (replacing one of the same name
+        there), then queue it."""
         from ragfn.ingest.pipeline import content_version
         from ragfn.ingest.walk import INGESTIBLE_SUFFIXES
 
@@ -152,7 +174,7 @@ class Uploads:
             raise ObjectTooLarge(f"{name!r} is larger than the limit of {limit} bytes",
                                  hint="split the document, or raise RAGFN_MAX_OBJECT_BYTES on the gateway and chunk")
         groups = authorize(identity, groups=upload.groups).groups if upload.groups else ()
-        uri = self.prefix(identity.tenant, upload.collection) + name
+        uri = self.prefix(identity.tenant, upload.collection) + self.scope(groups) + name
         publisher = self.publisher()  # before writing: a file nobody will ingest helps no one
         metadata = {"ragfn-tenant": identity.tenant, "ragfn-groups": ",".join(groups),
                     "ragfn-collection": upload.collection}
@@ -182,7 +204,8 @@ class Uploads:
     def status(self, identity: Identity, query: StatusQuery) -> UploadStatus:
         uri, collection, version = canonical_uri(query.document_id), query.collection, query.version
         prefix = self.prefix(identity.tenant, collection)
-        if not uri.startswith(prefix) or "/" in uri[len(prefix):]:  # never say whether another tenant's exists
+        # never say whether another tenant's upload exists, or one of the tenant's the caller cannot read
+        if not uri.startswith(prefix) or not self.readable(identity, uri[len(prefix):]):
             raise ObjectNotFound(f"no upload {uri} of yours in collection {collection!r}",
                                  hint="use the document_id and collection that POST /v1/documents returned")
 
