@@ -167,11 +167,16 @@ def test_gcs_finalized_event_reads_the_generation_from_storage(sink):
         assert data.chunks[0].heading_path == ["Onboarding"]
 
 
-def test_a_source_can_route_a_bucket_to_a_collection_with_an_extension(sink):
+def test_a_source_can_route_a_bucket_to_a_collection_with_an_extension(sink, monkeypatch):
+    import boto3
+
     record = json.loads((PAYLOADS / "s3_delete.json").read_text())
     event = CloudEvent({"type": events.S3_NOTIFICATION, "source": "s3", "ragfncollection": "handbook"}, record)
     headers, body = to_binary(event)
-    response = chunk_client().post("/", headers=dict(headers), data=body)
+    with moto_s3() as endpoint:  # the bucket, without the deleted object: the chunk stage checks that it is gone
+        monkeypatch.setenv("RAGFN_S3_ENDPOINT_URL", endpoint)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=record["Records"][0]["s3"]["bucket"]["name"])
+        response = chunk_client().post("/", headers=dict(headers), data=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     tomb, = sink.received
     assert tomb["type"] == events.DOCUMENT_TOMBSTONED and tomb.get_data()["collection"] == "handbook"

@@ -69,10 +69,23 @@ def indexed_as_is(change: ObjectChange, entry: LedgerEntry | None, chunking: str
     return runtime.reader.head(change.uri).version == entry.version
 
 
+def _still_there(uri: str, runtime: IngestServices) -> bool:
+    try:
+        runtime.reader.head(uri)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: datetime | None = None) -> StageResult:
     """Turn one storage change into chunk batches (upsert) or a tombstone (delete)."""
     summary = {"uri": change.uri, "action": change.action, "collection": change.collection}
     if change.action == "delete":
+        if _still_there(change.uri, runtime):
+            # The store says the object exists: the delete is stale (a re-creation overtook it, or it removed an
+            # older version of a versioned object), or forged. A tombstone with a crafted `sequencer` would
+            # otherwise outrank every later upsert.
+            return StageResult([], summary | {"status": "stale", "detail": "the object still exists"})
         sequence = events.sequence_key(change.sequence if change.sequence is not None else microseconds(event_time))
         tomb = DocumentTombstoned(collection=change.collection, document_id=change.uri, sequence=sequence)
         return StageResult([OutboundEvent(events.DOCUMENT_TOMBSTONED, tomb, subject=change.uri)], summary)
@@ -89,17 +102,19 @@ def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: d
         stored = runtime.reader.read(change.uri)
     except ObjectNotFound:
         return StageResult([], summary | {"status": "gone", "detail": "object no longer exists; a delete follows"})
-    if change.version and stored.version and change.version != stored.version:
-        return StageResult([], summary | {"status": "superseded", "detail": f"object is now {stored.version}"})
+    current = stored.version or content_version(stored.data)  # file://: the content hash is the version
+    if change.version and change.version != current:
+        return StageResult([], summary | {"status": "superseded", "detail": f"object is now {current}"})
 
-    version = change.version or stored.version or content_version(stored.data)
+    version = current
     sequence = change.sequence if change.sequence is not None else stored.sequence
     meta = stored.metadata
     document = DocumentVersion(
         collection=change.collection, document_id=change.uri, version=version,
         sequence=events.sequence_key(sequence if sequence is not None else microseconds(event_time)),
-        tenant=change.tenant or meta.get("ragfn-tenant") or None,
-        groups=list(change.groups) or [g.strip() for g in meta.get("ragfn-groups", "").split(",") if g.strip()],
+        # the object's own labels outrank the event's: whoever may send events must not choose whose they are
+        tenant=meta.get("ragfn-tenant") or change.tenant or None,
+        groups=[g.strip() for g in meta.get("ragfn-groups", "").split(",") if g.strip()] or list(change.groups),
         content_type=change.content_type or stored.content_type, size=stored.size,
     )
     summary |= {"version": version}
@@ -112,12 +127,12 @@ def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: d
         sequence = max(document.sequence, events.sequence_key(int(entry.sequence, 16) + 1))
         document = document.model_copy(update={"sequence": sequence})
         summary |= {"rechunked": entry.chunking or "unrecorded"}
-    elif (entry and entry.state == "indexed" and change.version is None and change.sequence is None
-          and entry.is_newer_than(document.sequence, version)):
-        # An upsert naming neither version nor sequence (a re-sync, `ragfn ingest`) asks for what the object holds
-        # now, and that was just read: it is newer than what is indexed. Its clock can still sort below the index's
-        # (an S3 `sequencer` from a notification is far larger than LastModified in microseconds), so without this a
-        # change whose notification was lost could never be repaired.
+    elif entry and entry.is_newer_than(document.sequence, version):
+        # The object was just read, holding this version (a notification naming another one is superseded above):
+        # whatever the ledger records as newer (another version, a delete) is not what the store holds now. Its
+        # sequence can still sort above this one: an S3 `sequencer` is far larger than LastModified in microseconds
+        # (a re-sync or `ragfn ingest` after a lost notification), or a forged one was sent. The store's current
+        # object wins, so no sequence, however crafted, keeps the index from what the store holds.
         document = document.model_copy(update={"sequence": events.sequence_key(int(entry.sequence, 16) + 1)})
         summary |= {"resequenced": entry.sequence}
     if entry and entry.is_newer_than(document.sequence, version):
