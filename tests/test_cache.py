@@ -286,3 +286,10 @@ def test_a_read_only_redis_is_the_cache_being_unavailable(embedder, tmp_path):
     finally:
         replica.terminate()
         replica.wait(timeout=10)
+
+
+@pytest.mark.unit
+def test_a_question_never_conflicts_with_itself_after_an_apostrophe():
+    # found by tests/test_fuzz.py: names were read word by word and words token by token ("o'brien")
+    for question in ("Who is O'Brien?", "What does Python's GIL do?", "0'A"):
+        assert conflicting(question, question) is None

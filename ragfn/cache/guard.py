@@ -124,7 +124,9 @@ class _Question:
         # "none of" / a sentence opening with "None", not the value ("is None")
         self.none_negates = bool(re.search(r"\bnone\b", text)) or any(
             opens and m.group(0) == "None" for m, opens in _words(text))
-        self.words = set(self.low) | {_canon(w) for w in self.low}
+        # and each part of "o'brien" or "0'a": names are read word by word, so a question must know its own parts
+        # (found by tests/test_fuzz.py: a question with a capital after an apostrophe conflicted with itself)
+        self.words = set(self.low) | {_canon(w) for w in self.low} | {p for w in self.low for p in w.split("'") if p}
         self.numbers = set(_NUMBER.findall(text)) | {_NUMBER_WORDS[w] for w in self.low if w in _NUMBER_WORDS}
         # "one" counts as 1 only before a content word ("with one element"), not as a pronoun ("pick one", "one of")
         self.numbers |= {"1" for w, after in zip(self.low, self.low[1:]) if w == "one" and after not in _IGNORED
