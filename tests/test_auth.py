@@ -222,3 +222,18 @@ def test_a_service_key_file_that_cannot_sign_is_refused_at_start_up(tmp_path, co
     with pytest.raises(ConfigError, match=problem) as raised:
         ServiceKeys(path)
     assert "RAGFN_SERVICE_KEYS_FILE" in str(raised.value) and "short" not in str(raised.value).split(":")[0]
+
+
+@pytest.mark.parametrize("entries, problem", [
+    ({"k" * 64: {"name": "x", "prefixes": ["s3://b/"]}}, "sha256 hex digest"),  # a plaintext key, not a digest
+    ({"a" * 64: {"name": "x"}}, "non-empty list of prefixes"),
+    ({"a" * 64: {"name": "x", "prefixes": ["s3://bucket"]}}, "not an s3:// or gs:// bucket prefix"),
+    ({"a" * 64: {"name": "x", "prefixes": ["file:///etc/"]}}, "not an s3:// or gs:// bucket prefix"),
+    ({"pubsub:push@p.iam.gserviceaccount.com": {"prefixes": ["gs://b/"]}}, "RAGFN_PUBSUB_AUDIENCE"),
+])
+def test_a_sender_file_that_cannot_work_is_refused(entries, problem):
+    from ragfn.ingest.senders import Senders
+
+    with pytest.raises(ConfigError, match=problem) as refused:
+        Senders(entries)
+    assert "k" * 64 not in str(refused.value)

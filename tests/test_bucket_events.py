@@ -175,20 +175,67 @@ def test_a_broker_that_is_down_is_a_503_so_the_sender_retries(ragfn_env, monkeyp
             sink.server.shutdown()
 
 
-def test_with_api_keys_only_a_service_key_may_post(event_sink, monkeypatch, tmp_path):
-    keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps({hashlib.sha256(b"svc-key").hexdigest(): {"tenant": "", "groups": [], "name": "minio"},
-                                hashlib.sha256(b"acme-key").hexdigest(): {"tenant": "acme", "groups": []}}))
-    monkeypatch.setenv("RAGFN_API_KEYS_FILE", str(keys))
-    client, body = function("bucket_events"), load("minio_put.json")
-    assert client.post("/", json=body).status_code == 401
-    tenant = client.post("/", json=body, headers={"Authorization": "Bearer acme-key"})
-    assert tenant.status_code == 401 and "service key" in tenant.get_json()["message"]
-    assert client.post("/", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+# Security: a bucket sender's key (in the chat users' key file, or in the push URL) could index any readable
+# object, of any bucket, into any tenant.
+def test_senders_have_keys_of_their_own_in_headers_only_and_prefixes(event_sink, monkeypatch, tmp_path):
+    chat_keys = tmp_path / "keys.json"
+    chat_keys.write_text(json.dumps({hashlib.sha256(b"svc-key").hexdigest(): {"tenant": "", "groups": [],
+                                                                                "name": "old-service-key"}}))
+    senders = tmp_path / "senders.json"
+    senders.write_text(json.dumps({
+        hashlib.sha256(b"minio-key").hexdigest(): {"name": "minio", "prefixes": ["s3://docs/handbook/"]},
+        hashlib.sha256(b"other-key").hexdigest(): {"name": "other", "prefixes": ["s3://docsx/"]}}))
+    monkeypatch.setenv("RAGFN_API_KEYS_FILE", str(chat_keys))
+    monkeypatch.setenv("RAGFN_SENDER_KEYS_FILE", str(senders))
+    client, body = function("bucket_events"), load("minio_put.json")  # s3://docs/handbook/vacation policy.md
+    for headers, query in (({}, ""), ({"Authorization": "Bearer svc-key"}, ""),  # a key of the chat users' file
+                           ({"Authorization": "Bearer wrong"}, ""), ({}, "?token=minio-key")):  # never in the URL
+        assert client.post("/" + query, json=body, headers=headers).status_code == 401, (headers, query)
+    outside = client.post("/", json=body, headers={"Authorization": "Bearer other-key"})
+    assert outside.status_code == 403 and "s3://docs/handbook/vacation policy.md" in outside.get_json()["message"]
     assert event_sink.received == []
-    assert client.post("/", json=body, headers={"Authorization": "Bearer svc-key"}).status_code == 200  # MinIO
-    assert client.post("/?token=svc-key", json=push(load("gcs_finalized.json"))).status_code == 200  # Pub/Sub push
-    assert len(event_sink.received) == 2
+    assert client.post("/", json=body, headers={"Authorization": "Bearer minio-key"}).status_code == 200
+    assert len(event_sink.received) == 1
+
+
+def test_a_pubsub_push_authenticates_with_its_oidc_token(event_sink, monkeypatch, tmp_path):
+    """Google signs the push subscription's tokens; a local JWKS endpoint stands in for Google's (none is reachable
+    here), with a key made for the test."""
+    import time
+
+    import jwt
+    from conftest import Served
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from werkzeug.wrappers import Response
+
+    google, stranger = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(google.public_key())) | {"kid": "k1", "alg": "RS256",
+                                                                                   "use": "sig"}
+    certs = Served(lambda environ, start: Response(json.dumps({"keys": [jwk]}), mimetype="application/json")(
+        environ, start))
+    senders = tmp_path / "senders.json"
+    senders.write_text(json.dumps({"pubsub:push@proj.iam.gserviceaccount.com": {
+        "name": "gcs", "prefixes": ["gs://ragfn-docs/handbook/"]}}))
+    monkeypatch.setenv("RAGFN_SENDER_KEYS_FILE", str(senders))
+    monkeypatch.setenv("RAGFN_PUBSUB_AUDIENCE", "https://ragfn-bucket-events.example.com")
+    monkeypatch.setenv("RAGFN_PUBSUB_JWKS_URL", certs.url)
+
+    def token(key=google, **claims) -> dict[str, str]:
+        now = int(time.time())
+        body = {"iss": "https://accounts.google.com", "aud": "https://ragfn-bucket-events.example.com", "iat": now,
+                "exp": now + 300, "email": "push@proj.iam.gserviceaccount.com", "email_verified": True} | claims
+        return {"Authorization": "Bearer " + jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})}
+
+    client = function("bucket_events")
+    try:
+        for headers in (token(aud="https://elsewhere"), token(email_verified=False), token(stranger),
+                        token(email="other@proj.iam.gserviceaccount.com"), token(exp=int(time.time()) - 60)):
+            assert client.post("/", json=push(load("gcs_finalized.json")), headers=headers).status_code == 401
+        assert event_sink.received == []
+        assert client.post("/", json=push(load("gcs_finalized.json")), headers=token()).status_code == 200
+    finally:
+        certs.server.shutdown()
+    assert len(event_sink.received) == 1
 
 
 def test_get_is_a_readiness_probe(ragfn_env):

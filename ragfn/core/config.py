@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")
     jwt_secret: str | None = Field(None, description="HS256 secret; enables JWT bearer tokens with tenant/groups")
     jwt_audience: str | None = None
+    sender_keys_file: Path | None = Field(None, description="who may send bucket notifications to bucket-events, "
+                                          "and about which prefixes (ragfn.ingest.senders); anyone when unset")
+    pubsub_audience: str | None = Field(None, description="the audience of Pub/Sub push OIDC tokens (bucket-events)")
+    pubsub_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", description="Google's token keys")
     service_keys_file: Path | None = Field(None, description="HS256 keys, one per line, for the gateway's signed "
                                            "calls to retrieve and cache-check (ragfn.core.service_auth)")
     rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")

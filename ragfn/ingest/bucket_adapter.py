@@ -6,15 +6,12 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cloudevents.http import CloudEvent
 from pydantic import RootModel
 
-from ragfn.core.auth import ApiKeys, Unauthorized
-from ragfn.core.config import Settings
 from ragfn.core.errors import BadEvent
 from ragfn.eventing import events
 from ragfn.eventing.publish import OutboundEvent
@@ -137,24 +134,3 @@ def _notification(payload: dict[str, Any]) -> Translation:
                                   subject=payload.get("Key") if isinstance(payload.get("Key"), str) else None,
                                   source=f"{origin}/{bucket}" if bucket else origin,
                                   time=first.get("eventTime") if isinstance(first.get("eventTime"), str) else None)])
-
-
-def authorize(keys: ApiKeys | None, headers: Mapping[str, str], query_token: str | None) -> None:
-    """When API keys are configured, a sender must present an untenanted one (a service key): as a bearer token
-    (MinIO's auth_token) or as ?token= on the push endpoint (a Pub/Sub push subscription cannot set headers)."""
-    if keys is None:
-        return
-    if query_token:
-        headers = {"authorization": f"Bearer {query_token}"}
-    identity = keys.authenticate(headers)
-    # a chat user's key names their tenant; notifications may announce any tenant's objects, so only a key without
-    # one may send them
-    if identity.tenant:
-        raise Unauthorized(f"{identity.subject} is a tenant's key; bucket notifications need a service key",
-                           hint='add a key with "tenant": "" to RAGFN_API_KEYS_FILE for the bucket\'s sender')
-
-
-def sender_keys(settings: Settings) -> ApiKeys | None:
-    """RAGFN_API_KEYS_FILE's keys, read on every request so that a rotated Secret applies at once; None (anyone
-    may send) without one, for a function only the cluster can reach (MinIO inside it)."""
-    return ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
