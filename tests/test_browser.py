@@ -65,7 +65,7 @@ def test_a_new_user_gets_a_streamed_cited_answer_in_the_browser(dev_chat, tmp_pa
     assert "⏱ cache" in page and "retrieve" in page and "generate" in page
     citation = report["citation_text"]
     assert report["citation_label"].startswith("[") and "sorting.md" in report["citation_label"]
-    assert "Source" in citation and "uploads/shared/default/sorting.md" in citation
+    assert "Source" in citation and "uploads/shared/default/all/sorting.md" in citation
     assert "Section" in citation and "Sorting" in citation
     passage = citation.strip().splitlines()[-1]
     assert len(passage) > 30 and passage in " ".join(SORTING.split()), citation  # the passage's own text
