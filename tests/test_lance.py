@@ -50,7 +50,7 @@ def test_an_unknown_store_is_refused_naming_the_setting(monkeypatch):
 
 
 @pytest.mark.parametrize("function", ["index", "retrieve"])
-def test_an_unreachable_bucket_keeps_a_function_from_turning_ready(ragfn_env, monkeypatch, function):
+def test_an_unreachable_bucket_keeps_a_function_from_turning_ready(ragfn_env, service_keys, monkeypatch, function):
     lance_env(monkeypatch, "s3://nowhere/ragfn", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -67,7 +67,7 @@ def test_a_missing_bucket_is_named_at_start_up(ragfn_env, monkeypatch, moto_serv
         Runtime(load_settings()).index.warm_up()
 
 
-def test_a_reachable_bucket_turns_ready(ragfn_env, monkeypatch, moto_server, bucket):
+def test_a_reachable_bucket_turns_ready(ragfn_env, service_keys, monkeypatch, moto_server, bucket):
     lance_env(monkeypatch, f"s3://{bucket}/ragfn", moto_server)
     assert client("retrieve").get("/").get_json() == {"function": "retrieve", "ready": True}
 

@@ -158,12 +158,8 @@ class RedisCache:
             doomed += [i.decode() for i in self.redis.zrange(times, len(doomed), len(doomed) + extra - 1)]
         if not doomed:
             return
-        exacts = [self.redis.hget(self._k(scope, "e", i), "exact") for i in doomed]
         pipe = self.redis.pipeline()
-        for entry_id, exact in zip(doomed, exacts, strict=True):
-            pipe.delete(self._k(scope, "e", entry_id))
-            if exact:
-                pipe.delete(self._k(scope, "x", exact.decode()))
+        self._drop(pipe, scope, doomed)
         pipe.zrem(times, *doomed)
         pipe.hdel(self._k(scope, "vec"), *doomed)
         pipe.incr(self._k(scope, "gen"))
@@ -185,12 +181,8 @@ class RedisCache:
             scope, _, entry_id = member.decode().partition(":")
             by_scope.setdefault(scope, []).append(entry_id)
         for scope, entry_ids in by_scope.items():
-            exacts = [self.redis.hget(self._k(scope, "e", i), "exact") for i in entry_ids]
             pipe = self.redis.pipeline()
-            for entry_id, exact in zip(entry_ids, exacts, strict=True):
-                pipe.delete(self._k(scope, "e", entry_id))
-                if exact:
-                    pipe.delete(self._k(scope, "x", exact.decode()))
+            self._drop(pipe, scope, entry_ids)
             pipe.execute()
             self._forget(scope, entry_ids)
         self.redis.delete(cites, legacy)
@@ -220,6 +212,14 @@ class RedisCache:
                 _, (_, dropped, _) = self._vectors.popitem(last=False)
                 held -= len(dropped)
         return ids, matrix
+
+    def _drop(self, pipe, scope: str, entry_ids: list[str]) -> None:
+        """Queue on `pipe` the deletes of these entries and of their exact-tier keys."""
+        exacts = [self.redis.hget(self._k(scope, "e", i), "exact") for i in entry_ids]
+        for entry_id, exact in zip(entry_ids, exacts, strict=True):
+            pipe.delete(self._k(scope, "e", entry_id))
+            if exact:
+                pipe.delete(self._k(scope, "x", exact.decode()))
 
     def _forget(self, scope: str, entry_ids: list[str]) -> None:
         pipe = self.redis.pipeline()

@@ -52,8 +52,11 @@ def _runtime(settings: Settings, *, dev: bool = False):
     if dev or (running and not settings.chroma_url):
         # A running `ragfn dev` serves RAGFN_HOME's Chroma folder; opening it embedded as well could corrupt it.
         settings = settings.model_copy(update={"chroma_url": (running or read_dev_state(settings))["chroma_url"]})
-    if running and running.get("predictor") and not settings.llm_url:  # answer with the dev stack's predictor
-        settings = settings.model_copy(update={"llm_url": running["predictor"]})
+    if running and running.get("predictor") and not settings.llm_url:  # answer with the dev stack's predictor,
+        from ragfn.cli.dev_chat import ensure_llm_key  # behind the key dev gave it
+
+        settings = settings.model_copy(update={"llm_url": running["predictor"],
+                                               "llm_api_key": settings.llm_api_key or ensure_llm_key(settings)})
     return Runtime(settings)
 
 

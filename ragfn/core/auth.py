@@ -64,13 +64,8 @@ class ApiKeys:
     @classmethod
     def from_file(cls, path: str | Path, *, jwt_secret: str | None = None, jwt_audience: str | None = None,
                   jwt_leeway_seconds: float = 30.0) -> ApiKeys:
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read API key file {path}: {exc}",
-                              hint='a JSON object {"<sha256 hex of key>": {"tenant": ..., "groups": [...]}}') from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"API key file {path} must hold a JSON object keyed by sha256 digests")
+        raw = json_object_file(path, "API key file",
+                               hint='a JSON object {"<sha256 hex of key>": {"tenant": ..., "groups": [...]}}')
         return cls(raw, jwt_secret=jwt_secret, jwt_audience=jwt_audience, jwt_leeway_seconds=jwt_leeway_seconds)
 
     @staticmethod
@@ -116,6 +111,17 @@ class ApiKeys:
                                hint="issue tokens with tenant and groups claims")
         subject = claims.get("sub")
         return Identity(tenant, tuple(groups), f"jwt:{subject}" if isinstance(subject, str) else "jwt")
+
+
+def json_object_file(path: str | Path, what: str, *, hint: str) -> dict:
+    """A key file's JSON object; ConfigError naming the file and `what` it is otherwise."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}", hint=hint) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object", hint=hint)
+    return raw
 
 
 def authorize(identity: Identity, *, tenant: str | None = None, groups: Sequence[str] | None = None) -> Identity:

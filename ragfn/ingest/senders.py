@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragfn.core.auth import Forbidden, Unauthorized
+from ragfn.core.auth import Forbidden, Unauthorized, json_object_file
 from ragfn.core.errors import ConfigError
 
 GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
@@ -68,14 +67,8 @@ class Senders:
 
     @classmethod
     def from_file(cls, path: str | Path, **options) -> Senders:
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read RAGFN_SENDER_KEYS_FILE={path}: {exc}",
-                              hint='{"<sha256 of key>": {"name": ..., "prefixes": ["s3://bucket/prefix/"]}}') from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"RAGFN_SENDER_KEYS_FILE={path} must hold a JSON object")
-        return cls(raw, **options)
+        return cls(json_object_file(path, "RAGFN_SENDER_KEYS_FILE", hint='{"<sha256 of key>": {"name": ..., '
+                                    '"prefixes": ["s3://bucket/prefix/"]}}'), **options)
 
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Sender:
         if "token" in query:
