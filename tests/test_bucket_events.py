@@ -191,6 +191,12 @@ def test_senders_have_keys_of_their_own_in_headers_only_and_prefixes(event_sink,
     for headers, query in (({}, ""), ({"Authorization": "Bearer svc-key"}, ""),  # a key of the chat users' file
                            ({"Authorization": "Bearer wrong"}, ""), ({}, "?token=minio-key")):  # never in the URL
         assert client.post("/" + query, json=body, headers=headers).status_code == 401, (headers, query)
+    # the sender is checked from the headers before a byte of the body is read, and the body is capped
+    unread = client.post("/", data=b"[" * (3 * 2**20), headers={"content-type": "application/json"})
+    assert unread.status_code == 401
+    too_big = client.post("/", data=b" " * (3 * 2**20), headers={"Authorization": "Bearer minio-key",
+                                                                  "content-type": "application/json"})
+    assert too_big.status_code == 400 and "over the limit" in too_big.get_json()["message"]
     outside = client.post("/", json=body, headers={"Authorization": "Bearer other-key"})
     assert outside.status_code == 403 and "s3://docs/handbook/vacation policy.md" in outside.get_json()["message"]
     assert event_sink.received == []
@@ -228,8 +234,12 @@ def test_a_pubsub_push_authenticates_with_its_oidc_token(event_sink, monkeypatch
 
     client = function("bucket_events")
     try:
+        unknown_kid = {"Authorization": token()["Authorization"].replace(
+            token()["Authorization"].split(".")[0].removeprefix("Bearer "),
+            base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"nope","typ":"JWT"}').decode().rstrip("="))}
         for headers in (token(aud="https://elsewhere"), token(email_verified=False), token(stranger),
-                        token(email="other@proj.iam.gserviceaccount.com"), token(exp=int(time.time()) - 60)):
+                        token(email="other@proj.iam.gserviceaccount.com"), token(exp=int(time.time()) - 60),
+                        unknown_kid):
             assert client.post("/", json=push(load("gcs_finalized.json")), headers=headers).status_code == 401
         assert event_sink.received == []
         assert client.post("/", json=push(load("gcs_finalized.json")), headers=token()).status_code == 200
@@ -276,7 +286,9 @@ def test_minio_webhook_to_chunk_through_the_adapter(ragfn_env, monkeypatch):
         s3.create_bucket(Bucket="docs")
         payload = load("minio_put.json")
         obj = payload["Records"][0]["s3"]["object"]
-        put = s3.put_object(Bucket="docs", Key=unquote_plus(obj["key"]), Body=b"# Leave\n\nTake 25 days a year.\n")
+        # the labels the notification repeats are the object's own, which the chunk stage reads (never the claim)
+        put = s3.put_object(Bucket="docs", Key=unquote_plus(obj["key"]), Body=b"# Leave\n\nTake 25 days a year.\n",
+                            Metadata={"ragfn-tenant": "acme", "ragfn-groups": "hr,managers"})
         obj["eTag"] = put["ETag"].strip('"')
         batch = adapter_then_chunk(payload, monkeypatch)
     assert batch.document.document_id == "s3://docs/handbook/vacation policy.md"

@@ -171,3 +171,30 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(ragfn_env, service_k
     status, body = send(app, headers, endless, None)
     assert status == 400 and "over the limit" in body["message"], body
     assert endless.read_bytes <= limit + 2**16
+
+
+# Security (found by a review of the change above): functions-framework reads the whole request into memory before
+# any answer that is not streamed, so a request without a token, or a readiness probe, with an endless body made
+# the pod hold all of it.
+@pytest.mark.parametrize("name, method", [("retrieve", "POST"), ("retrieve", "GET"), ("chunk", "GET"),
+                                          ("dead_letter", "GET")])
+def test_no_answer_reads_a_body_the_function_did_not(ragfn_env, service_keys, name, method):
+    from werkzeug.test import EnvironBuilder
+
+    app, endless = client(name), Body()
+    environ = EnvironBuilder(method=method, path="/", headers={"content-type": "application/json"}).get_environ()
+    environ |= {"wsgi.input": io.BufferedReader(endless), "wsgi.input_terminated": True}
+    environ.pop("CONTENT_LENGTH", None)
+    answer = []
+    chunks = app.application(environ, lambda status, headers, exc_info=None: answer.append(status))
+    b"".join(chunks)
+    assert answer[0].split()[0] in ("200", "401") and endless.read_bytes == 0, (answer, endless.read_bytes)
+
+
+@pytest.mark.unit
+def test_json_nested_too_deeply_is_a_400_not_a_retry():
+    from ragfn.core.errors import BadEvent
+    from ragfn.serve.handler import decode_json
+
+    with pytest.raises(BadEvent, match="nested too deeply"):
+        decode_json("[" * 100_000 + "]" * 100_000)

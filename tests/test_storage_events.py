@@ -170,7 +170,7 @@ def test_document_upserted_uses_event_time_when_no_sequence() -> None:
     data = {"uri": "file:///srv/docs/a.md", "tenant": "acme", "groups": ["eng"], "collection": "notes"}
     change = one(events.DOCUMENT_UPSERTED, data, event_time=when)
     assert change == ObjectChange(action="upsert", uri="file:///srv/docs/a.md", collection="notes", version=None,
-                                  sequence=1712345678901234, tenant="acme", groups=("eng",))
+                                  sequence=1712345678901234, tenant="acme", groups=("eng",), event_labels=True)
     assert one(events.DOCUMENT_UPSERTED, {**data, "sequence": 7}, event_time=when).sequence == 7
     assert one(events.DOCUMENT_UPSERTED, data).sequence is None
 

@@ -41,6 +41,8 @@ def test_sources_link_only_to_allowed_hosts() -> None:
     assert safe.link("https://elsewhere.example/a.html") == "<code>https://elsewhere.example/a.html</code>"
     assert safe.link("s3://bucket/team docs/faq.md") == "<code>s3://bucket/team docs/faq.md</code>"
     assert safe.link('https://x/"><img src=y>') == "<code>https://x/&quot;&gt;&lt;img src=y&gt;</code>"
+    # a browser reads the backslash as "/" and goes to evil.example; urlparse would say docs.example.com
+    assert safe.link("https://evil.example\\@docs.example.com/") == "<code>https://evil.example\\@docs.example.com/</code>"
     assert document_name("file:///srv/docs/sorting.md") == "sorting.md" and document_name("gs://b/") == "b"
 
 

@@ -29,6 +29,10 @@ class SafeMarkdown:
                                                                                                           env))
 
     def allowed(self, href: str) -> bool:
+        # a browser reads a backslash as "/" (so "https://evil<backslash>@ok/" goes to evil) where urlparse does not;
+        # markdown-it encodes such characters in Markdown links, but a source URI comes as it is
+        if any(c == "\\" or c.isspace() or ord(c) < 32 for c in href):
+            return False
         url = urlparse(href)
         return url.scheme in ("http", "https") and (url.hostname or "").lower() in self.link_hosts
 

@@ -2,7 +2,7 @@
 
 # 2xx once published; 400 for junk (with why); 401 without a sender's credentials and 403 for an object outside its
 # prefixes when RAGFN_SENDER_KEYS_FILE is set (ragfn.ingest.senders); 503 while the broker is unreachable, so Pub/Sub
-# and MinIO send it again.
+# and MinIO send it again. The sender is checked from the headers before the body is read.
 
 import flask
 
@@ -13,6 +13,7 @@ from ragfn.ingest.storage_events import parse_storage_event
 from ragfn.serve.handler import InboundEvent, cloud_function
 from ragfn.serve.runtime import Runtime
 
+MAX_NOTIFICATION_BYTES = 2 * 1024 * 1024  # a Pub/Sub message's data is at most 1 MiB (as base64), a webhook less
 _senders: list[SenderFile] = []  # the one sender file of this process, made on the first request
 
 
@@ -26,15 +27,19 @@ def senders(runtime: Runtime) -> SenderFile | None:
     return _senders[0]
 
 
-@cloud_function("bucket-events", accepts={}, reply_with_event=False, allow_plain_json=True)
-def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
+def admit(request: flask.Request, runtime: Runtime) -> None:
     known = senders(runtime)
-    sender = known.current().authenticate(flask.request.headers, flask.request.args) if known else None
+    flask.g.sender = known.current().authenticate(request.headers, request.args) if known else None
+
+
+@cloud_function("bucket-events", accepts={}, reply_with_event=False, allow_plain_json=True, admit=admit,
+                max_body_bytes=MAX_NOTIFICATION_BYTES)
+def handle(event: InboundEvent, runtime: Runtime) -> StageResult:
     translation = translate(event.data)
-    if sender is not None:  # every object announced must be under one of the sender's prefixes
+    if flask.g.sender is not None:  # every object announced must be under one of the sender's prefixes
         for out in translation.events:
             for change in parse_storage_event(out.type, out.data.root):
-                sender.check(change.uri)
+                flask.g.sender.check(change.uri)
     runtime.publisher.publish(translation.events)
     published = [{"type": out.type, "id": out.to_cloudevent()["id"], "subject": out.subject}
                  for out in translation.events]

@@ -9,7 +9,7 @@ import functions_framework
 
 from ragfn.core.config import load_settings
 from ragfn.eventing.dead_letters import open_dead_letters, receive
-from ragfn.serve.handler import MAX_REQUEST_BYTES, guarded, read_body
+from ragfn.serve.handler import MAX_REQUEST_BYTES, guarded, read_body, unbuffered
 
 _store = []  # built on the first request, never at import
 
@@ -23,11 +23,11 @@ def _letters():
 @functions_framework.http
 def handle(request: flask.Request) -> flask.Response:
     if request.method == "GET":  # readiness probe
-        return flask.jsonify({"function": "dead-letter", "ready": True})
+        return unbuffered(flask.jsonify({"function": "dead-letter", "ready": True}))
 
     def keep() -> flask.Response:
         body = read_body(request, MAX_REQUEST_BYTES, hint="a dead letter is the event the Broker could not deliver")
         letter = receive(request.headers, body, _letters())
         return flask.jsonify({"stored": letter.id, "type": letter.event.get("type"), "trigger": letter.trigger})
 
-    return guarded("dead-letter", keep, lambda: None)
+    return unbuffered(guarded("dead-letter", keep, lambda: None))

@@ -51,8 +51,7 @@ class ObjectTooLarge(BadEvent):
 
 
 class RequestTooLarge(ObjectTooLarge):
-    """A request body over its limit, refused unread. Its answer is streamed: functions-framework reads (and holds in
-    memory) the whole request before any other answer, which an endless chunked body would never end."""
+    """A request body over its limit, refused unread (ragfn.serve.handler.read_body)."""
 
 
 class ObjectNotFound(RagfnError):

@@ -87,6 +87,12 @@ def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: d
             # otherwise outrank every later upsert.
             return StageResult([], summary | {"status": "stale", "detail": "the object still exists"})
         sequence = events.sequence_key(change.sequence if change.sequence is not None else microseconds(event_time))
+        entry = runtime.index.ledger_entry(change.collection, change.uri)
+        if entry and entry.sequence >= sequence:
+            # the store says the object is gone now, so whatever the ledger holds (even under a crafted sequence)
+            # is older than this delete
+            sequence = events.sequence_key(int(entry.sequence, 16) + 1)
+            summary |= {"resequenced": entry.sequence}
         tomb = DocumentTombstoned(collection=change.collection, document_id=change.uri, sequence=sequence)
         return StageResult([OutboundEvent(events.DOCUMENT_TOMBSTONED, tomb, subject=change.uri)], summary)
 
@@ -113,8 +119,9 @@ def chunk_change(change: ObjectChange, runtime: IngestServices, *, event_time: d
         collection=change.collection, document_id=change.uri, version=version,
         sequence=events.sequence_key(sequence if sequence is not None else microseconds(event_time)),
         # the object's own labels outrank the event's: whoever may send events must not choose whose they are
-        tenant=meta.get("ragfn-tenant") or change.tenant or None,
-        groups=[g.strip() for g in meta.get("ragfn-groups", "").split(",") if g.strip()] or list(change.groups),
+        tenant=meta.get("ragfn-tenant") or (change.tenant if change.event_labels else None) or None,
+        groups=[g.strip() for g in meta.get("ragfn-groups", "").split(",") if g.strip()]
+        or (list(change.groups) if change.event_labels else []),
         content_type=change.content_type or stored.content_type, size=stored.size,
     )
     summary |= {"version": version}

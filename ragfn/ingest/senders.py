@@ -101,7 +101,7 @@ class Senders:
             from ragfn.core.errors import Unavailable
 
             raise Unavailable(f"cannot fetch the Pub/Sub token keys from {self.jwks_url}: {exc}") from exc
-        except jwt.InvalidTokenError as exc:  # PyJWT names the failed check, never the token
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:  # PyJWT names the check, never the token
             raise Unauthorized(f"invalid Pub/Sub push token: {exc}", hint=_HOW) from exc
         email = str(claims.get("email", "")).lower()
         sender = self._accounts.get(email)

@@ -31,6 +31,9 @@ class ObjectChange:
     groups: tuple[str, ...] = ()
     size: int | None = None
     content_type: str | None = None
+    # whether tenant and groups come from ragfn's own event (a gateway upload, `ragfn ingest`, a re-sync), which the
+    # chunk stage may use for an object without labels; a bucket notification's are the sender's claim and are not
+    event_labels: bool = False
 
 
 def parse_storage_event(event_type: str | None, data: object, *,
@@ -195,7 +198,7 @@ def _ragfn(event_type: str, payload: dict[str, Any], event_time: datetime | None
     if isinstance(doc, events.DocumentDeleted):
         return ObjectChange("delete", uri, doc.collection, None, sequence)
     return ObjectChange("upsert", uri, doc.collection, doc.version, sequence, doc.tenant, tuple(doc.groups), None,
-                        doc.content_type)
+                        doc.content_type, event_labels=True)
 
 
 def _micros(moment: datetime | None) -> int | None:

@@ -91,7 +91,8 @@ def ingest(targets: list[str], runtime: IngestServices, *, collection: str = "de
             if on_progress:
                 on_progress(uri, done, len(uris))
             change = ObjectChange(action="upsert", uri=uri, collection=collection, version=None, sequence=None,
-                                  tenant=tenant, groups=tuple(groups), size=None, content_type=None)
+                                  tenant=tenant, groups=tuple(groups), size=None, content_type=None,
+                                  event_labels=True)  # the operator labels what `ragfn ingest` reads
             try:
                 ingest_uri(change, runtime, report)
             except RagfnError as exc:

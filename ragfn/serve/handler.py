@@ -61,8 +61,9 @@ def read_body(request: flask.Request, limit: int, *, hint: str) -> bytes:
     return data
 
 
-def parse_request(request: flask.Request, *, allow_plain_json: bool) -> InboundEvent:
-    body = read_body(request, MAX_REQUEST_BYTES, hint="an event carries a reference to a document, not the document")
+def parse_request(request: flask.Request, *, allow_plain_json: bool,
+                  max_bytes: int = MAX_REQUEST_BYTES) -> InboundEvent:
+    body = read_body(request, max_bytes, hint="an event carries a reference to a document, not the document")
     headers = {k.lower(): v for k, v in request.headers.items()}
     is_cloudevent = "ce-specversion" in headers or headers.get("content-type", "").startswith(
         "application/cloudevents+json")
@@ -93,6 +94,8 @@ def decode_json(body: bytes | str) -> object:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadEvent(f"event data is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # arrays nested thousands deep: junk, not a retryable failure
+        raise BadEvent("event data is JSON nested too deeply") from exc
 
 
 def validate(event: InboundEvent, accepts: Mapping[str, type[BaseModel] | None]) -> InboundEvent:
@@ -111,12 +114,7 @@ def error_response(error: RagfnError, event: InboundEvent | None = None) -> flas
     body = error.to_dict()
     if event is not None:
         body |= {"event_id": event.id, "event_type": event.type}
-    if isinstance(error, RequestTooLarge):
-        # streamed: functions-framework's after_request reads the whole request into memory before other answers.
-        # gunicorn then discards the rest of the body as it arrives, holding nothing.
-        response = flask.Response(iter([json.dumps(body)]), status=error.status, mimetype="application/json")
-    else:
-        response = flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
+    response = flask.Response(json.dumps(body), status=error.status, mimetype="application/json")
     retry_after = getattr(error, "retry_after", None)  # a rate limit or an open breaker knows when to come back
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
@@ -162,6 +160,15 @@ def _in_span(name: str, parent, kind: trace.SpanKind, attributes: dict, call: Ca
             raise
 
 
+def unbuffered(response: flask.Response) -> flask.Response:
+    """The answer as a stream: functions-framework reads the whole request into memory before answering anything
+    else (its after_request `read_request`), so a 401 or a readiness answer to a request with an endless body would
+    hold it all. gunicorn discards what the function did not read, holding nothing."""
+    if not response.is_streamed:
+        response.response = iter(response.response)
+    return response
+
+
 def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], InboundEvent | None]) -> flask.Response:
     """The one place errors become HTTP answers: RagfnError by its status, anything else a retryable 500."""
     try:
@@ -205,9 +212,12 @@ def _metrics_response(registry) -> flask.Response:
 
 def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], reply_with_event: bool = True,
                    allow_plain_json: bool = False, metrics: Callable[[Runtime], object] | None = None,
-                   uses_index: bool = False) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+                   uses_index: bool = False, admit: Callable[[flask.Request, Runtime], None] | None = None,
+                   max_body_bytes: int = MAX_REQUEST_BYTES,
+                   ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """`metrics`, when given, returns the function's Prometheus registry: served on GET /metrics. `uses_index`: the
-    readiness probe also checks that the index answers."""
+    readiness probe also checks that the index answers. `admit` checks the sender from the request's headers before
+    any of its body is read (a public endpoint); `max_body_bytes` caps the body."""
 
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
         runtime = LazyRuntime(f"ragfn-{name}")
@@ -216,13 +226,16 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
             if request.method == "GET" and metrics is not None and request.path == "/metrics":
-                return guarded(name, lambda: _metrics_response(metrics(runtime.get())), lambda: None)
+                return unbuffered(guarded(name, lambda: _metrics_response(metrics(runtime.get())), lambda: None))
             if request.method == "GET":  # readiness probe
-                return _ready(name, runtime, uses_index)
+                return unbuffered(_ready(name, runtime, uses_index))
             parsed: list[InboundEvent] = []
 
             def run() -> flask.Response:
-                parsed.append(validate(parse_request(request, allow_plain_json=allow_plain_json), accepts))
+                if admit is not None:
+                    admit(request, runtime.get())
+                parsed.append(validate(parse_request(request, allow_plain_json=allow_plain_json,
+                                                     max_bytes=max_body_bytes), accepts))
                 event, context = parsed[0], runtime.get()  # runtime first: it installs the tracer provider
 
                 def call(span: trace.Span) -> flask.Response:
@@ -234,7 +247,7 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
                                 {"cloudevents.event_id": event.id or "", "cloudevents.event_type": event.type or ""},
                                 call)
 
-            return guarded(name, run, lambda: parsed[0] if parsed else None)
+            return unbuffered(guarded(name, run, lambda: parsed[0] if parsed else None))
 
         return view
 
@@ -253,7 +266,7 @@ def json_function(name: str, *, request_model: type[BaseModel], uses_index: bool
         @functools.wraps(handle)
         def view(request: flask.Request) -> flask.Response:
             if request.method == "GET":
-                return _ready(name, runtime, uses_index, verifies_callers=True)
+                return unbuffered(_ready(name, runtime, uses_index, verifies_callers=True))
 
             def run() -> flask.Response:
                 context = runtime.get()
@@ -270,7 +283,7 @@ def json_function(name: str, *, request_model: type[BaseModel], uses_index: bool
                                   lambda span: handle(parsed, context, caller))
                 return flask.Response(json.dumps(result), status=200, mimetype="application/json")
 
-            return guarded(name, run, lambda: None)
+            return unbuffered(guarded(name, run, lambda: None))
 
         return view
 
