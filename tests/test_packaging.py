@@ -45,3 +45,23 @@ def test_a_model_file_with_other_bytes_stops_the_build(capsys):
     with pytest.raises(SystemExit, match="model.onnx has sha256") as stopped:
         checked("model.onnx", b"not the model")
     assert SHA256["model.onnx"] in str(stopped.value)
+
+
+def test_uv_lock_is_what_pyproject_asks_for():
+    # the images install from uv.lock (Dockerfile): a dependency changed in pyproject.toml without `uv lock` fails here
+    import shutil
+    import subprocess
+
+    uv = shutil.which("uv")
+    assert uv, "uv is not on PATH (scripts/bootstrap.sh installs it)"
+    checked = subprocess.run([uv, "lock", "--check", "--offline"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def test_the_images_install_their_dependencies_from_the_lock_with_hashes():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY pyproject.toml uv.lock" in dockerfile
+    for target in ("functions", "ui"):
+        assert f"pip install --require-hashes -r /wheels/{target}.txt" in dockerfile
+    assert "pip wheel --require-hashes --wheel-dir /wheels/deps -r /wheels/predictor.txt" in dockerfile
