@@ -60,9 +60,11 @@ class Service:
 
     def start(self) -> None:
         log = (self.log_dir / f"{self.name}.log").open("ab")
+        # a session of its own, so stop() reaches gunicorn's workers too: one left holding the port after its master
+        # was killed made the restart fail to bind (seen once in CI on a loaded machine)
         self.process = subprocess.Popen(
             [sys.executable, *self.server, "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> None:
         wait_http(self.url, timeout=60, process=self.process)
@@ -72,12 +74,13 @@ class Service:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGINT)  # gunicorn's quick shutdown; SIGTERM waits for idle keep-alives
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # gunicorn's quick shutdown; SIGTERM waits for idle keep-alives
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
                 self.process.wait(timeout=5)
 
 

@@ -257,7 +257,10 @@ class LanceIndex:  # implements ragfn.store.base.Index
                 raise BadEvent(f"collection {doc.collection!r} holds {table.schema.field('vector').type.list_size}"
                                f"-dimensional vectors, not {batch.dimensions}")
             rows = [chunk_row(doc, chunk, vector) for chunk, vector in zip(batch.chunks, vectors, strict=True)]
-            # insert new rows; relabel a stored row only when its label is not newer than this batch's
+            # insert new rows; relabel a stored row only when its label is not newer than this batch's. On the
+            # table's latest version: matched against a replica's older one, a row another writer has put there
+            # meanwhile would be inserted a second time, under this (possibly losing) label
+            table.checkout_latest()
             (table.merge_insert("id").when_matched_update_all(where=is_not_older("target", "source"))
              .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=table.schema)))
             self._ensure_indexes(table)
@@ -282,6 +285,7 @@ class LanceIndex:  # implements ragfn.store.base.Index
                                                      doc.tenant, doc.chunking or ""))
         after = self.ledger_entry(doc.collection, doc.document_id, latest=True)
         if after is None or (after.sequence, after.version) != (doc.sequence, doc.version):
+            table.checkout_latest()  # a delete removes only the rows of the version it read
             table.delete(version_label(doc))  # a newer version or delete won: this version's rows must not stay
             return None
         for holding in self._holding(doc.collection, doc.tenant, *([before.tenant] if before else [])):
