@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ragfn.core.auth import ApiKeys
@@ -19,12 +20,15 @@ def dev_key_path(settings: Settings) -> Path:
     return settings.home / "dev-key"
 
 
-def _secret_file(path: Path, content: str) -> None:
-    """Writes a file created 0600 from the start: a secret must not be readable by others even for an instant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(content)
+def _kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`, made by `make` the first time and kept across restarts. The file is created 0600 from
+    the start: a secret must not be readable by others even for an instant."""
+    if not path.is_file() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(make() + "\n")
+    return path.read_text().strip()
 
 
 def ensure_service_keys(settings: Settings) -> Path:
@@ -33,27 +37,20 @@ def ensure_service_keys(settings: Settings) -> Path:
     if settings.service_keys_file is not None:
         return settings.service_keys_file
     path = settings.home / "service-keys"
-    if not path.is_file() or not path.read_text().strip():
-        _secret_file(path, secrets.token_hex(32) + "\n")
+    _kept_secret(path, lambda: secrets.token_hex(32))
     return path
 
 
 def ensure_llm_key(settings: Settings) -> str:
     """The key between the dev gateway and the dev predictor (RAGFN_LLM_API_KEY on both), kept under RAGFN_HOME."""
-    path = settings.home / "llm-key"
-    if not path.is_file() or not path.read_text().strip():
-        _secret_file(path, secrets.token_hex(32) + "\n")
-    return path.read_text().strip()
+    return _kept_secret(settings.home / "llm-key", lambda: secrets.token_hex(32))
 
 
 def ensure_dev_key(settings: Settings) -> tuple[Path, str]:
     """(key file, plaintext key) for the untenanted space, which `ragfn ingest` without --tenant fills.
 
     Kept across restarts so a signed-in browser stays signed in; only its digest goes into the key file."""
-    plain = dev_key_path(settings)
-    if not plain.is_file() or not plain.read_text().strip():
-        _secret_file(plain, f"rfk-{secrets.token_urlsafe(24)}\n")
-    key = plain.read_text().strip()
+    key = _kept_secret(dev_key_path(settings), lambda: f"rfk-{secrets.token_urlsafe(24)}")
     keys_file = settings.home / "dev-keys.json"
     keys_file.write_text(json.dumps({ApiKeys.hash(key): {"tenant": "", "groups": [], "name": DEV_KEY_NAME}}))
     return keys_file, key

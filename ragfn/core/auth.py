@@ -136,6 +136,12 @@ def authorize(identity: Identity, *, tenant: str | None = None, groups: Sequence
     return Identity(identity.tenant, tuple(dict.fromkeys(groups)), identity.subject)
 
 
+def bearer(headers: Mapping[str, str]) -> str:
+    """The token of `Authorization: Bearer <token>`, "" when there is none (any header-name case)."""
+    scheme, _, token = {k.lower(): v for k, v in headers.items()}.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _credential(headers: Mapping[str, str]) -> str:
     scheme, _, value = headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() == "bearer" and value.strip():

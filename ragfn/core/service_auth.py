@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ragfn.core.auth import MIN_JWT_SECRET_BYTES, Identity, Unauthorized
+from ragfn.core.auth import MIN_JWT_SECRET_BYTES, Identity, Unauthorized, bearer
 from ragfn.core.errors import ConfigError
 
 log = logging.getLogger("ragfn.service_auth")
@@ -98,10 +98,9 @@ class ServiceKeys:
         """The caller a valid `Authorization: Bearer` token for `audience` names; Unauthorized otherwise."""
         import jwt
 
-        scheme, _, token = {k.lower(): v for k, v in headers.items()}.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer(headers)
+        if not token:
             raise Unauthorized("missing service token", hint=_HOW)
-        token = token.strip()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.InvalidTokenError as exc:

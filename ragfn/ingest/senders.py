@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragfn.core.auth import Forbidden, Unauthorized, json_object_file
+from ragfn.core.auth import Forbidden, Unauthorized, bearer, json_object_file
 from ragfn.core.errors import ConfigError
 
 GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
@@ -73,9 +73,8 @@ class Senders:
     def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Sender:
         if "token" in query:
             raise Unauthorized("a key in the URL is refused: URLs are kept by proxies and logs", hint=_HOW)
-        scheme, _, credential = {k.lower(): v for k, v in headers.items()}.get("authorization", "").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer(headers)
+        if not credential:
             raise Unauthorized("missing sender credentials", hint=_HOW)
         if credential.count(".") == 2 and self._accounts:
             return self._pubsub(credential)
