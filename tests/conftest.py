@@ -137,10 +137,10 @@ class ServiceSigner:
 
 
 @contextlib.contextmanager
-def served(argv: list[str], log_path: Path, ready: str):
+def served(argv: list[str], log_path: Path, ready: str, env: dict[str, str] | None = None):
     """A server process on loopback, until the block ends; yields once `ready` (a URL) answers."""
     log = log_path.open("wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_http(ready, process=process)
         yield

@@ -49,7 +49,7 @@ class Subscriber:
 
 def trigger(name: str, event_type: str, subscriber: str, retry: int = 2, delay: float = 0.05) -> Trigger:
     return Trigger(name=name, subscriber=subscriber, filter={"type": event_type}, filters=(),
-                   delivery=Delivery(retry=retry, backoff_delay=delay, dead_letter=True))
+                   delivery=Delivery(retry=retry, backoff_delay=delay, dead_letter_sink="ragfn-dead-letter"))
 
 
 @pytest.fixture

@@ -71,9 +71,11 @@ def stats(stack) -> dict:
 
 
 def send(stack, event_type: str, data, *, structured=False, **attributes) -> httpx.Response:
+    """Into the dev broker, with the token `ragfn dev` keeps for its publishers (a SinkBinding's, in a cluster)."""
     event = CloudEvent({"type": event_type, "source": "test", **attributes}, data)
     headers, body = (to_structured if structured else to_binary)(event)
-    return httpx.post(stack["state"]["broker"], headers=headers, content=body)
+    token = Path(stack["state"]["sink_token_file"]).read_text().strip()
+    return httpx.post(stack["state"]["broker"], headers=headers | {"Authorization": f"Bearer {token}"}, content=body)
 
 
 def test_ingest_through_the_broker_makes_one_connected_trace(stack):
@@ -196,6 +198,12 @@ def test_ask_answers_through_the_dev_stacks_predictor(stack):
         refused = httpx.post(stack["state"]["functions"][name], json={"question": "What does the dev stack start?",
                                                                       "tenant": ""})
         assert refused.status_code == 401, refused.text
+    # and the broker's deliveries carry the Triggers' identities: an event posted straight to a function, or into
+    # the broker without the publishers' token, is refused
+    headers, body = to_binary(CloudEvent({"type": "dev.ragfn.document.upserted.v1", "source": "test"},
+                                         {"uri": "file:///nowhere.md"}))
+    for url in (stack["state"]["functions"]["ragfn-chunk"], stack["state"]["broker"]):
+        assert httpx.post(url, headers=headers, content=body).status_code == 401
 
 
 def test_sampled_answers_reach_the_background_judge_through_the_broker(stack):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import signal
 import socket
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +25,13 @@ from ragfn.cli.dev_chat import (
     ui_available,
     ui_command,
 )
+from ragfn.cli.dev_events import SinkTokenWriter, delivery_env, dev_broker_audience, maintenance_timer
 from ragfn.core.config import Settings
 from ragfn.core.errors import ConfigError, Unavailable
 from ragfn.eventing.broker import LocalBroker
 from ragfn.eventing.dead_letters import DeadLetterStore
-from ragfn.eventing.triggers import load_triggers
+from ragfn.eventing.dev_issuer import DevIssuer
+from ragfn.eventing.triggers import Trigger, load_triggers
 
 # Service name (as Triggers name it, without "ragfn-") -> (folder under functions/, functions-framework target)
 FUNCTIONS = {
@@ -125,17 +125,6 @@ def _body(response: httpx.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def maintenance_timer(url: str, interval: float, stop: threading.Event) -> None:
-    """The cluster's PingSource ragfn-maintain, for `ragfn dev`: a ping to the maintain function every `interval`."""
-    while not stop.wait(interval):
-        try:
-            httpx.post(url, timeout=interval, headers={
-                "ce-specversion": "1.0", "ce-type": "dev.knative.sources.ping", "ce-source": "ragfn-dev/maintenance",
-                "ce-id": uuid.uuid4().hex, "content-type": "application/json"}, content=b"{}")
-        except httpx.HTTPError as exc:  # the function's own log says why; the next tick tries again
-            logging.getLogger("ragfn.dev").warning("maintenance ping failed: %s", exc)
-
-
 def check_ports_free(host: str, ports: list[int]) -> None:
     """Fail before starting anything when a port is taken, naming it, instead of a function dying half-way up."""
     busy = []
@@ -153,7 +142,8 @@ def check_ports_free(host: str, ports: list[int]) -> None:
                                f"take the next {len(FUNCTIONS) + 3}) and --chroma-port")
 
 
-def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> tuple[list[subprocess.Popen], dict]:
+def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path, triggers: list[Trigger],
+          issuer: DevIssuer) -> tuple[list[subprocess.Popen], dict]:
     root = repo_root()
     check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS), ports.ask]
                      + ([ports.predictor] if predictor_available() else [])
@@ -162,16 +152,19 @@ def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path) -> t
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
     try:
-        return processes, _launch(settings, root, host, ports, log_dir, processes)
+        return processes, _launch(settings, root, host, ports, log_dir, processes, triggers, issuer)
     except BaseException:  # a service that failed to come up must not leave the others running
         stop_all(processes)
         raise
 
 
 def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir: Path,
-            processes: list[subprocess.Popen]) -> dict:
+            processes: list[subprocess.Popen], triggers: list[Trigger], issuer: DevIssuer) -> dict:
     broker_url = f"http://{host}:{ports.broker}"
+    sink_token = SinkTokenWriter(issuer, settings.home.resolve() / "oidc" / "token")
+    sink_token.write()
     env = dict(os.environ, RAGFN_HOME=str(settings.home.resolve()), K_SINK=broker_url,
+               RAGFN_SINK_TOKEN_FILE=str(sink_token.path),
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     # the functions run in the checkout; `ragfn ingest --dev PATH` names files under the folder dev started in
     env.setdefault("RAGFN_FILE_ROOTS", str(Path.cwd()))
@@ -197,14 +190,16 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", target, "--source",
              str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
-            env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
+            env=env | delivery_env(f"ragfn-{name}", triggers, f"{broker_url}/openid/v1/jwks"), cwd=str(root),
+            stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
     for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
         try:
             wait_ready(url, process)
         except Unavailable as exc:
             log = log_dir / f"{name.removeprefix('ragfn-')}.log"
             raise Unavailable(f"{name}: {exc}", hint=f"its log is {log}") from exc
-    state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls}
+    state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls,
+             "sink_token_file": str(sink_token.path)}
     if predictor_available():
         state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, processes)
     return state | _launch_chat(settings, root, host, ports, env, state, log_dir, processes)
@@ -278,9 +273,11 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
         raise ConfigError(f"`ragfn dev` already runs for {settings.home} (pid {running['pid']}, {running['broker']})",
                           hint="stop it first, or use another RAGFN_HOME")
     log_dir = settings.home / "logs"
-    processes, state = start(settings, host=host, ports=ports, log_dir=log_dir)
-    broker = LocalBroker(load_triggers(repo_root() / "eventing" / "triggers"), state["functions"],
-                         DeadLetterStore(settings.dead_letter_path))
+    triggers = load_triggers(repo_root() / "eventing" / "triggers")
+    issuer = DevIssuer(f"http://{host}:{ports.broker}")
+    processes, state = start(settings, host=host, ports=ports, log_dir=log_dir, triggers=triggers, issuer=issuer)
+    broker = LocalBroker(triggers, state["functions"], DeadLetterStore(settings.dead_letter_path), issuer=issuer,
+                         audience=dev_broker_audience())
     try:
         server = broker.serve(host, ports.broker)
     except BaseException:
@@ -292,8 +289,10 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     threading.Thread(target=maintenance_timer, args=(state["functions"]["ragfn-maintain"],
-                                                     settings.maintenance_interval_seconds, stop),
+                                                     settings.maintenance_interval_seconds, stop, issuer),
                      daemon=True, name="maintenance-timer").start()
+    threading.Thread(target=SinkTokenWriter(issuer, Path(state["sink_token_file"])).run, args=(stop,), daemon=True,
+                     name="sink-token").start()
     dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
     on_ready(state)
     try:

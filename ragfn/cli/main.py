@@ -92,8 +92,10 @@ def ingest(
             if dev:
                 from ragfn.cli.dev import read_dev_state
 
-                result = ingest_via_broker(paths, runtime, read_dev_state(settings)["broker"], collection=collection,
-                                           tenant=tenant, groups=group_list, prune=prune, on_progress=show)
+                state = read_dev_state(settings)
+                result = ingest_via_broker(paths, runtime, state["broker"], collection=collection, tenant=tenant,
+                                           groups=group_list, prune=prune, on_progress=show,
+                                           token_file=_sink_token_file(state, settings))
             else:
                 report = run_ingest(paths, runtime, collection=collection, tenant=tenant, groups=group_list,
                                     prune=prune, on_progress=show)
@@ -248,7 +250,9 @@ def dlq_replay(letter_id: str, sink: Annotated[Optional[str], typer.Option(
         running = running_dev_state(settings)
         if sink is None and running and isinstance(store, DeadLetterStore):
             # the dev broker replays its own letters: it routes them and drops them in one step
-            response = httpx.post(f"{running['broker']}/dead-letters/{letter_id}/replay", timeout=10)
+            token = _sink_token(running, settings)
+            response = httpx.post(f"{running['broker']}/dead-letters/{letter_id}/replay", timeout=10,
+                                  headers={"Authorization": f"Bearer {token}"} if token else {})
             print(response.text)
             if response.status_code >= 300:
                 raise typer.Exit(1)
@@ -257,11 +261,24 @@ def dlq_replay(letter_id: str, sink: Annotated[Optional[str], typer.Option(
         if not target:
             raise ConfigError("nowhere to replay to", hint="pass --sink BROKER_URL (e.g. after `kubectl port-forward`)"
                              " or set K_SINK / RAGFN_SINK")
-        replay(letter, target)
+        replay(letter, target, token=_sink_token(running or {}, settings))
         store.remove(letter_id)
     except (RagfnError, httpx.HTTPError) as exc:
         _fail(exc)
     print(json.dumps({"replayed": letter_id, "to": target}))
+
+
+def _sink_token_file(dev_state: dict, settings) -> Path:
+    """The token a running `ragfn dev` keeps for its broker, else RAGFN_SINK_TOKEN_FILE (e.g. the output of
+    `kubectl create token ... --audience eventing.knative.dev/broker/NAMESPACE/ragfn`, docs/security.md)."""
+    return Path(dev_state["sink_token_file"]) if dev_state.get("sink_token_file") else settings.sink_token_file
+
+
+def _sink_token(dev_state: dict, settings) -> str | None:
+    try:
+        return _sink_token_file(dev_state, settings).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 @dlq.command("drop")

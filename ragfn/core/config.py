@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     pubsub_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", description="Google's token keys")
     service_keys_file: Path | None = Field(None, description="HS256 keys, one per line, for the gateway's signed "
                                            "calls to retrieve and cache-check (ragfn.core.service_auth)")
+    event_audience: str | None = Field(None, description="this function's audience in Knative's event deliveries "
+                                       "(its Trigger's subscriber.audience): when set, a delivery needs a valid "
+                                       "OIDC token (ragfn.eventing.delivery_auth)")
+    event_namespace: str | None = Field(None, description="the namespace of the identities that may deliver events")
+    event_senders: str | None = Field(None, description="comma-separated service account names (fnmatch patterns) "
+                                      "in RAGFN_EVENT_NAMESPACE that may deliver events to this function")
+    event_issuer: str | None = Field(None, description="the deliveries' token issuer; read from the OpenID "
+                                     "configuration beside RAGFN_EVENT_JWKS_URL when unset")
+    event_jwks_url: str = Field("https://kubernetes.default.svc/openid/v1/jwks", description="the issuer's signing "
+                                "keys: the cluster's service-account issuer by default, or a file path")
+    event_jwks_token_file: Path | None = Field(None, description="a projected token to fetch the keys with")
+    event_jwks_ca_file: Path | None = Field(None, description="the CA bundle of RAGFN_EVENT_JWKS_URL's server")
+    sink_token_file: Path = Field(Path("/oidc/token"), description="the OIDC token sent with events published to "
+                                  "K_SINK, when the file exists (Knative's SinkBinding mounts it there)")
     rate_limit: int = Field(60, ge=1, description="requests per tenant per window at the ask gateway")
     rate_window_seconds: float = Field(60.0, gt=0)
     rate_limit_fail: Literal["open", "closed"] = Field("open", description="with Redis down or refusing writes: "

@@ -4,6 +4,11 @@ POST / takes a CloudEvent (binary or structured) and answers 202; each matching 
 in binary mode. A reply event in the response goes back into the broker, as with Knative. A retryable answer
 (404, 408, 409, 429, 5xx, or no answer) is retried `delivery.retry` times with the Trigger's backoff; what
 still fails, or fails with another 4xx, goes to the dead-letter store. GET /status reports work in flight.
+
+With an `issuer` (ragfn.eventing.dev_issuer), it does what Knative Eventing does with sender identity on: each
+delivery to a Trigger with a `subscriber.audience` carries a token of the Trigger's identity for that audience, and
+the ingress (events and replays) takes only tokens it issued for the Broker's own audience, as an EventPolicy on
+the Broker admits only the namespace's sources.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from cloudevents.conversion import to_binary, to_dict
 from cloudevents.http import CloudEvent, from_dict, from_http
 from werkzeug.serving import make_server
 
+from ragfn.core.auth import Unauthorized, bearer
 from ragfn.core.errors import RagfnError, is_retryable_status
 from ragfn.eventing.dead_letters import DeadLetterStore
+from ragfn.eventing.delivery_auth import trigger_identity
+from ragfn.eventing.dev_issuer import DevIssuer
 from ragfn.eventing.triggers import Trigger
 
 log = logging.getLogger("ragfn.broker")
@@ -31,8 +39,10 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the functions take (ragfn.serve.handler
 
 class LocalBroker:
     def __init__(self, triggers: list[Trigger], subscribers: Mapping[str, str], dead_letters: DeadLetterStore,
-                 *, workers: int = 8, timeout: float = 120.0) -> None:
+                 *, workers: int = 8, timeout: float = 120.0, issuer: DevIssuer | None = None,
+                 audience: str | None = None) -> None:
         self.triggers = triggers
+        self.issuer, self.audience = issuer, audience  # signs deliveries; the audience its ingress requires
         self.subscribers = dict(subscribers)  # Service name -> URL; URIs in Triggers are used as they are
         self.dead_letters = dead_letters
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="broker")
@@ -93,6 +103,9 @@ class LocalBroker:
         attempts, status, error = 0, None, ""
         while True:
             attempts += 1
+            if self.issuer is not None and trigger.audience:  # per attempt: a retry late on needs a fresh token
+                token = self.issuer.token(trigger_identity(trigger.name), trigger.audience)
+                headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self._client.post(url, headers=headers, content=body)
                 status, error = response.status_code, response.text[:2000]
@@ -131,6 +144,23 @@ class LocalBroker:
         self.dead_letters.remove(letter_id)
         return matched
 
+    def admit(self, headers) -> None:
+        """With an issuer and an audience: only a token this broker issued for its own audience gets in."""
+        if self.issuer is None or self.audience is None:
+            return
+        import jwt
+
+        token = bearer(headers)
+        if not token:
+            raise Unauthorized("missing token for the broker",
+                               hint="send `Authorization: Bearer` with the token in the file that `ragfn dev` "
+                                    "names as sink_token_file in RAGFN_HOME/dev.json")
+        try:
+            jwt.decode(token, self.issuer.public_key(), algorithms=["ES256"], audience=self.audience,
+                       issuer=self.issuer.issuer, options={"require": ["exp", "iat", "aud", "iss", "sub"]})
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token for the broker: {exc}") from exc
+
     # -- HTTP ----------------------------------------------------------------------------------------------------
 
     def app(self) -> flask.Flask:
@@ -142,11 +172,21 @@ class LocalBroker:
         @app.post("/", defaults={"path": ""})
         @app.post("/<path:path>")
         def ingress(path: str):
+            self.admit(flask.request.headers)
             try:
                 event = from_http(dict(flask.request.headers), flask.request.get_data())
             except Exception as exc:
                 return flask.jsonify(error="BadEvent", message=f"not a CloudEvent: {exc}"), 400
             return flask.jsonify(accepted=self.accept(event)), 202
+
+        if self.issuer is not None:
+            @app.get("/.well-known/openid-configuration")
+            def openid_configuration():
+                return flask.jsonify(self.issuer.openid_configuration())
+
+            @app.get("/openid/v1/jwks")
+            def jwks():
+                return flask.jsonify(self.issuer.jwks())
 
         @app.get("/status")
         def status():
@@ -154,6 +194,7 @@ class LocalBroker:
 
         @app.post("/dead-letters/<letter_id>/replay")
         def replay(letter_id: str):
+            self.admit(flask.request.headers)
             return flask.jsonify(accepted=self.replay(letter_id))
 
         @app.get("/dead-letters")

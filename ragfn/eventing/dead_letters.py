@@ -263,14 +263,17 @@ def receive(headers: Mapping[str, str], body: bytes, store: DeadLetters) -> Dead
     return store.add(**knative_letter(structured), event=structured)
 
 
-def replay(letter: DeadLetter, sink: str, *, timeout: float = 10.0) -> None:
-    """Send a letter's original event to a broker (or any sink) in binary mode; Unavailable when it refuses."""
+def replay(letter: DeadLetter, sink: str, *, timeout: float = 10.0, token: str | None = None) -> None:
+    """Send a letter's original event to a broker (or any sink) in binary mode, with `token` as the bearer where
+    the broker wants one (sender identity); Unavailable when it refuses."""
     import httpx
     from cloudevents.conversion import to_binary
     from cloudevents.http import from_http
 
     event = from_http({"content-type": "application/cloudevents+json"}, json.dumps(original_event(letter)))
     headers, body = to_binary(event)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
         response = httpx.post(sink, headers=headers, content=body, timeout=timeout)
     except httpx.HTTPError as exc:

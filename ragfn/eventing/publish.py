@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -51,10 +52,13 @@ class Publisher(Protocol):
 
 
 class HttpPublisher:
-    """Posts binary-mode CloudEvents to a Broker or K_SINK, as Knative's SinkBinding expects."""
+    """Posts binary-mode CloudEvents to a Broker or K_SINK, as Knative's SinkBinding expects.
 
-    def __init__(self, sink: str, *, timeout: float = 10.0) -> None:
-        self.sink = sink
+    With sender identity on, the SinkBinding also mounts an OIDC token for the Broker's audience at /oidc/token and
+    renews it there: it is read for every event (a few hundred bytes) and sent as `Authorization: Bearer`."""
+
+    def __init__(self, sink: str, *, timeout: float = 10.0, token_file: Path | None = None) -> None:
+        self.sink, self.token_file = sink, token_file
         self._client = httpx.Client(timeout=timeout)
 
     @classmethod
@@ -62,15 +66,32 @@ class HttpPublisher:
         if not settings.sink:
             raise ConfigError("no sink to publish events to",
                               hint="set K_SINK (Knative SinkBinding does) or RAGFN_SINK to the broker URL")
-        return cls(settings.sink)
+        return cls(settings.sink, token_file=settings.sink_token_file)
+
+    def _token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None  # sender identity is off: no SinkBinding token
+        except OSError as exc:
+            raise ConfigError(f"cannot read the sink token {self.token_file}: {exc.strerror or exc}") from exc
 
     def publish(self, outgoing: list[OutboundEvent]) -> None:
         for event in outgoing:
             headers, body = to_binary(event.to_cloudevent())
+            if token := self._token():
+                headers["Authorization"] = f"Bearer {token}"
             try:
                 response = self._client.post(self.sink, headers=headers, content=body)
             except httpx.HTTPError as exc:
                 raise Unavailable(f"cannot publish {event.type} to {self.sink}: {exc}") from exc
+            if response.status_code in (401, 403):
+                raise ConfigError(f"sink {self.sink} refused {event.type}: {response.status_code} "
+                                  f"{response.text[:200]}", hint="with sender identity on, the SinkBinding mounts the "
+                                  f"token at {self.token_file} (RAGFN_SINK_TOKEN_FILE); the Broker's EventPolicy "
+                                  "must name the SinkBinding")
             if response.status_code >= 300:
                 error = Unavailable if is_retryable_status(response.status_code) else ConfigError
                 raise error(f"sink {self.sink} answered {response.status_code} to {event.type}: {response.text[:200]}")

@@ -28,7 +28,11 @@ class Delivery:
     retry: int = 0
     backoff_policy: str = "exponential"
     backoff_delay: float = 0.2
-    dead_letter: bool = False
+    dead_letter_sink: str | None = None  # a Service name (deadLetterSink.ref.name) or a URI
+
+    @property
+    def dead_letter(self) -> bool:
+        return self.dead_letter_sink is not None
 
     def delay(self, attempt: int) -> float:
         """Knative's backoff: delay * 2^attempt (exponential) or delay * attempt (linear), attempt from 1."""
@@ -44,6 +48,7 @@ class Trigger:
     filter: Mapping[str, str]  # spec.filter.attributes: exact matches, all must hold
     filters: tuple[Mapping, ...]  # spec.filters: the newer dialect (exact/prefix/suffix/all/any/not)
     delivery: Delivery
+    audience: str | None = None  # subscriber.audience: what the delivery token is issued for (sender identity)
 
     def matches(self, attributes: Mapping[str, object]) -> bool:
         if any(str(attributes.get(k, "")) != v for k, v in self.filter.items()):
@@ -85,7 +90,13 @@ def _trigger(doc: dict, path: Path) -> Trigger:
     raw = spec.get("delivery") or {}
     delivery = Delivery(retry=int(raw.get("retry", 0)), backoff_policy=raw.get("backoffPolicy", "exponential"),
                         backoff_delay=parse_duration(raw["backoffDelay"]) if "backoffDelay" in raw else 0.2,
-                        dead_letter="deadLetterSink" in raw)
+                        dead_letter_sink=_destination(raw.get("deadLetterSink")))
     return Trigger(name=doc["metadata"]["name"], subscriber=target,
                    filter=dict((spec.get("filter") or {}).get("attributes") or {}),
-                   filters=tuple(spec.get("filters") or ()), delivery=delivery)
+                   filters=tuple(spec.get("filters") or ()), delivery=delivery, audience=subscriber.get("audience"))
+
+
+def _destination(destination: dict | None) -> str | None:
+    if destination is None:
+        return None
+    return (destination.get("ref") or {}).get("name") or destination.get("uri") or "unnamed"

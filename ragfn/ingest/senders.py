@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ragfn.core.auth import Forbidden, Unauthorized, bearer, json_object_file
 from ragfn.core.errors import ConfigError
+from ragfn.core.oidc import SigningKeys, verified_claims
 
 GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
@@ -88,20 +89,10 @@ class Senders:
         return found
 
     def _pubsub(self, token: str) -> Sender:
-        import jwt
-
-        try:
-            if self._jwks is None:
-                self._jwks = jwt.PyJWKClient(self.jwks_url, cache_keys=True, lifespan=3600, timeout=5)
-            key = self._jwks.get_signing_key_from_jwt(token).key
-            claims = jwt.decode(token, key, algorithms=["RS256"], audience=self.pubsub_audience,
-                                issuer=GOOGLE_ISSUERS, options={"require": ["exp", "iat", "aud", "iss", "email"]})
-        except jwt.PyJWKClientConnectionError as exc:
-            from ragfn.core.errors import Unavailable
-
-            raise Unavailable(f"cannot fetch the Pub/Sub token keys from {self.jwks_url}: {exc}") from exc
-        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:  # PyJWT names the check, never the token
-            raise Unauthorized(f"invalid Pub/Sub push token: {exc}", hint=_HOW) from exc
+        if self._jwks is None:
+            self._jwks = SigningKeys(self.jwks_url, lifespan=3600)
+        claims = verified_claims(token, self._jwks, audience=self.pubsub_audience, issuer=GOOGLE_ISSUERS,
+                                 require=("exp", "iat", "aud", "iss", "email"), what="Pub/Sub push token", hint=_HOW)
         email = str(claims.get("email", "")).lower()
         sender = self._accounts.get(email)
         if sender is None or claims.get("email_verified") is not True:

@@ -129,14 +129,16 @@ def prune_missing(roots: list[str], present: set[str], runtime: IngestServices, 
 
 def ingest_via_broker(targets: list[str], runtime: IngestServices, broker_url: str, *, collection: str = "default",
                       tenant: str | None = None, groups: tuple[str, ...] = (), prune: bool = False,
-                      timeout: float = 600.0, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Send document.upserted (and, with prune, document.deleted) events to a running `ragfn dev` and wait."""
+                      timeout: float = 600.0, on_progress: Callable[[str, int, int], None] | None = None,
+                      token_file: Path | None = None) -> dict:
+    """Send document.upserted (and, with prune, document.deleted) events to a running `ragfn dev` and wait; with
+    the token in `token_file` (the dev broker's, as a SinkBinding's)."""
     import httpx
 
     from ragfn.eventing.publish import HttpPublisher, OutboundEvent
 
     uris, roots = expand(targets, runtime)
-    publisher = HttpPublisher(broker_url)
+    publisher = HttpPublisher(broker_url, token_file=token_file)
     for uri in uris:  # one trace per document, from this command through chunk, embed and index
         with tracer().start_as_current_span("ragfn.ingest", kind=SpanKind.PRODUCER, attributes={"ragfn.uri": uri}):
             publisher.publish([OutboundEvent(events.DOCUMENT_UPSERTED, events.DocumentUpserted(

@@ -188,13 +188,16 @@ def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], I
 def _ready(name: str, runtime: LazyRuntime, uses_index: bool, *, verifies_callers: bool = False) -> flask.Response:
     """The readiness probe: settings load, and the index answers where the function uses it. A bad RAGFN_STORE, an
     unreachable bucket or refused credentials keep a revision from turning ready (Knative keeps the last good one
-    serving) instead of failing its first request; so does a missing service key file where callers are verified."""
+    serving) instead of failing its first request; so does a missing service key file where callers are verified,
+    or a delivery audience without its senders."""
     return guarded(name, lambda: _check_ready(name, runtime, uses_index, verifies_callers), lambda: None)
 
 
 def _check_ready(name: str, runtime: LazyRuntime, uses_index: bool, verifies_callers: bool) -> flask.Response:
     if verifies_callers:
         runtime.get().service_keys
+    else:
+        runtime.get().delivery_verifier
     if uses_index and not runtime.index_ready:
         runtime.get().index.warm_up()
         runtime.index_ready = True
@@ -216,8 +219,9 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
                    max_body_bytes: int = MAX_REQUEST_BYTES,
                    ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """`metrics`, when given, returns the function's Prometheus registry: served on GET /metrics. `uses_index`: the
-    readiness probe also checks that the index answers. `admit` checks the sender from the request's headers before
-    any of its body is read (a public endpoint); `max_body_bytes` caps the body."""
+    readiness probe also checks that the index answers. With RAGFN_EVENT_AUDIENCE set, a delivery needs a valid
+    token of an allowed sender (ragfn.eventing.delivery_auth); `admit` then checks the sender of a public endpoint,
+    both from the request's headers before any of its body is read; `max_body_bytes` caps the body."""
 
     def decorate(handle: Handler) -> Callable[[flask.Request], flask.Response]:
         runtime = LazyRuntime(f"ragfn-{name}")
@@ -232,6 +236,8 @@ def cloud_function(name: str, *, accepts: Mapping[str, type[BaseModel] | None], 
             parsed: list[InboundEvent] = []
 
             def run() -> flask.Response:
+                if (verifier := runtime.get().delivery_verifier) is not None:  # before the body is read
+                    verifier.verify(request.headers)
                 if admit is not None:
                     admit(request, runtime.get())
                 parsed.append(validate(parse_request(request, allow_plain_json=allow_plain_json,

@@ -84,6 +84,13 @@ class Runtime:
         return ServiceKeys(self.settings.service_keys_file)
 
     @cached_property
+    def delivery_verifier(self):
+        """Checks the token of each event delivery when RAGFN_EVENT_AUDIENCE is set; None otherwise."""
+        from ragfn.eventing.delivery_auth import DeliveryVerifier
+
+        return DeliveryVerifier.from_settings(self.settings)
+
+    @cached_property
     def local_retrieval(self):
         """Retrieval in this process; the retrieve function serves this, whatever RAGFN_RETRIEVE_URL says."""
         from ragfn.gateway.backends import LocalRetrieval
