@@ -127,6 +127,23 @@ def test_s3_style_posts_keep_their_origin_and_test_events_are_ignored(event_sink
     assert len(event_sink.received) == 1
 
 
+def test_an_eventbridge_api_destination_post_is_republished_as_an_eventbridge_event(event_sink):
+    client = function("bucket_events")
+    body = load("eventbridge_object_created.json")
+    response = client.post("/", json=body)  # EventBridge's API destination posts the event as it is
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert client.post("/", json=body).status_code == 200  # EventBridge retries a target with the same event id
+    first, again = event_sink.received
+    assert (first["type"], first["source"], first["subject"]) == (
+        events.EVENTBRIDGE_EVENT, "aws.s3/amzn-s3-demo-bucket1", "reports/Quarterly Report+Q3 (2021).md")
+    assert first["id"] == again["id"] and first["time"] == "2021-11-12T00:00:00Z"
+    assert parse_storage_event(first["type"], first.get_data()) == parse_storage_event(None, body)
+    ignored = client.post("/", json=load("eventbridge_restore_completed.json"))
+    assert ignored.status_code == 200
+    assert "Object Restore Completed changes no document" in ignored.get_json()["ignored"]
+    assert len(event_sink.received) == 2
+
+
 # --- junk, auth and a broker that is down ---------------------------------------------------------------------------
 
 def _unsafe_push() -> dict:
@@ -341,6 +358,35 @@ def test_an_integrationsource_sqs_message_is_chunked(ragfn_env, monkeypatch, wra
         sink.server.shutdown()
     assert batch.document.document_id == "s3://amzn-s3-demo-bucket/reports/Quarterly Report (2024).md"
     assert batch.document.collection == "reports" and batch.chunks[0].text == "Revenue grew 12 percent."
+
+
+@pytest.mark.parametrize("route", ["sqs", "cloudevent", "bucket-events"])
+def test_an_eventbridge_event_is_chunked_by_every_route(ragfn_env, monkeypatch, route):
+    """S3 -> EventBridge -> (an SQS queue and the IntegrationSource | an EventBridge source's CloudEvent | an API
+    destination to bucket-events) -> chunk, against a real (moto) bucket."""
+    with moto_s3() as endpoint:
+        monkeypatch.setenv("RAGFN_S3_ENDPOINT_URL", endpoint)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="amzn-s3-demo-bucket1")
+        body = load("eventbridge_object_created.json")
+        obj = body["detail"]["object"]
+        put = s3.put_object(Bucket="amzn-s3-demo-bucket1", Key=obj["key"], Body=b"# Q3\n\nMargins rose 4 percent.\n",
+                            Metadata={"ragfn-tenant": "acme"})
+        obj["etag"], obj["version-id"] = put["ETag"].strip('"'), None
+        if route == "bucket-events":
+            batch = adapter_then_chunk(body, monkeypatch)
+        else:
+            sink = EventSink()
+            monkeypatch.setenv("K_SINK", sink.url)
+            event = sqs_event(json.dumps(body)) if route == "sqs" else CloudEvent(
+                {"type": events.EVENTBRIDGE_EVENT, "source": "arn:aws:events:ca-central-1:111122223333:rule/ragfn"},
+                body)
+            response = chunk(event)
+            assert response.status_code == 200, response.get_data(as_text=True)
+            batch = events.ChunkBatch.model_validate(sink.received[0].get_data())
+            sink.server.shutdown()
+    assert batch.document.document_id == "s3://amzn-s3-demo-bucket1/reports/Quarterly Report+Q3 (2021).md"
+    assert batch.document.tenant == "acme" and batch.chunks[0].text == "Margins rose 4 percent."
 
 
 def test_an_sqs_message_that_is_no_notification_is_a_400(chunk_sink):

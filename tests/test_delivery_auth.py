@@ -21,7 +21,7 @@ import httpx
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
-from conftest import REPO, free_port, served
+from conftest import REPO, Served, free_port, served
 from pydantic import BaseModel
 from werkzeug.serving import make_server
 
@@ -252,3 +252,50 @@ def test_dev_wires_every_routed_function_from_the_triggers():
     assert dead == sorted(trigger_identity(t.name) for t in TRIGGERS)
     for trigger in TRIGGERS:  # every Trigger asks for a token for its subscriber's own audience
         assert trigger.audience == trigger.subscriber
+
+
+def test_a_token_naming_another_algorithm_for_the_issuers_key_is_a_401(dead_letter, issuer_broker):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"iss": issuer_broker.issuer.issuer, "sub": "system:serviceaccount:ragfn-dev:"
+              + trigger_identity("ragfn-embed"), "aud": "ragfn-dead-letter", "iat": now, "exp": now + 60}
+    for token in (jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": issuer_broker.issuer.kid}),
+                  jwt.encode(claims, "a-shared-secret-of-at-least-32-bytes!", algorithm="HS256",
+                             headers={"kid": issuer_broker.issuer.kid})):
+        response = httpx.post(dead_letter[0], headers=_event()[0] | {"Authorization": f"Bearer {token}"},
+                              content=_event()[1], timeout=10)
+        assert response.status_code == 401, response.text
+
+
+def test_the_issuers_keys_are_fetched_with_backoff_and_kept_through_its_outages(monkeypatch):
+    import ragfn.core.oidc as oidc
+
+    issuer = DevIssuer("http://issuer.test")
+    state = {"fetches": 0, "down": False}
+    app = flask.Flask("issuer")
+
+    @app.get("/openid/v1/jwks")
+    def jwks():
+        state["fetches"] += 1
+        return ("down", 503) if state["down"] else flask.jsonify(issuer.jwks())
+
+    served_issuer = Served(app)
+    try:
+        keys = SigningKeys(f"{served_issuer.url}openid/v1/jwks", lifespan=0.0)
+        assert keys.key_for(issuer.token("a", "b")) is not None and state["fetches"] == 1
+        for _ in range(20):  # made-up key ids: at most one fetch per REFETCH_SECONDS
+            with pytest.raises(Unauthorized):
+                keys.key_for(DevIssuer(issuer.issuer).token("a", "b"))
+        assert state["fetches"] == 1
+        state["down"] = True
+        monkeypatch.setattr(oidc, "REFETCH_SECONDS", 0.0)
+        assert keys.key_for(issuer.token("a", "b")) is not None  # the refresh failed; the keys it had still verify
+        assert state["fetches"] == 2
+        empty = SigningKeys(f"{served_issuer.url}openid/v1/jwks")
+        with pytest.raises(Exception, match="503"):
+            empty.key_for(issuer.token("a", "b"))  # nothing to fall back on: the outage is named
+    finally:
+        served_issuer.server.shutdown()

@@ -65,7 +65,8 @@ def test_each_verifying_function_can_fetch_the_cluster_keys(tree):
         assert env["RAGFN_EVENT_JWKS_TOKEN_FILE"].startswith(mount["mountPath"] + "/")
         assert env["RAGFN_EVENT_JWKS_CA_FILE"].startswith(mount["mountPath"] + "/")
         assert spec["automountServiceAccountToken"] is False  # the projected token is the only one
-    policy, = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "ragfn-egress-api-server"]
+    policy, = [o for o in objects
+               if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "ragfn-egress-api-server"]
     selected, = policy["spec"]["podSelector"]["matchExpressions"]
     assert set(selected["values"]) == verifying
 

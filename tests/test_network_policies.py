@@ -83,3 +83,9 @@ def test_egress_is_denied_but_for_what_each_function_uses(tree):
                             and p["spec"]["policyTypes"] == ["Egress"] and p["spec"]["podSelector"]
                             and "matchExpressions" in p["spec"]["podSelector"]))
     assert functions <= allowed
+    if any(o["kind"] == "Deployment" and o["metadata"]["name"] == "ragfn-otel-collector" for o in objects):
+        exporter = policies["ragfn-egress-otel-collector"]  # traces leave for the backend in monitoring
+        assert exporter["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "ragfn-otel-collector"}}
+    for policy in policies.values():  # no egress rule opens a port to every address, the internet included
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("to"), f"{policy['metadata']['name']}: an egress rule without a destination"

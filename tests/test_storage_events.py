@@ -202,6 +202,39 @@ def test_document_upserted_rejects_bad_uris(uri: str) -> None:
 
 # --- bad input ---------------------------------------------------------------------------------------------------
 
+# --- S3 through EventBridge (payloads: the examples of AWS's "EventBridge event message structure") ---------------
+
+@pytest.mark.parametrize("event_type", [events.EVENTBRIDGE_EVENT, events.AWS_SQS_MESSAGE, None])
+def test_eventbridge_object_created_as_a_cloudevent_an_sqs_body_or_a_plain_post(event_type: str | None) -> None:
+    data = load("eventbridge_object_created.json")
+    change = one(event_type, json.dumps(data) if event_type == events.AWS_SQS_MESSAGE else data)
+    # the key is taken as it is: EventBridge does not URL-encode it as S3's notifications do ("+" stays "+")
+    assert change == ObjectChange("upsert", "s3://amzn-s3-demo-bucket1/reports/Quarterly Report+Q3 (2021).md",
+                                  version="IYV3p45BT0ac8hjHg1houSdS1a.Mc8cs", sequence=0x617F08299329D189, size=5)
+
+
+def test_eventbridge_object_deleted_orders_after_the_create() -> None:
+    created = one(events.EVENTBRIDGE_EVENT, load("eventbridge_object_created.json"))
+    deleted = one(events.EVENTBRIDGE_EVENT, load("eventbridge_object_deleted.json"))
+    assert deleted.action == "delete" and deleted.uri == created.uri and deleted.sequence > created.sequence
+
+
+def test_eventbridge_events_that_change_no_document_are_ignored() -> None:
+    assert parse_storage_event(events.EVENTBRIDGE_EVENT, load("eventbridge_restore_completed.json")) == []
+    tagged = load("eventbridge_object_created.json") | {"detail-type": "Object Tags Added"}
+    assert parse_storage_event(None, tagged) == []
+
+
+def test_eventbridge_events_from_another_service_are_bad_events() -> None:
+    with pytest.raises(BadEvent, match="only S3's") as info:
+        parse_storage_event(events.EVENTBRIDGE_EVENT, load("eventbridge_object_created.json") | {"source": "aws.ec2"})
+    assert "source: [aws.s3]" in info.value.hint
+    unsafe = load("eventbridge_object_created.json")
+    unsafe["detail"]["object"]["key"] = "../../etc/passwd"
+    with pytest.raises(UnsafeKey):
+        parse_storage_event(events.EVENTBRIDGE_EVENT, unsafe)
+
+
 def test_unknown_type_names_it_and_lists_the_accepted_ones() -> None:
     with pytest.raises(BadEvent) as info:
         parse_storage_event("com.example.thing.v1", load("s3_put.json"))
@@ -299,7 +332,8 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     (events.GCS_FINALIZED, "gcs_finalized.json"), (events.S3_NOTIFICATION, "s3_put.json"),
     (events.MINIO_NOTIFICATION, "minio_put.json"), (None, "minio_delete.json"),
     (events.S3_NOTIFICATION, "s3_test_event.json"), (events.AWS_SQS_MESSAGE, "s3_put.json"),
-    (events.AWS_SQS_MESSAGE, "sqs_wrapped_s3.json")])
+    (events.AWS_SQS_MESSAGE, "sqs_wrapped_s3.json"), (events.EVENTBRIDGE_EVENT, "eventbridge_object_created.json"),
+    (None, "eventbridge_object_deleted.json"), (events.AWS_SQS_MESSAGE, "eventbridge_object_created.json")])
 def test_every_mutation_is_a_result_or_a_bad_event(event_type: str | None, name: str) -> None:
     """Remove every field, or give it every wrong type: never a KeyError, TypeError or AttributeError."""
     original = load(name)

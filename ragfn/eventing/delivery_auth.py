@@ -17,14 +17,16 @@ production component (manifests/components/event-oidc) equal to it.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ragfn.core.auth import Forbidden, Unauthorized, bearer
 from ragfn.core.config import Settings
-from ragfn.core.errors import ConfigError
-from ragfn.core.oidc import SigningKeys, discovered_issuer, verified_claims
+from ragfn.core.errors import ConfigError, Unavailable
+from ragfn.core.oidc import REFETCH_SECONDS, SigningKeys, discovered_issuer, verified_claims
 from ragfn.eventing.triggers import Trigger
 
 _HOW = "deliveries come from the Broker with Knative's sender identity (authentication-oidc) for this audience"
@@ -82,6 +84,8 @@ class DeliveryPolicy:
 class DeliveryVerifier:
     def __init__(self, policy: DeliveryPolicy, keys: SigningKeys, *, issuer: str | None = None) -> None:
         self.policy, self.keys, self._issuer = policy, keys, issuer
+        self._lock = threading.Lock()
+        self._tried = float("-inf")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryVerifier | None:
@@ -93,15 +97,27 @@ class DeliveryVerifier:
         return cls(policy, keys, issuer=settings.event_issuer)
 
     def issuer(self) -> str:
-        if self._issuer is None:  # asked once: the issuer of a cluster does not change under a running pod
-            self._issuer = discovered_issuer(self.keys.url, token_file=self.keys.token_file, ca_file=self.keys.ca_file)
-        return self._issuer
+        """RAGFN_EVENT_ISSUER, else discovered once (a cluster's issuer does not change under a running pod), and
+        after a failure not asked again for REFETCH_SECONDS."""
+        with self._lock:
+            if self._issuer is None:
+                if time.monotonic() - self._tried < REFETCH_SECONDS:
+                    raise Unavailable("the issuer of event deliveries is not known yet: its discovery failed lately",
+                                      hint=f"the OpenID configuration beside {self.keys.url}")
+                self._tried = time.monotonic()
+                self._issuer = discovered_issuer(self.keys.url, token_file=self.keys.token_file,
+                                                 ca_file=self.keys.ca_file)
+            return self._issuer
 
     def verify(self, headers: Mapping[str, str]) -> str:
         """The sender's subject; Unauthorized without a valid token, Forbidden from an identity not allowed here."""
         token = bearer(headers)
         if not token:
             raise Unauthorized("missing delivery token", hint=_HOW)
+        try:
+            self.keys.key_for(token)  # a token whose key is unknown costs no discovery
+        except Unauthorized as exc:
+            raise Unauthorized(f"delivery token: {exc.message}", hint=exc.hint or _HOW) from exc
         claims = verified_claims(token, self.keys, audience=self.policy.audience, issuer=self.issuer(),
                                  what="delivery token", hint=_HOW)
         sub = claims.get("sub")

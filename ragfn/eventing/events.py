@@ -35,10 +35,14 @@ MINIO_NOTIFICATION = "io.min.s3.notification"
 # Knative Eventing's IntegrationSource in aws.sqs mode: the data is the SQS message body, which for a bucket wired
 # as S3 -> SQS (or S3 -> SNS -> SQS) is the S3 notification (or the SNS envelope around it).
 AWS_SQS_MESSAGE = "dev.knative.connector.event.aws-sqs"
+# An Amazon EventBridge event as a CloudEvent: the data is the EventBridge event itself (detail-type, source,
+# detail), as TriggerMesh's AWSEventBridgeSource sends it and as ragfn-bucket-events republishes an EventBridge API
+# destination's post. S3's EventBridge events also reach chunk inside SQS messages (AWS_SQS_MESSAGE).
+EVENTBRIDGE_EVENT = "com.amazon.events.event"
 # PingSource cannot choose its events' type: the resync one marks them ragfnjob=resync (eventing/sources/resync.yaml).
 PING = "dev.knative.sources.ping"
 
-STORAGE_TYPES = (GCS_FINALIZED, GCS_DELETED, S3_NOTIFICATION, MINIO_NOTIFICATION, AWS_SQS_MESSAGE)
+STORAGE_TYPES = (GCS_FINALIZED, GCS_DELETED, S3_NOTIFICATION, MINIO_NOTIFICATION, AWS_SQS_MESSAGE, EVENTBRIDGE_EVENT)
 CACHE_TYPES = (DOCUMENT_INDEXED, DOCUMENT_REMOVED)  # the end of ingestion; the semantic cache evicts on them
 
 # Who sends each type onto the broker. Every one has a Trigger (eventing/triggers/) unless it is in TERMINAL_TYPES.
@@ -57,6 +61,8 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     S3_NOTIFICATION: ("ragfn-bucket-events (S3-style webhook posts)",),
     MINIO_NOTIFICATION: ("ragfn-bucket-events (MinIO webhook)",),
     AWS_SQS_MESSAGE: ("IntegrationSource ragfn-s3 (eventing/components/source-s3-sqs)",),
+    EVENTBRIDGE_EVENT: ("ragfn-bucket-events (an EventBridge API destination)", "an EventBridge source such as "
+                        "TriggerMesh's AWSEventBridgeSource"),
     PING: ("PingSource ragfn-resync (eventing/sources/resync.yaml)",),
 }
 # Produced types that nothing consumes on purpose, each with the reason. None today: document.indexed and

@@ -15,7 +15,7 @@ from pydantic import RootModel
 from ragfn.core.errors import BadEvent
 from ragfn.eventing import events
 from ragfn.eventing.publish import OutboundEvent
-from ragfn.ingest.storage_events import parse_storage_event
+from ragfn.ingest.storage_events import is_eventbridge, parse_storage_event
 
 # GCS notification event types (cloud.google.com/storage/docs/pubsub-notifications) -> the Eventarc CloudEvent type.
 # An archive is the live version becoming noncurrent in a versioned bucket: gone, as far as answers go.
@@ -57,6 +57,8 @@ def translate(body: object) -> Translation:
             -> google.cloud.storage.object.v1.finalized | .deleted, data = the object resource (as Eventarc sends it)
         MinIO webhook: {"EventName": "s3:ObjectCreated:Put", "Key": "bucket/key", "Records": [S3-style record]}
             -> io.min.s3.notification (com.amazonaws.s3.notification for records from AWS), data = the body as sent
+        EventBridge API destination: {"detail-type": "Object Created", "source": "aws.s3", "detail": {...}}
+            -> com.amazon.events.event, data = the EventBridge event as sent
 
     Both are checked with ragfn.ingest.storage_events before anything is published, so junk is a 400 here, to the
     sender, rather than a dead letter later; the Broker then gives the deliveries its retries and dead letters.
@@ -68,8 +70,11 @@ def translate(body: object) -> Translation:
         return _pubsub(body)
     if "Records" in body or "EventName" in body or body.get("Event") == "s3:TestEvent":
         return _notification(body)
-    raise BadEvent("neither a Pub/Sub push envelope ('message') nor an S3/MinIO notification ('Records')",
-                   hint="send GCS notifications through a Pub/Sub push subscription, MinIO's through notify_webhook")
+    if is_eventbridge(body):
+        return _eventbridge(body)
+    raise BadEvent("neither a Pub/Sub push envelope ('message'), an S3/MinIO notification ('Records') nor an "
+                   "EventBridge event ('detail-type')", hint="send GCS notifications through a Pub/Sub push "
+                   "subscription, MinIO's through notify_webhook, S3's EventBridge events through an API destination")
 
 
 def _pubsub(envelope: dict[str, Any]) -> Translation:
@@ -134,3 +139,16 @@ def _notification(payload: dict[str, Any]) -> Translation:
                                   subject=payload.get("Key") if isinstance(payload.get("Key"), str) else None,
                                   source=f"{origin}/{bucket}" if bucket else origin,
                                   time=first.get("eventTime") if isinstance(first.get("eventTime"), str) else None)])
+
+
+def _eventbridge(body: dict[str, Any]) -> Translation:
+    changes = parse_storage_event(events.EVENTBRIDGE_EVENT, body)
+    if not changes:
+        return Translation([], f"{body.get('detail-type')} changes no document")
+    event_id, bucket = body.get("id"), body["detail"]["bucket"]["name"]
+    if not isinstance(event_id, str) or not event_id:
+        raise BadEvent("the EventBridge event has no id")
+    # EventBridge retries a target with the same event id, so a retried post republishes the same event id
+    return Translation([Forwarded(events.EVENTBRIDGE_EVENT, Payload(body), key=f"eventbridge:{event_id}",
+                                  subject=body["detail"]["object"]["key"], source=f"aws.s3/{bucket}",
+                                  time=body.get("time") if isinstance(body.get("time"), str) else None)])

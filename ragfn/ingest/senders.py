@@ -92,7 +92,8 @@ class Senders:
         if self._jwks is None:
             self._jwks = SigningKeys(self.jwks_url, lifespan=3600)
         claims = verified_claims(token, self._jwks, audience=self.pubsub_audience, issuer=GOOGLE_ISSUERS,
-                                 require=("exp", "iat", "aud", "iss", "email"), what="Pub/Sub push token", hint=_HOW)
+                                 require=("exp", "iat", "aud", "iss", "email"), what="Pub/Sub push token", hint=_HOW,
+                                 algorithms=("RS256",))  # what Google signs with
         email = str(claims.get("email", "")).lower()
         sender = self._accounts.get(email)
         if sender is None or claims.get("email_verified") is not True:

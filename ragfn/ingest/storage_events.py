@@ -1,4 +1,5 @@
-"""Normalise GCS, S3 (direct or through SQS), MinIO and ragfn's own storage notifications into ObjectChanges."""
+"""Normalise GCS, S3 (its notifications or its EventBridge events, direct or through SQS), MinIO and ragfn's own
+storage notifications into ObjectChanges."""
 
 from __future__ import annotations
 
@@ -52,9 +53,11 @@ def parse_storage_event(event_type: str | None, data: object, *,
         return [_gcs(payload, "upsert" if event_type == events.GCS_FINALIZED else "delete")]
     if event_type in (events.DOCUMENT_UPSERTED, events.DOCUMENT_DELETED):
         return [_ragfn(event_type, payload, event_time)]
+    if event_type == events.EVENTBRIDGE_EVENT:
+        return _eventbridge(payload)
     if event_type is None and not _is_notification(payload):
         raise BadEvent("a request without CloudEvent attributes must be an S3 or MinIO notification "
-                       "(a 'Records' list); "
+                       "(a 'Records' list) or an S3 EventBridge event ('detail-type', 'detail'); "
                        f"send other events as CloudEvents with one of: {', '.join(ACCEPTED_TYPES)}")
     return _notification(payload, 0)
 
@@ -125,7 +128,12 @@ def _gcs(data: dict[str, Any], action: Literal["upsert", "delete"]) -> ObjectCha
 
 def _is_notification(payload: dict[str, Any]) -> bool:
     return (isinstance(payload.get("Records"), list) or payload.get("Event") == "s3:TestEvent"
-            or ("s3" in payload and "eventName" in payload) or _inner(payload) is not None)
+            or ("s3" in payload and "eventName" in payload) or is_eventbridge(payload) or _inner(payload) is not None)
+
+
+def is_eventbridge(payload: dict[str, Any]) -> bool:
+    """An EventBridge event's envelope: https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html"""
+    return "detail-type" in payload and "detail" in payload
 
 
 def _inner(payload: dict[str, Any]) -> object | None:
@@ -142,6 +150,8 @@ def _notification(payload: dict[str, Any], depth: int) -> list[ObjectChange]:
         raise BadEvent("the notification is nested in too many SQS/SNS envelopes")
     if payload.get("Event") == "s3:TestEvent":  # sent once when a bucket's notifications are configured
         return []
+    if is_eventbridge(payload):  # an EventBridge rule's target is the queue: the message body is the event
+        return _eventbridge(payload)
     inner = _inner(payload)
     if inner is not None:
         return _notification(_decode(inner, "the SQS/SNS message body"), depth + 1)
@@ -184,6 +194,32 @@ def _s3_record(record: dict[str, Any], where: str) -> ObjectChange | None:
     return ObjectChange(action, make_uri("s3", bucket, key), collection, version, _int(obj, "sequencer", at, 16),
                         tenant, groups, _int(obj, "size", at),
                         _get(obj, "contentType", str, at, required=False) or meta_type)
+
+
+# S3's EventBridge detail types that change a document; the others (restores, tags, ACLs, storage classes) do not.
+_EVENTBRIDGE_ACTIONS: dict[str, Literal["upsert", "delete"]] = {"Object Created": "upsert",
+                                                                 "Object Deleted": "delete"}
+
+
+def _eventbridge(payload: dict[str, Any]) -> list[ObjectChange]:
+    """S3's EventBridge events. Unlike a notification's, the key is not URL-encoded. A delete (a delete marker, or a
+    version removed for good) becomes a tombstone only once the object is gone (the chunk stage asks the bucket)."""
+    source = _get(payload, "source", str, "event")
+    if source != "aws.s3":
+        raise BadEvent(f"an EventBridge event from {source!r}: only S3's (source aws.s3) change documents",
+                       hint="match `source: [aws.s3]` in the EventBridge rule")
+    action = _EVENTBRIDGE_ACTIONS.get(_get(payload, "detail-type", str, "event"))
+    if action is None:
+        return []
+    detail = _get(payload, "detail", dict, "event")
+    bucket = _get(_get(detail, "bucket", dict, "detail"), "name", str, "detail.bucket")
+    obj = _get(detail, "object", dict, "detail")
+    key = _get(obj, "key", str, "detail.object")
+    version_id = _get(obj, "version-id", str, "detail.object", required=False)
+    etag = _get(obj, "etag", str, "detail.object", required=False)
+    version = (version_id if version_id not in (None, "", "null") else None) or (etag.strip('"') if etag else None)
+    return [ObjectChange(action, make_uri("s3", bucket, key), "default", version,
+                         _int(obj, "sequencer", "detail.object", 16), size=_int(obj, "size", "detail.object"))]
 
 
 def _ragfn(event_type: str, payload: dict[str, Any], event_time: datetime | None) -> ObjectChange:
