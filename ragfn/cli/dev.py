@@ -25,6 +25,7 @@ from ragfn.cli.dev_chat import (
     ui_available,
     ui_command,
 )
+from ragfn.cli.dev_children import Children
 from ragfn.cli.dev_events import SinkTokenWriter, delivery_env, dev_broker_audience, maintenance_timer
 from ragfn.core.config import Settings
 from ragfn.core.errors import ConfigError, Unavailable
@@ -143,23 +144,23 @@ def check_ports_free(host: str, ports: list[int]) -> None:
 
 
 def start(settings: Settings, *, host: str, ports: DevPorts, log_dir: Path, triggers: list[Trigger],
-          issuer: DevIssuer) -> tuple[list[subprocess.Popen], dict]:
+          issuer: DevIssuer, ui: bool = True) -> tuple[Children, dict]:
     root = repo_root()
     check_ports_free(host, [ports.broker, *map(ports.function, FUNCTIONS), ports.ask]
-                     + ([ports.predictor] if predictor_available() else [])
-                     + ([ports.ui] if ui_available() else [])
+                     + ([ports.predictor] if starts_predictor(settings) else [])
+                     + ([ports.ui] if ui and ui_available() else [])
                      + ([] if settings.chroma_url or settings.store == "lancedb" else [ports.chroma]))
     log_dir.mkdir(parents=True, exist_ok=True)
-    processes: list[subprocess.Popen] = []
+    children = Children()
     try:
-        return processes, _launch(settings, root, host, ports, log_dir, processes, triggers, issuer)
+        return children, _launch(settings, root, host, ports, log_dir, children, triggers, issuer, ui)
     except BaseException:  # a service that failed to come up must not leave the others running
-        stop_all(processes)
+        children.stop_all()
         raise
 
 
 def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir: Path,
-            processes: list[subprocess.Popen], triggers: list[Trigger], issuer: DevIssuer) -> dict:
+            children: Children, triggers: list[Trigger], issuer: DevIssuer, ui: bool) -> dict:
     broker_url = f"http://{host}:{ports.broker}"
     sink_token = SinkTokenWriter(issuer, settings.home.resolve() / "oidc" / "token")
     sink_token.write()
@@ -176,23 +177,22 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
         # Several processes must not open one embedded Chroma folder, so dev serves it with `chroma run`.
         chroma_url = f"http://{host}:{ports.chroma}"
         chroma = Path(sys.executable).with_name("chroma")
-        processes.append(subprocess.Popen(
-            [str(chroma), "run", "--path", str(settings.chroma_path.resolve()), "--host", host, "--port",
-             str(ports.chroma)], env=dict(os.environ, ANONYMIZED_TELEMETRY="False"),
-            stdout=(log_dir / "chroma.log").open("ab"), stderr=subprocess.STDOUT))
-        wait_ready(f"{chroma_url}/api/v2/heartbeat", processes[-1])
+        process = children.spawn("chroma", [str(chroma), "run", "--path", str(settings.chroma_path.resolve()),
+                                            "--host", host, "--port", str(ports.chroma)],
+                                 env=dict(os.environ, ANONYMIZED_TELEMETRY="False"), log_path=log_dir / "chroma.log")
+        wait_ready(f"{chroma_url}/api/v2/heartbeat", process)
     if chroma_url:
         env["RAGFN_CHROMA_URL"] = chroma_url
-    urls = {}
+    urls, started = {}, []
     for name, (folder, target) in FUNCTIONS.items():
         port = ports.function(name)
         urls[f"ragfn-{name}"] = f"http://{host}:{port}"
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", target, "--source",
-             str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
+        started.append(children.spawn(
+            name, [sys.executable, "-m", "functions_framework", "--target", target, "--source",
+                   str(root / "functions" / folder / "main.py"), "--host", host, "--port", str(port)],
             env=env | delivery_env(f"ragfn-{name}", triggers, f"{broker_url}/openid/v1/jwks"), cwd=str(root),
-            stdout=(log_dir / f"{name}.log").open("ab"), stderr=subprocess.STDOUT))
-    for (name, url), process in zip(urls.items(), processes[-len(FUNCTIONS):], strict=True):
+            log_path=log_dir / f"{name}.log"))
+    for (name, url), process in zip(urls.items(), started, strict=True):
         try:
             wait_ready(url, process)
         except Unavailable as exc:
@@ -200,39 +200,44 @@ def _launch(settings: Settings, root: Path, host: str, ports: DevPorts, log_dir:
             raise Unavailable(f"{name}: {exc}", hint=f"its log is {log}") from exc
     state = {"broker": broker_url, "chroma_url": chroma_url, "functions": urls,
              "sink_token_file": str(sink_token.path)}
-    if predictor_available():
-        state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, processes)
-    return state | _launch_chat(settings, root, host, ports, env, state, log_dir, processes)
+    if starts_predictor(settings):
+        state |= _launch_predictor(settings, root, host, ports.predictor, env, log_dir, children)
+    return state | _launch_chat(settings, root, host, ports, env, state, log_dir, children, ui)
 
 
-def _spawn(name: str, argv: list[str], env: dict, root: Path, log_dir: Path, processes: list[subprocess.Popen],
+def _spawn(name: str, argv: list[str], env: dict, root: Path, log_dir: Path, children: Children,
            ready_url: str) -> None:
-    processes.append(subprocess.Popen(argv, env=env, cwd=str(root), stdout=(log_dir / f"{name}.log").open("ab"),
-                                      stderr=subprocess.STDOUT))
+    process = children.spawn(name, argv, env=env, cwd=str(root), log_path=log_dir / f"{name}.log")
     try:
-        wait_ready(ready_url, processes[-1])
+        wait_ready(ready_url, process)
     except Unavailable as exc:
         raise Unavailable(f"{name}: {exc}", hint=f"its log is {log_dir / f'{name}.log'}") from exc
 
 
 def _launch_chat(settings: Settings, root: Path, host: str, ports: DevPorts, env: dict, state: dict,
-                 log_dir: Path, processes: list[subprocess.Popen]) -> dict:
+                 log_dir: Path, children: Children, ui: bool) -> dict:
     """The ask gateway over the dev functions and predictor, then the Streamlit chat over the gateway."""
     gateway, key = gateway_env(settings, state["functions"], state.get("predictor"))
     ask_url = f"http://{host}:{ports.ask}"
     _spawn("ask", [sys.executable, "-m", "ragfn.serve.gateway_app", "--host", host, "--port", str(ports.ask)],
-           env | gateway, root, log_dir, processes, ask_url)
+           env | gateway, root, log_dir, children, ask_url)
     chat = {"ask": ask_url, "dev_key_file": str(dev_key_path(settings).resolve()) if key else None}
-    if ui_available():
+    if ui and ui_available():
         ui_url = f"http://{host}:{ports.ui}"
         _spawn("ui", ui_command(root, host, ports.ui), env | {"RAGFN_UI_GATEWAY_URL": ask_url}, root, log_dir,
-               processes, f"{ui_url}/_stcore/health")
+               children, f"{ui_url}/_stcore/health")
         chat["ui"] = ui_url
     return chat
 
 
 def predictor_available() -> bool:
-    return importlib.util.find_spec("kserve") is not None  # ragfn[inference]; dev runs without it, answering extractively
+    # ragfn[inference]; dev runs without it, answering extractively
+    return importlib.util.find_spec("kserve") is not None
+
+
+def starts_predictor(settings: Settings) -> bool:
+    """Dev starts a predictor unless RAGFN_LLM_URL names one already (a model server of your own)."""
+    return predictor_available() and not settings.llm_url
 
 
 def predictor_engine(settings: Settings) -> dict[str, str]:
@@ -247,41 +252,32 @@ def predictor_engine(settings: Settings) -> dict[str, str]:
 
 
 def _launch_predictor(settings: Settings, root: Path, host: str, port: int, env: dict, log_dir: Path,
-                      processes: list[subprocess.Popen]) -> dict:
+                      children: Children) -> dict:
     engine = predictor_engine(settings)
     # listening is enough: the model loads in the background, and the gateway copes with a cold predictor
     # on `host` only (KServe listens on every address otherwise), behind the key the dev gateway sends
     _spawn("predictor", [sys.executable, "-m", "inference", "--http_port", str(port), "--host", host, "--model_name",
                          settings.llm_served_name], env | engine | {"RAGFN_LLM_API_KEY": ensure_llm_key(settings)},
-           root, log_dir, processes, f"http://{host}:{port}/v2/health/live")
+           root, log_dir, children, f"http://{host}:{port}/v2/health/live")
     return {"predictor": f"http://{host}:{port}/v1",
             "predictor_engine": engine.get("RAGFN_LLM_ENGINE", os.environ.get("RAGFN_LLM_ENGINE", ""))}
 
 
-def stop_all(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print) -> None:
+def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_ready=print, ui: bool = True) -> None:
     if running := running_dev_state(settings):
         raise ConfigError(f"`ragfn dev` already runs for {settings.home} (pid {running['pid']}, {running['broker']})",
                           hint="stop it first, or use another RAGFN_HOME")
     log_dir = settings.home / "logs"
     triggers = load_triggers(repo_root() / "eventing" / "triggers")
     issuer = DevIssuer(f"http://{host}:{ports.broker}")
-    processes, state = start(settings, host=host, ports=ports, log_dir=log_dir, triggers=triggers, issuer=issuer)
+    children, state = start(settings, host=host, ports=ports, log_dir=log_dir, triggers=triggers, issuer=issuer,
+                            ui=ui)
     broker = LocalBroker(triggers, state["functions"], DeadLetterStore(settings.dead_letter_path), issuer=issuer,
                          audience=dev_broker_audience())
     try:
         server = broker.serve(host, ports.broker)
     except BaseException:
-        stop_all(processes)
+        children.stop_all()
         raise
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -293,6 +289,7 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
                      daemon=True, name="maintenance-timer").start()
     threading.Thread(target=SinkTokenWriter(issuer, Path(state["sink_token_file"])).run, args=(stop,), daemon=True,
                      name="sink-token").start()
+    threading.Thread(target=children.run, args=(stop,), daemon=True, name="supervisor").start()
     dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
     on_ready(state)
     try:
@@ -300,4 +297,4 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
     finally:
         dev_state_path(settings).unlink(missing_ok=True)
         server.shutdown()
-        stop_all(processes)
+        children.stop_all()

@@ -58,7 +58,10 @@ def ensure_dev_key(settings: Settings) -> tuple[Path, str]:
 
 def gateway_env(settings: Settings, functions: dict[str, str], predictor: str | None) -> tuple[dict[str, str], str | None]:
     """The ask gateway's settings in dev, and the dev key when dev made one (None when credentials are configured)."""
-    env = {"RAGFN_RETRIEVE_URL": functions["ragfn-retrieve"], "RAGFN_CACHE_URL": functions["ragfn-cache-check"]}
+    # a RAGFN_RETRIEVE_URL or RAGFN_CACHE_URL of the caller's wins: a service of their own, or a proxy in front of
+    # dev's (bench/chaos.py slows retrieve down through one)
+    env = {"RAGFN_RETRIEVE_URL": settings.retrieve_url or functions["ragfn-retrieve"],
+           "RAGFN_CACHE_URL": settings.cache_url or functions["ragfn-cache-check"]}
     if predictor and not settings.llm_url:
         env |= {"RAGFN_LLM_URL": predictor, "RAGFN_LLM_API_KEY": ensure_llm_key(settings)}
     if settings.api_keys_file is not None or settings.jwt_secret is not None:

@@ -180,6 +180,7 @@ def dev_command(
     port: Annotated[int, typer.Option(help="broker port; the functions, the predictor, the ask gateway and the chat "
                                            "UI take the 12 after it")] = 8080,
     chroma_port: Annotated[int, typer.Option(help="port for `chroma run` when RAGFN_CHROMA_URL is unset")] = 8000,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="start the chat UI (when ragfn[ui] is installed)")] = True,
 ) -> None:
     """Run the functions behind the local broker, the predictor, the ask gateway and the chat UI, until Ctrl-C."""
     from ragfn.cli.dev import DevPorts, run
@@ -199,7 +200,7 @@ def dev_command(
         sys.stderr.flush()
 
     try:
-        run(_settings(), host=host, ports=DevPorts(broker=port, chroma=chroma_port), on_ready=ready)
+        run(_settings(), host=host, ports=DevPorts(broker=port, chroma=chroma_port), on_ready=ready, ui=ui)
     except RagfnError as exc:
         _fail(exc)
 

@@ -31,8 +31,10 @@ def retrieval_attributes(hits: list[Hit], passages: list[Passage]) -> dict:
 
 
 def gateway_breaker(name: str) -> CircuitBreaker:
-    """The gateway's breaker policy: three failures in a row open the circuit, a trial call follows 10 s later."""
-    return CircuitBreaker(name, failure_threshold=3, reset_seconds=10.0)
+    """The gateway's breaker policy: three failures in a row open the circuit, a trial call follows 3 s later. A
+    trial every 3 s costs a dead dependency one call (bounded by its timeout) per 3 s, and brings answers back
+    within a few seconds of its return (bench/chaos.py measured 6.4 s with 10 s, above the 5 s target)."""
+    return CircuitBreaker(name, failure_threshold=3, reset_seconds=3.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,277 @@
+"""A real `ragfn dev` stack on loopback whose parts the reliability benches can stop, kill and slow down.
+
+`ragfn dev` runs the functions, the broker and the gateway (and restarts a function that dies, as Knative would);
+this module starts beside it, as separate processes it controls, what the faults hit: Redis (its own
+`redis-server`, not the machine's), Chroma (`chroma run`), the predictor (the extractive engine, so the model does
+not dominate the figures) and a TCP proxy in front of the retrieve function that can add a delay. Two tenants, each
+with an API key. Everything it started is stopped when the `with` block ends, failed or not.
+
+    with Stack(home, corpus) as stack:
+        stack.ingest("acme", corpus); stack.ask("acme", "Why is Python slow?")
+        stack.stop("redis"); ...; stack.start("redis")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from offline import offline_model_dir  # noqa: E402
+
+from ragfn.cli.dev import FUNCTIONS  # noqa: E402
+from ragfn.core.auth import ApiKeys  # noqa: E402
+from ragfn.core.config import OFFLINE_MODEL  # noqa: E402
+
+TENANTS = {"acme": "bench-key-acme-0123456789", "globex": "bench-key-globex-0123456789"}
+DEV_PORTS = len(FUNCTIONS) + 4  # the broker, the functions, the predictor, the gateway, the UI
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports below the ephemeral range."""
+    for base in random.sample(range(20_000, 32_000 - count), 200):
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def wait_http(url: str, timeout: float = 120.0, ok=lambda r: r.status_code < 500) -> float:
+    """Seconds until `url` answers as `ok` says; TimeoutError after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if ok(httpx.get(url, timeout=2.0)):
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+class DelayProxy:
+    """A TCP proxy on loopback; while `delay` > 0, each chunk from the client waits that long before it goes on
+    (a slow service, as the gateway sees it). Thread per connection: the bench's rates are tens per second."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.delay = target_port, 0.0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._open = True
+        threading.Thread(target=self._accept, daemon=True, name="delay-proxy").start()
+
+    def _accept(self) -> None:
+        while self._open:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        with client, upstream:
+            while self._open:
+                ready, _, _ = select.select([client, upstream], [], [], 1.0)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client and self.delay > 0:
+                        time.sleep(self.delay)
+                    (upstream if sock is client else client).sendall(data)
+
+    def close(self) -> None:
+        self._open = False
+        self._server.close()
+
+
+class Stack:
+    def __init__(self, home: Path, *, extra_env: dict[str, str] | None = None, model_dir: Path | None = None) -> None:
+        self.home = home.resolve()
+        self.model_dir = model_dir
+        self.logs = self.home / "bench-logs"
+        self.extra_env = extra_env or {}
+        self.children: dict[str, subprocess.Popen] = {}
+        self._argv: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.proxy: DelayProxy | None = None
+        self.state: dict = {}
+
+    # -- the parts ------------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        base = free_ports(DEV_PORTS + 4)
+        self.dev_port, self.redis_port, self.chroma_port, self.llm_port = (base, base + DEV_PORTS,
+                                                                             base + DEV_PORTS + 1, base + DEV_PORTS + 2)
+        try:
+            self._launch()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _launch(self) -> None:
+        python, chroma = sys.executable, str(Path(sys.executable).with_name("chroma"))
+        llm_key = "bench-llm-key-0123456789abcdef0123"
+        keys_file = self.home / "bench-keys.json"
+        keys_file.write_text(json.dumps({ApiKeys.hash(key): {"tenant": tenant, "groups": [], "name": tenant}
+                                         for tenant, key in TENANTS.items()}))
+        quiet = dict(os.environ, ANONYMIZED_TELEMETRY="False")
+        self._define("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], quiet)
+        self._define("chroma", [chroma, "run", "--path", str(self.home / "chroma"), "--host", "127.0.0.1",
+                                "--port", str(self.chroma_port)], quiet)
+        self._define("predictor", [python, "-m", "inference", "--http_port", str(self.llm_port), "--host",
+                                   "127.0.0.1", "--model_name", "ragfn"],
+                     quiet | {"RAGFN_LLM_ENGINE": "extractive", "RAGFN_LLM_API_KEY": llm_key,
+                              "PYTHONPATH": str(REPO)})
+        for name in ("redis", "chroma", "predictor"):
+            self.start(name)
+        retrieve_port = self.dev_port + 1 + list(FUNCTIONS).index("retrieve")
+        self.proxy = DelayProxy(retrieve_port)
+        env = dict(os.environ, RAGFN_HOME=str(self.home), RAGFN_EMBED_MODEL=OFFLINE_MODEL,
+                   RAGFN_EMBED_MODEL_PATH=str(self.model_dir or offline_model_dir(REPO / ".ragfn")),
+                   RAGFN_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+                   RAGFN_CHROMA_URL=f"http://127.0.0.1:{self.chroma_port}",
+                   RAGFN_LLM_URL=f"http://127.0.0.1:{self.llm_port}/v1", RAGFN_LLM_API_KEY=llm_key,
+                   RAGFN_API_KEYS_FILE=str(keys_file), RAGFN_RETRIEVE_URL=f"http://127.0.0.1:{self.proxy.port}",
+                   RAGFN_RATE_LIMIT="100000", RAGFN_READ_RATE_LIMIT="100000",
+                   RAGFN_FILE_ROOTS=str(self.home / "docs"), **self.extra_env)
+        for key in ("K_SINK", "RAGFN_SINK", "RAGFN_CACHE_URL", "RAGFN_JWT_SECRET", "RAGFN_TRACE_FILE"):
+            env.pop(key, None)
+        (self.home / "docs").mkdir(exist_ok=True)
+        self._define("dev", [python, "-m", "ragfn", "dev", "--port", str(self.dev_port), "--chroma-port",
+                             str(self.chroma_port), "--no-ui"], env)
+        self.start("dev")
+        state_file = self.home / "dev.json"
+        deadline = time.monotonic() + 240
+        while not state_file.exists():
+            if self.children["dev"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ragfn dev did not start; see {self.logs / 'dev.log'}")
+            time.sleep(0.3)
+        self.state = json.loads(state_file.read_text())
+
+    def _define(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self._argv[name] = (argv, env)
+
+    def start(self, name: str) -> float:
+        """Start a part (again); the seconds until it answers."""
+        argv, env = self._argv[name]
+        self.children[name] = subprocess.Popen(argv, env=env, cwd=str(REPO), start_new_session=True,
+                                               stdout=(self.logs / f"{name}.log").open("ab"),
+                                               stderr=subprocess.STDOUT)
+        if name == "redis":
+            return self._wait(lambda: socket.create_connection(("127.0.0.1", self.redis_port), timeout=1).close())
+        if name == "chroma":
+            return wait_http(f"http://127.0.0.1:{self.chroma_port}/api/v2/heartbeat", ok=lambda r: r.is_success)
+        if name == "predictor":
+            return wait_http(f"http://127.0.0.1:{self.llm_port}/v2/health/live", ok=lambda r: r.is_success)
+        return 0.0
+
+    @staticmethod
+    def _wait(probe, timeout: float = 30.0) -> float:
+        started = time.monotonic()
+        while True:
+            try:
+                probe()
+                return time.monotonic() - started
+            except OSError:
+                if time.monotonic() - started > timeout:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """Stop a part this module started: SIGTERM (or SIGKILL), its whole process group."""
+        process = self.children.get(name)
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def kill_function(self, name: str) -> int:
+        """`kill -9` a function `ragfn dev` runs (found by its port); dev starts it again. Its pid."""
+        import psutil
+
+        port = self.dev_port + 1 + list(FUNCTIONS).index(name)
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                os.kill(conn.pid, signal.SIGKILL)
+                return conn.pid
+        raise RuntimeError(f"no process listens on {name}'s port {port}")
+
+    def function_url(self, name: str) -> str:
+        return self.state["functions"][f"ragfn-{name}"]
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+        for name in ["dev", *[n for n in self.children if n != "dev"]]:
+            self.stop(name)
+
+    # -- using it -------------------------------------------------------------------------------------------------
+
+    @property
+    def ask_url(self) -> str:
+        return self.state["ask"]
+
+    def ingest(self, tenant: str, path: Path, *, timeout: float = 900.0) -> dict:
+        """`ragfn ingest --dev --tenant` (the broker, chunk, embed, index) of `path`, a folder or file under
+        HOME/docs (the functions' file root), waiting until the broker is idle; RuntimeError when anything was
+        dead-lettered."""
+        before = self.broker_status()["dead_lettered"]
+        result = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", tenant, "--json",
+                                 str(path)], cwd=str(REPO), env=self._argv["dev"][1], capture_output=True,
+                                text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"ingest failed: {result.stderr[-2000:]}")
+        if (lost := self.broker_status()["dead_lettered"] - before) > 0:
+            raise RuntimeError(f"ingest of {path} dead-lettered {lost} event(s); see `ragfn dlq list` and "
+                               f"{self.home / 'logs'}")
+        return json.loads(result.stdout)
+
+    def add_docs(self, source: Path, name: str) -> Path:
+        """A copy of `source` (a folder) under HOME/docs/`name`, where the functions may read it."""
+        import shutil
+
+        target = self.home / "docs" / name
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return target
+
+    def headers(self, tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TENANTS[tenant]}"}
+
+    def broker_status(self) -> dict:
+        return httpx.get(f"{self.state['broker']}/status", timeout=5).json()

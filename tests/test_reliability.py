@@ -1,0 +1,74 @@
+"""The degradation table under traffic, in seconds: bench/load.py's mix at a low fixed rate on a real `ragfn dev`
+stack (bench/stack.py: its own Redis, `chroma run`, the extractive predictor), with each fault of bench/chaos.py for
+a few seconds. No request may fail (a 5xx or a dropped connection); the answers carry the fault's degraded label
+while it lasts and lose it once the component is back. The long runs with figures are bench/chaos.py's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import httpx
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from chaos import LABELS, experiment  # noqa: E402
+from load import Workload, run_level  # noqa: E402
+from stack import TENANTS, Stack  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+DOCS = {
+    "leave.md": "# Leave\n\nEmployees take 25 days of paid leave a year. Unused days expire in March.\n",
+    "laptops.md": "# Laptops\n\nEvery new hire gets a laptop on day one. Lost laptops are reported to IT.\n",
+    "expenses.md": "# Expenses\n\nTravel expenses are filed within 30 days, with receipts, in the expense tool.\n",
+}
+QUESTIONS = ["How many days of paid leave do employees get?", "When do unused leave days expire?",
+             "When does a new hire get a laptop?", "Who do I tell about a lost laptop?",
+             "How soon must travel expenses be filed?", "What do I need to file an expense?"]
+PARAPHRASES = [("How many days of paid leave do employees get?", "How many paid leave days do employees get?")]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, model_dir):
+    home = tmp_path_factory.mktemp("reliability")
+    with Stack(home, model_dir=model_dir, extra_env={"RAGFN_RETRIEVE_TIMEOUT_SECONDS": "1"}) as running:
+        docs = running.home / "docs" / "handbook"
+        docs.mkdir(parents=True)
+        for name, text in DOCS.items():
+            (docs / name).write_text(text)
+        for tenant in TENANTS:
+            running.ingest(tenant, docs)
+        yield running
+
+
+@pytest.fixture
+def workload(stack):
+    load = Workload(QUESTIONS, PARAPHRASES, seed=3)
+    with httpx.Client(timeout=30) as client:
+        for tenant in TENANTS:
+            client.post(f"{stack.ask_url}/v1/ask", headers=stack.headers(tenant), json={"question": QUESTIONS[0]})
+            load.seen(tenant, QUESTIONS[0])
+    return load
+
+
+def test_steady_load_is_served_without_errors(stack, workload):
+    level = run_level(stack, workload, rate=4, seconds=4).summary()
+    assert level["errors"] == 0, level["first_errors"]
+    assert set(level["degraded"]) <= {"ungrounded-answer"}, level["degraded"]  # the gate's, never a fault's
+    assert level["cache_hit_share"] > 0 and level["achieved_rps"] > 3
+
+
+@pytest.mark.parametrize("fault", ["redis", "chroma", "predictor", "retrieve", "slow"])
+def test_every_fault_is_served_degraded_and_recovers(stack, workload, fault):
+    result = experiment(stack, workload, fault, rate=3, before=2, outage=4, after=6)
+    assert result["failed"] == 0, result["failed_examples"]
+    assert result["returned_at"] is not None, "the component did not come back"
+    if fault != "retrieve":  # a killed function is back within a second or two: few questions meet the gap
+        assert result["degraded_answers"] > 0, result["timeline"]
+    assert set(result["labels"]) == set(LABELS[fault])
+    # no answer scheduled from 5 s after the component's return on carries the fault's label
+    assert result["recovery_s"] <= 5, result["timeline"]
+    time.sleep(1)
