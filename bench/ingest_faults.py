@@ -44,6 +44,7 @@ class Plan:
     chroma_down: tuple[float, float] | None = (12.0, 8.0)  # at, for
     edits_at: float | None = 15.0
     duplicates_at: float | None = 20.0
+    collection: str = "default"
     edit: int = 10
     delete: int = 10
     duplicate: int = 20
@@ -119,10 +120,11 @@ def faults(stack: Stack, files: list[Path], plan: Plan, started: float, done: th
 def edit_and_delete(stack: Stack, files: list[Path], plan: Plan) -> None:
     for path in files[:plan.edit]:
         path.write_text(path.read_text() + "\n\nEdited during the ingestion bench: this paragraph is new.\n")
-        post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT})
+        post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
+                                                        "collection": plan.collection})
     for path in files[plan.edit:plan.edit + plan.delete]:
         path.unlink()
-        post(stack, "dev.ragfn.document.deleted.v1", {"uri": path.as_uri()})
+        post(stack, "dev.ragfn.document.deleted.v1", {"uri": path.as_uri(), "collection": plan.collection})
 
 
 def duplicate_and_reorder(stack: Stack, files: list[Path], plan: Plan) -> None:
@@ -130,13 +132,13 @@ def duplicate_and_reorder(stack: Stack, files: list[Path], plan: Plan) -> None:
     for path in kept[-plan.duplicate:]:  # the same event, delivered twice
         event_id = hashlib.sha256(f"dup:{path}".encode()).hexdigest()[:32]
         for _ in range(2):
-            post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT},
-                 event_id=event_id)
+            post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
+                                                            "collection": plan.collection}, event_id=event_id)
     now = time.time_ns() // 1000
     for path in files[:plan.reorder]:  # the edited files: a newer announcement first, then an older one
-        post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT, "sequence": now})
-        post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
-                                                        "sequence": now - 10_000_000})
+        for sequence in (now, now - 10_000_000):
+            post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
+                                                            "collection": plan.collection, "sequence": sequence})
 
 
 def wait_idle(stack: Stack, timeout: float = 600.0) -> None:
@@ -189,28 +191,29 @@ def compare(faulty: dict[str, tuple], clean: dict[str, tuple]) -> dict:
             "stale": len(extra), "different": len(differ), "examples": (lost + extra + differ)[:5]}
 
 
-def run(stack: Stack, folder: Path, files: list[Path], plan: Plan) -> dict:
+def run(stack: Stack, folder: Path, files: list[Path], plan: Plan, *, clean: str = "clean") -> dict:
+    """Ingest `folder` into plan.collection under the plan's faults, repair, ingest it clean into `clean`, compare."""
     started = time.monotonic()
     done = threading.Event()
     injector = threading.Thread(target=faults, args=(stack, files, plan, started, done), daemon=True)
     injector.start()
-    ingest = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--json",
-                             str(folder)], cwd=str(REPO), env=stack._argv["dev"][1], capture_output=True, text=True,
+    ingest = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
+                             plan.collection, "--json", str(folder)], cwd=str(REPO), env=stack._argv["dev"][1], capture_output=True, text=True,
                             timeout=3600)
     injector.join()  # every planned fault happened, even if the ingest finished first
     done.set()
     wait_idle(stack)
     ingest_seconds = time.monotonic() - started
     dead = replay_dead_letters(stack)
-    clean = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
-                            "clean", "--json", str(folder)], cwd=str(REPO), env=stack._argv["dev"][1],
+    finished = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
+                               clean, "--json", str(folder)], cwd=str(REPO), env=stack._argv["dev"][1],
                            capture_output=True, text=True, timeout=3600)
-    if clean.returncode != 0:
-        raise RuntimeError(f"the clean ingest failed: {clean.stderr[-1500:]}")
+    if finished.returncode != 0:
+        raise RuntimeError(f"the clean ingest failed: {finished.stderr[-1500:]}")
     wait_idle(stack)
     return {"files": len(files), "final_files": sum(p.exists() for p in files), "ingest_exit": ingest.returncode,
             "ingest_seconds": round(ingest_seconds, 1), "faults": plan.log, "dead_letters": dead,
-            "restarts": "see the dev log", **compare(snapshot(stack, "default"), snapshot(stack, "clean"))}
+            **compare(snapshot(stack, plan.collection), snapshot(stack, clean))}
 
 
 def main() -> None:

@@ -120,6 +120,26 @@ def test_missing_model_folder_is_a_retryable_config_error(ragfn_env, monkeypatch
     assert "RAGFN_EMBED_MODEL_PATH" in body["message"] and "fetch_models" in body["hint"]
 
 
+def test_a_vector_store_gone_mid_run_is_a_retryable_503_not_an_internal_error(ragfn_env, monkeypatch, tmp_path):
+    """Chroma stopped after the function connected (bench/ingest_faults.py found these as 500s with tracebacks)."""
+    import sys
+
+    from conftest import free_port, served
+
+    port = free_port()
+    monkeypatch.setenv("RAGFN_CHROMA_URL", f"http://127.0.0.1:{port}")
+    embed = client("embed")
+    chroma = [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(tmp_path / "chroma"), "--host",
+              "127.0.0.1", "--port", str(port)]
+    with served(chroma, tmp_path / "chroma.log", f"http://127.0.0.1:{port}/api/v2/heartbeat"):
+        assert post(embed, events.CHUNKS, chunk_batch(["Generators yield values lazily."])).status_code == 200
+    response = post(embed, events.CHUNKS, chunk_batch(["Lists hold values in memory."]))
+    assert response.status_code == 503, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["retryable"] is True and "out of reach" in body["message"]
+    assert "reference" not in body["message"]  # not the catch-all of unexpected failures
+
+
 def test_get_is_a_readiness_probe(ragfn_env):
     assert client("index").get("/").get_json() == {"function": "index", "ready": True}
 

@@ -15,6 +15,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 from chaos import LABELS, experiment  # noqa: E402
+from ingest_faults import Plan, run  # noqa: E402
 from load import Workload, run_level  # noqa: E402
 from stack import TENANTS, Stack  # noqa: E402
 
@@ -72,3 +73,21 @@ def test_every_fault_is_served_degraded_and_recovers(stack, workload, fault):
     # no answer scheduled from 5 s after the component's return on carries the fault's label
     assert result["recovery_s"] <= 5, result["timeline"]
     time.sleep(1)
+
+
+def test_ingestion_under_a_kill_and_redeliveries_loses_nothing(stack):
+    """bench/ingest_faults.py, small: a few files, the embed function killed mid-run, an edit, a delete, duplicate and
+    reordered deliveries; after the dead letters are replayed, the index equals a clean ingest of the final files."""
+    folder = stack.home / "docs" / "faults"
+    folder.mkdir()
+    files = []
+    for n in range(6):
+        path = folder / f"page-{n}.md"
+        path.write_text(f"# Page {n}\n\n" + " ".join(f"Sentence {i} of page {n} says something." for i in range(60)))
+        files.append(path)
+    plan = Plan(kill_embed=0.5, kill_index=None, chroma_down=None, edits_at=1.0, duplicates_at=1.5, edit=1, delete=1,
+                duplicate=2, reorder=1, collection="faults")
+    report = run(stack, folder, files, plan, clean="faults-clean")
+    assert any("kill -9 embed" in line for line in report["faults"]), report["faults"]
+    assert (report["lost"], report["stale"], report["different"]) == (0, 0, 0), report
+    assert report["documents"] == 5 and report["rows"] == report["clean_rows"] > 0

@@ -22,6 +22,7 @@ from datetime import datetime
 
 import flask
 import functions_framework
+import httpx
 from cloudevents import exceptions as ce_errors
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
@@ -29,7 +30,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from ragfn.core.config import load_settings
-from ragfn.core.errors import BadEvent, RagfnError, RequestTooLarge, problems
+from ragfn.core.errors import BadEvent, RagfnError, RequestTooLarge, Unavailable, problems
 from ragfn.core.telemetry import configure_tracing, context_from_event, tracer
 from ragfn.eventing.publish import StageResult
 from ragfn.serve.runtime import Runtime
@@ -176,6 +177,10 @@ def guarded(name: str, call: Callable[[], flask.Response], event: Callable[[], I
     except RagfnError as exc:
         log.warning("%s: %s", name, exc)
         return error_response(exc, event())
+    except (httpx.TransportError, ConnectionError) as exc:  # a service it needs is out of reach: the sender retries
+        log.warning("%s: a dependency is out of reach: %s: %s", name, type(exc).__name__, exc)
+        return error_response(Unavailable(f"{name}: a service it needs is out of reach ({type(exc).__name__})",
+                                          hint="retried by the sender; the log names the service"), event())
     except Exception:  # never let one bad request take the worker down
         # the exception's text stays in the log (it can name hosts, paths, or someone else's data): the caller
         # gets a reference to find it there
