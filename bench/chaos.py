@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import Record, paraphrase_pairs, percentiles, prepare, python_faq, run_level  # noqa: E402
-from stack import REPO, Stack, wait_http  # noqa: E402
+from stack import REPO, Stack, fresh_home, wait_http  # noqa: E402
 
 # the degraded label each fault's answers should carry while it lasts
 LABELS = {"redis": ("cache-unavailable",), "chroma": ("vector-store-unavailable",),
@@ -97,6 +96,19 @@ def timeline(records: list[Record], labels: tuple[str, ...], seconds: float) -> 
     return buckets
 
 
+def recovered(labelled: list[float], returned: float, quiet: float = 5.0) -> tuple[float, int]:
+    """(seconds from the component's return to the last labelled answer of the outage's burst, labelled answers
+    after it): the burst ends at the first `quiet` seconds without a labelled answer. A straggler is one answer
+    that timed out later (a first query of a tenant rebuilding a snapshot, say), not an outage still going on."""
+    end = returned
+    later = [t for t in labelled if t >= returned]
+    for index, t in enumerate(later):
+        if t - end > quiet:
+            return round(end - returned, 2), len(later) - index
+        end = t
+    return round(end - returned, 2), 0
+
+
 def experiment(stack: Stack, workload, name: str, rate: float, before: float, outage: float, after: float) -> dict:
     fault = Fault(stack, name, before, outage)
     level = run_level(stack, workload, rate, before + outage + after, on_tick=fault.tick)
@@ -111,16 +123,15 @@ def experiment(stack: Stack, workload, name: str, rate: float, before: float, ou
         values = sorted(r.latency_ms for r in asks if start <= r.scheduled < end and r.status)
         return percentiles(values)["p95"] if values else None
 
-    hit = [r for r in asks if marked(r, labels)]
-    last = max((r.scheduled for r in hit), default=None)
+    hit = sorted(r.scheduled for r in asks if marked(r, labels))
     returned = fault.returned if fault.returned is not None else float("nan")
+    recovery, stragglers = recovered(hit, returned)
     return {"fault": name, "labels": labels, "rate": rate, "injected_at": fault.injected, "cleared_at": fault.cleared,
             "returned_at": fault.returned, "requests": len(level.records), "failed": len(failed),
             "failed_examples": [r.error for r in failed[:3]], "degraded_answers": len(hit),
             "p95_before_ms": p95(0, before), "p95_during_ms": p95(before, returned),
             "p95_after_ms": p95(returned + 5, before + outage + after),
-            # answers still degraded this long after the component was back (0: none after)
-            "recovery_s": round(max(0.0, last - returned), 2) if last is not None else 0.0,
+            "recovery_s": recovery, "stragglers": stragglers, "labelled_at": [round(t, 2) for t in hit],
             "timeline": timeline(level.records, labels, before + outage + after)}
 
 
@@ -133,10 +144,7 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "chaos")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    home = args.out / "home"
-    subprocess.run(["rm", "-rf", str(home)], check=True)
-    home.mkdir(parents=True)
+    home = fresh_home(args.out)
     results = []
     with Stack(home, extra_env={"RAGFN_RETRIEVE_TIMEOUT_SECONDS": str(RETRIEVE_TIMEOUT)}) as stack:
         docs, questions = python_faq(stack)

@@ -30,7 +30,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import REPO, Stack  # noqa: E402
+from stack import REPO, Stack, fresh_home  # noqa: E402
 
 TENANT = "acme"
 
@@ -151,7 +151,7 @@ def wait_idle(stack: Stack, timeout: float = 600.0) -> None:
 
 def replay_dead_letters(stack: Stack, rounds: int = 3) -> list[dict]:
     """`ragfn dlq replay` every letter, until none is left or `rounds` ran; what each round found."""
-    env = stack._argv["dev"][1]
+    env = stack.env
     found = []
     for _ in range(rounds):
         listed = subprocess.run([sys.executable, "-m", "ragfn", "dlq", "list", "--json"], cwd=str(REPO), env=env,
@@ -198,15 +198,15 @@ def run(stack: Stack, folder: Path, files: list[Path], plan: Plan, *, clean: str
     injector = threading.Thread(target=faults, args=(stack, files, plan, started, done), daemon=True)
     injector.start()
     ingest = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
-                             plan.collection, "--json", str(folder)], cwd=str(REPO), env=stack._argv["dev"][1], capture_output=True, text=True,
-                            timeout=3600)
+                             plan.collection, "--json", str(folder)], cwd=str(REPO), env=stack.env,
+                            capture_output=True, text=True, timeout=3600)
     injector.join()  # every planned fault happened, even if the ingest finished first
     done.set()
     wait_idle(stack)
     ingest_seconds = time.monotonic() - started
     dead = replay_dead_letters(stack)
     finished = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
-                               clean, "--json", str(folder)], cwd=str(REPO), env=stack._argv["dev"][1],
+                               clean, "--json", str(folder)], cwd=str(REPO), env=stack.env,
                            capture_output=True, text=True, timeout=3600)
     if finished.returncode != 0:
         raise RuntimeError(f"the clean ingest failed: {finished.stderr[-1500:]}")
@@ -221,9 +221,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "ingest_faults")
     args = parser.parse_args()
-    home = args.out / "home"
-    subprocess.run(["rm", "-rf", str(home)], check=True)
-    home.mkdir(parents=True)
+    home = fresh_home(args.out)
     with Stack(home) as stack:
         folder = stack.home / "docs" / "library"
         files = sample_files(folder, args.files)

@@ -1,7 +1,7 @@
 """Fixed-rate load on a real `ragfn dev` stack (bench/stack.py), and the knee: the highest rate at which the p95 of
 questions stays under 500 ms with no error, on this machine.
 
-    .venv/bin/python bench/load.py                       # rates 2..12 per second, 40 s each, then a profile
+    .venv/bin/python bench/load.py                       # rates 4..28 per second, 40 s each, then a profile
     .venv/bin/python bench/load.py --rates 4 --seconds 10 --no-profile
 
 The mix, per request, from one seeded generator: questions repeated verbatim (exact cache hits), paraphrases of
@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import REPO, TENANTS, Stack  # noqa: E402
+from stack import REPO, TENANTS, Stack, fresh_home  # noqa: E402
 
 KNEE_P95_MS = 500.0
 UPLOAD_EVERY = 50
@@ -55,6 +55,7 @@ class Workload:
 
     def __init__(self, questions: list[str], paraphrases: list[tuple[str, str]], seed: int = 7) -> None:
         self.rng = random.Random(seed)
+        self.pool = list(questions)
         self.fresh = {tenant: list(questions) for tenant in TENANTS}
         for pool in self.fresh.values():
             self.rng.shuffle(pool)
@@ -62,6 +63,14 @@ class Workload:
         self.paraphrases = paraphrases
         self.count = 0
         self._lock = threading.Lock()
+
+    def _new(self, tenant: str) -> str:
+        """A question this tenant has not asked: the pool's first, then two of them joined, which no cached
+        question is near (the pool alone would run dry at a few requests a second and turn the mix into repeats)."""
+        if self.fresh[tenant]:
+            return self.fresh[tenant].pop()
+        first, second = self.rng.sample(self.pool, 2)
+        return f"{first} And {second[0].lower()}{second[1:]}"
 
     def warm_up_questions(self) -> list[str]:
         """Asked once per tenant before measuring: the questions the paraphrases rephrase."""
@@ -82,11 +91,9 @@ class Workload:
                 kind, question = "repeat", self.rng.choice(self.asked[tenant])
             elif roll < 0.5 and self.paraphrases:
                 kind, question = "paraphrase", self.rng.choice(self.paraphrases)[1]
-            elif self.fresh[tenant]:
-                kind, question = "new", self.fresh[tenant].pop()
-                self.asked[tenant].append(question)
             else:
-                kind, question = "repeat", self.rng.choice(self.asked[tenant])
+                kind, question = "new", self._new(tenant)
+                self.asked[tenant].append(question)
             stream = self.rng.random() < 0.33
             return ("ask-stream" if stream else "ask"), kind, tenant, {"question": question, "stream": stream}
 
@@ -252,7 +259,12 @@ def profile(stack: Stack, workload: Workload, rate: float, seconds: float, out: 
 
 
 def hottest(path: Path, n: int = 8) -> dict:
-    """From py-spy's collapsed stacks: samples per process, and the ragfn frames that hold the most samples."""
+    """From py-spy's collapsed stacks: the samples of the process, and where they were spent: each stack counted
+    once, at its deepest frame of ragfn or of the libraries it calls (fastembed, onnxruntime, chromadb, redis,
+    httpx), so wrappers do not swamp the list."""
+    interesting = ("ragfn/", "functions/", "fastembed", "onnxruntime", "chromadb", "redis/", "httpx", "httpcore",
+                   "tokenizers", "numpy", "json/", "ssl")
+    wrappers = ("serve/handler.py", "gateway/breaker.py", "core/telemetry.py", "serve/gateway_app.py")
     totals: dict[str, int] = {}
     samples = 0
     for line in path.read_text().splitlines():
@@ -260,25 +272,22 @@ def hottest(path: Path, n: int = 8) -> dict:
         if not count.isdigit():
             continue
         samples += int(count)
-        frames = [f for f in stack.split(";") if "ragfn" in f or "functions/" in f or "chromadb" in f
-                  or "fastembed" in f or "onnxruntime" in f or "redis" in f]
-        for frame in dict.fromkeys(frames):  # each frame once per stack: inclusive samples
-            totals[frame] = totals.get(frame, 0) + int(count)
+        frames = [f for f in stack.split(";") if any(m in f for m in interesting)
+                  and not any(w in f for w in wrappers)]
+        leaf = frames[-1] if frames else "(other)"
+        totals[leaf] = totals.get(leaf, 0) + int(count)
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:n]
     return {"samples": samples, "top": [{"frame": f[:160], "share": round(c / max(1, samples), 3)} for f, c in ranked]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="2,4,6,8,10,12", help="requests per second, one level each")
+    parser.add_argument("--rates", default="4,8,12,16,20,24,28", help="requests per second, one level each")
     parser.add_argument("--seconds", type=float, default=40.0, help="each level's length")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "load")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    home = args.out / "home"
-    subprocess.run(["rm", "-rf", str(home)], check=True)
-    home.mkdir(parents=True)
+    home = fresh_home(args.out)
     report: dict = {"levels": []}
     with Stack(home) as stack:
         docs, questions = python_faq(stack)

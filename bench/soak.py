@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import paraphrase_pairs, prepare, python_faq, run_level  # noqa: E402
-from stack import REPO, Stack  # noqa: E402
+from stack import REPO, Stack, fresh_home  # noqa: E402
 
 
 def role(cmdline: list[str]) -> str:
@@ -101,10 +100,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "soak")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "soak.png")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    home = args.out / "home"
-    subprocess.run(["rm", "-rf", str(home)], check=True)
-    home.mkdir(parents=True)
+    home = fresh_home(args.out)
     samples: list[dict] = []
     with Stack(home) as stack:
         docs, questions = python_faq(stack)

@@ -55,6 +55,16 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
+def fresh_home(out: Path) -> Path:
+    """`out`/home, emptied: each bench run starts from nothing, and leaves its state there to look at."""
+    import shutil
+
+    home = out / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    return home
+
+
 def wait_http(url: str, timeout: float = 120.0, ok=lambda r: r.status_code < 500) -> float:
     """Seconds until `url` answers as `ok` says; TimeoutError after `timeout`."""
     started = time.monotonic()
@@ -244,6 +254,11 @@ class Stack:
     # -- using it -------------------------------------------------------------------------------------------------
 
     @property
+    def env(self) -> dict[str, str]:
+        """The environment `ragfn dev` runs with: what a `ragfn` command against this stack needs."""
+        return self._argv["dev"][1]
+
+    @property
     def ask_url(self) -> str:
         return self.state["ask"]
 
@@ -253,7 +268,7 @@ class Stack:
         dead-lettered."""
         before = self.broker_status()["dead_lettered"]
         result = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", tenant, "--json",
-                                 str(path)], cwd=str(REPO), env=self._argv["dev"][1], capture_output=True,
+                                 str(path)], cwd=str(REPO), env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"ingest failed: {result.stderr[-2000:]}")

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from ragfn.core.config import OFFLINE_MODEL, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "bench"))
 
 SPANS = InMemorySpanExporter()
 
@@ -50,15 +50,9 @@ def free_port() -> int:
 def free_port_block(count: int) -> int:
     """The first of `count` consecutive free ports, below Linux's ephemeral range (32768+), where no outgoing
     connection can take one between this check and the server's bind (`ragfn dev` uses --port and the next 6)."""
-    for base in random.sample(range(20_000, 32_000 - count), 200):
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free ports between 20000 and 32000")
+    from stack import free_ports  # bench/stack.py, which the reliability benches share with the tests
+
+    return free_ports(count)
 
 
 def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
