@@ -103,7 +103,7 @@ class DelayProxy:
         except OSError:
             client.close()
             return
-        with client, upstream:
+        with client, upstream, contextlib.suppress(OSError):  # either side may reset: the connection just ends
             while self._open:
                 ready, _, _ = select.select([client, upstream], [], [], 1.0)
                 for sock in ready:
