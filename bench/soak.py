@@ -127,7 +127,7 @@ def main() -> None:
                      for metric in ("rss_mib", "fds", "threads")} for name in names}
     growth["redis_keys"] = round(growth_per_hour(times, [s["redis_keys"] for s in samples]), 1)
     report = {"rate": args.rate, "minutes": args.minutes, "load": {k: level[k] for k in
-              ("sent", "achieved_rps", "errors", "cache_hit_share", "degraded", "asks")},
+              ("sent", "achieved_rps", "errors", "cache_hit_share", "degraded", "asks", "first_errors")},
               "first": samples[0], "last": samples[-1], "growth_per_hour_second_half": growth}
     (args.out / "report.json").write_text(json.dumps({"report": report, "samples": samples}, indent=2))
     print(json.dumps(report, indent=2))
