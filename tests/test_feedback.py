@@ -71,3 +71,23 @@ def test_without_redis_feedback_is_refused_with_the_reason(gateway):
     answer = ask(app, "How do I sort a list?").get_json()
     refused = rate(app, answer["answer_id"])
     assert refused.status_code == 503 and "RAGFN_REDIS_URL" in refused.get_json()["hint"]
+
+
+def test_remembered_answers_are_capped_per_tenant():
+    """bench/soak.py: one key per answer for 7 days grew Redis without any bound but time. The oldest go first."""
+    from ragfn.core.errors import ObjectNotFound
+    from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter("fbcap:*"):
+        client.delete(key)
+    store = FeedbackStore(client, prefix="fbcap", max_answers=3)
+    for n in range(5):
+        store.remember(AnsweredQuestion(f"a{n}", "acme", "default", f"q{n}", "answer", "miss", None))
+    store.remember(AnsweredQuestion("g0", "globex", "default", "q", "answer", "miss", None))
+    for gone in ("a0", "a1"):
+        with pytest.raises(ObjectNotFound):
+            store.rate(gone, "acme", "up")
+    assert store.rate("a4", "acme", "up")["rating"] == "up" and store.rate("g0", "globex", "down")
+    assert len(list(client.scan_iter("fbcap:fb:answer:*"))) == 4  # three of acme's, one of globex's
+    assert all(client.ttl(key) > 0 for key in client.scan_iter("fbcap:fb:answers:*"))

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(86400, ge=1)
     cache_max_entries: int = Field(10_000, ge=1, description="answers kept per cache scope (tenant, groups, "
                                    "collection, model, prompt); the oldest go first")
+    feedback_max_answers: int = Field(20_000, ge=1, description="answers the gateway remembers per tenant for "
+                                      "ratings (7 days at most); the oldest go first")
     cache_prefix: str = Field("rc", min_length=1, pattern=r"^[\w.-]+$", description="key prefix of the Redis cache")
 
     api_keys_file: Path | None = Field(None, description="JSON: sha256 of each API key -> tenant, groups, name")

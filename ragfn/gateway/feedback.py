@@ -1,8 +1,9 @@
 """Answer feedback: a thumbs up or down, with an optional comment, tied to the answer it judges, kept in Redis.
 
 The gateway remembers each answer it gives (question, collection, cache and degraded flags, the text) for
-`ttl_seconds` under its `answer_id`; feedback names that id, so a rating always says what it is about and a tenant
-can only rate its own answers. Ratings go to a capped Redis stream (for notebooks) and per-tenant counters (for
+`ttl_seconds` under its `answer_id`, and at most `max_answers` per tenant (a sorted index by time, trimmed on
+each write: bench/soak.py found one key per answer, 7 days long, growing Redis by tens of GB at steady load);
+feedback names that id, so a rating always says what it is about and a tenant can only rate its own answers. Ratings go to a capped Redis stream (for notebooks) and per-tenant counters (for
 `ragfn stats`); rating an answer again replaces the earlier rating.
 """
 
@@ -37,19 +38,32 @@ class AnsweredQuestion:
 
 
 class FeedbackStore:
-    def __init__(self, redis, *, prefix: str = "rc", ttl_seconds: int = 7 * 86400) -> None:
-        self.redis, self.prefix, self.ttl_seconds = redis, prefix, ttl_seconds
+    def __init__(self, redis, *, prefix: str = "rc", ttl_seconds: int = 7 * 86400,
+                 max_answers: int = 20_000) -> None:
+        self.redis, self.prefix, self.ttl_seconds, self.max_answers = redis, prefix, ttl_seconds, max_answers
 
     def remember(self, answered: AnsweredQuestion) -> None:
-        self._call(self.redis.set, self._answer_key(answered.answer_id),
-                   json.dumps(asdict(answered) | {"answer": answered.answer[:4000]}), ex=self.ttl_seconds)
+        index, now = f"{self.prefix}:fb:answers:{answered.tenant}", time.time()
+        pipe = self.redis.pipeline()
+        record = json.dumps(asdict(answered) | {"answer": answered.answer[:4000]})
+        pipe.set(self._answer_key(answered.answer_id), record, ex=self.ttl_seconds)
+        pipe.zadd(index, {answered.answer_id: now})
+        pipe.zremrangebyscore(index, "-inf", now - self.ttl_seconds)  # ids whose answers expired by themselves
+        pipe.expire(index, self.ttl_seconds)
+        pipe.zcard(index)
+        held = self._call(pipe.execute)[-1]
+        if held > self.max_answers:  # the oldest go first; concurrent writers each pop their own excess
+            oldest = self._call(self.redis.zpopmin, index, held - self.max_answers)
+            if oldest:
+                self._call(self.redis.delete, *(self._answer_key(member.decode()) for member, _ in oldest))
 
     def rate(self, answer_id: str, tenant: str, rating: Rating, comment: str = "") -> dict:
         raw = self._call(self.redis.get, self._answer_key(answer_id))
         answered = json.loads(raw) if raw else None
         if answered is None or answered["tenant"] != tenant:  # another tenant's answer is as good as unknown
             raise ObjectNotFound(f"no answer {answer_id} to rate",
-                                 hint=f"answers can be rated for {self.ttl_seconds // 86400} days after they were given")
+                                 hint=f"an answer can be rated for {self.ttl_seconds // 86400} days, while it is "
+                                      f"among its tenant's last {self.max_answers}")
         entry = answered | {"rating": rating, "comment": comment, "at": time.time()}
         previous = self._call(self.redis.getset, f"{self.prefix}:fb:given:{answer_id}", rating)
         pipe = self.redis.pipeline()

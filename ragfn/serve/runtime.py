@@ -246,7 +246,10 @@ class Runtime:
         """Answer ratings in Redis (RAGFN_REDIS_URL); None without Redis: ratings need a store every replica shares."""
         from ragfn.gateway.feedback import FeedbackStore
 
-        return FeedbackStore(self.redis, prefix=self.settings.cache_prefix) if self.redis is not None else None
+        if self.redis is None:
+            return None
+        return FeedbackStore(self.redis, prefix=self.settings.cache_prefix,
+                             max_answers=self.settings.feedback_max_answers)
 
     @cached_property
     def token_counter(self):
