@@ -24,9 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import Record, paraphrase_pairs, percentiles, prepare, python_faq, run_level  # noqa: E402
-from stack import REPO, Stack, fresh_home, wait_http  # noqa: E402
+from load import Record, paraphrase_pairs, percentiles, prepare, python_faq, run_level
+from stack import REPO, Stack, fresh_home, wait_http
 
 # the degraded label each fault's answers should carry while it lasts
 LABELS = {"redis": ("cache-unavailable",), "chroma": ("vector-store-unavailable",),

@@ -28,9 +28,7 @@ from pathlib import Path
 import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import REPO, Stack, fresh_home  # noqa: E402
+from stack import REPO, Stack, fresh_home
 
 TENANT = "acme"
 

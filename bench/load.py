@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import REPO, TENANTS, Stack, fresh_home  # noqa: E402
+from stack import REPO, TENANTS, Stack, fresh_home
 
 KNEE_P95_MS = 500.0
 UPLOAD_EVERY = 50

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import paraphrase_pairs, prepare, python_faq, run_level  # noqa: E402
-from stack import REPO, Stack, fresh_home  # noqa: E402
+from load import paraphrase_pairs, prepare, python_faq, run_level
+from stack import REPO, Stack, fresh_home
 
 
 def role(cmdline: list[str]) -> str:

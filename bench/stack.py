@@ -27,16 +27,13 @@ import time
 from pathlib import Path
 
 import httpx
+from offline import offline_model_dir
+
+from ragfn.cli.dev import FUNCTIONS
+from ragfn.core.auth import ApiKeys
+from ragfn.core.config import OFFLINE_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from offline import offline_model_dir  # noqa: E402
-
-from ragfn.cli.dev import FUNCTIONS  # noqa: E402
-from ragfn.core.auth import ApiKeys  # noqa: E402
-from ragfn.core.config import OFFLINE_MODEL  # noqa: E402
 
 TENANTS = {"acme": "bench-key-acme-0123456789", "globex": "bench-key-globex-0123456789"}
 DEV_PORTS = len(FUNCTIONS) + 4  # the broker, the functions, the predictor, the gateway, the UI

@@ -23,7 +23,8 @@ from ragfn.core.config import OFFLINE_MODEL, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "bench"))
+# at the end: bench/ holds modules (inference.py among them) that must not shadow the repository's packages
+sys.path.append(str(REPO / "bench"))
 
 SPANS = InMemorySpanExporter()
 

@@ -6,18 +6,14 @@ while it lasts and lose it once the component is back. The long runs with figure
 
 from __future__ import annotations
 
-import sys
 import time
 
 import httpx
 import pytest
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-from chaos import LABELS, experiment  # noqa: E402
-from ingest_faults import Plan, run  # noqa: E402
-from load import Workload, run_level  # noqa: E402
-from stack import TENANTS, Stack  # noqa: E402
+from chaos import LABELS, experiment
+from ingest_faults import Plan, run
+from load import Workload, run_level
+from stack import TENANTS, Stack
 
 pytestmark = pytest.mark.integration
 
