@@ -82,6 +82,9 @@ class DelayProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port, self.delay = target_port, 0.0
         self._server = socket.create_server(("127.0.0.1", 0))
+        # blocking whatever socket.setdefaulttimeout() says (a library in the same process may have set one: an
+        # idle accept() timing out would end the proxy, and every call through it would fail from then on)
+        self._server.settimeout(None)
         self.port = self._server.getsockname()[1]
         self._open = True
         threading.Thread(target=self._accept, daemon=True, name="delay-proxy").start()
@@ -90,13 +93,17 @@ class DelayProxy:
         while self._open:
             try:
                 client, _ = self._server.accept()
-            except OSError:
+            except TimeoutError:
+                continue
+            except OSError:  # closed
                 return
+            client.settimeout(None)
             threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
     def _pipe(self, client: socket.socket) -> None:
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
         except OSError:
             client.close()
             return
