@@ -247,7 +247,7 @@ def test_every_cache_key_is_bounded(embedder):
 
 
 def test_each_process_holds_the_vectors_of_its_recent_scopes_only(cache, embedder):
-    cache.max_vectors = 2
+    cache = RedisCache(cache.redis, threshold=0.85, prefix=cache.prefix, max_vectors=2)
     for tenant in ("a", "b", "c"):
         put(cache, embedder, f"How does {tenant} sort a list?", scope(tenant))
         cache.lookup("How do I sort things?", scope(tenant), lambda q: vector(embedder, q))  # loads its vectors

@@ -5,15 +5,19 @@ Keys (prefix `rc` by default):
     {p}:{scope}:x:{sha}     str   entry id of an exact (normalised) question               (expires with the TTL)
     {p}:{scope}:vec         hash  entry id -> float32 question vector
     {p}:{scope}:t           zset  entry id -> when it expires: what `vec` may still hold
-    {p}:{scope}:gen         int   bumped by every write and eviction, so replicas reload vectors only when stale
+    {p}:{scope}:gen         int   the scope's change counter, bumped by every write and eviction
+    {p}:{scope}:log         zset  entry id -> the generation that last changed its vector, for the last `LOG_SPAN`
     {p}:cites:{coll}:{doc}  zset  "{scope}:{id}" of every live entry citing that document -> when it expires
                                   (`{p}:doc:{coll}:{doc}`, a set without expiry times, is read and removed too)
     {p}:stats               hash  hit/miss/guard counters (a fixed set of fields)
-No Redis module is needed: each process keeps a scope's vectors in memory and compares them with numpy.
+No Redis module is needed: each process keeps a scope's vectors in memory and compares them with numpy. A process
+that is behind reads only the ids the log names since its generation (all of `vec` when it is further behind than
+the log reaches). A fresh `gen` starts at the server's clock in microseconds, not at 1, so a scope that expired and
+came back can never look like the one a process still holds.
 
 Every key is bounded (Redis 7.0 has no per-field expiry, so `vec` is kept in step with `t`): each store removes the
 scope's expired entries and, past `max_entries`, its oldest, and a document's citing entries that have expired; a
-scope's `vec`, `t` and `gen` and a document's `cites` expire a TTL after their last write. A full Redis would
+scope's `vec`, `t`, `gen` and `log` and a document's `cites` expire a TTL after their last write. A full Redis would
 otherwise refuse every write, the cache with it. Each process keeps the vectors of the scopes it used last, up to
 `max_vectors` rows in all.
 """
@@ -23,20 +27,38 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ragfn.cache.guard import conflicting
+from ragfn.cache.vectors import HeldVectors
 from ragfn.core.errors import Unavailable
 
 # Sentence punctuation only: a "." or "," between digits (3.11, 1,000) and every operator or sign stay, so "C" and
 # "C++", "-22" and "22", "x == y" and "x != y" never share the exact tier, which the guard does not check.
 _PUNCTUATION = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[?!](?!=)|[;:\"'`()\[\]{}]")
+
+# Generations a scope's change log reaches back: a process further behind reads the whole scope again.
+LOG_SPAN = 4096
+
+# Bumps the generation and logs the changed ids under it, atomically, so a reader that sees generation g finds every
+# change up to g in the log. KEYS: gen, log. ARGV: ttl, LOG_SPAN, ids...
+_BUMP = """
+local g = redis.call('INCR', KEYS[1])
+if g == 1 then
+  local now = redis.call('TIME')
+  g = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  redis.call('SET', KEYS[1], string.format('%d', g))
+end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[2], g, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', g - tonumber(ARGV[2])))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return g
+"""
 
 
 @dataclass(frozen=True)
@@ -76,10 +98,9 @@ class RedisCache:
         self.threshold = threshold
         self.ttl = ttl_seconds
         self.prefix = prefix
-        self.max_entries, self.max_vectors = max_entries, max_vectors
-        # scope -> (generation, ids, matrix), least recently used first
-        self._vectors: OrderedDict[str, tuple[int, list[str], np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self._vectors = HeldVectors(max_vectors)
+        self._bump_script = client.register_script(_BUMP)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -94,18 +115,15 @@ class RedisCache:
                 if entry:
                     self._count("hits_exact")
                     return CacheHit(json.loads(entry[b"answer"]), entry[b"question"].decode(), "exact", 1.0)
-            ids, matrix = self._scope_vectors(s)
-            if not ids:
+            self._sync(s)
+            nearest = self._vectors.nearest(s, np.asarray(embed(question), dtype=np.float32))
+            if nearest is None or nearest[1] < self.threshold:
                 self._count("misses")
                 return None
-            scores = matrix @ np.asarray(embed(question), dtype=np.float32)
-            best = int(np.argmax(scores))
-            if scores[best] < self.threshold:
-                self._count("misses")
-                return None
-            entry = self.redis.hgetall(self._k(s, "e", ids[best]))
+            best_id, similarity = nearest
+            entry = self.redis.hgetall(self._k(s, "e", best_id))
             if not entry:  # expired: forget its vector too
-                self._forget(s, [ids[best]])
+                self._forget(s, [best_id])
                 self._count("misses")
                 return None
             cached_question = entry[b"question"].decode()
@@ -113,7 +131,7 @@ class RedisCache:
                 self._count(f"guarded_{reason}")
                 return None
             self._count("hits_semantic")
-            return CacheHit(json.loads(entry[b"answer"]), cached_question, "semantic", float(scores[best]))
+            return CacheHit(json.loads(entry[b"answer"]), cached_question, "semantic", similarity)
         except self._redis_errors() as exc:
             raise Unavailable(f"semantic cache unavailable: {exc}") from exc
 
@@ -139,8 +157,8 @@ class RedisCache:
                 pipe.zadd(cites, {f"{s}:{entry_id}": now + self.ttl})
                 pipe.zremrangebyscore(cites, "-inf", now)
                 pipe.expire(cites, self.ttl)
-            pipe.incr(self._k(s, "gen"))
-            for part in ("vec", "t", "gen"):  # an idle scope goes away once its last entry has expired
+            self._bump(pipe, s, [entry_id])
+            for part in ("vec", "t"):  # an idle scope goes away once its last entry has expired
                 pipe.expire(self._k(s, part), self.ttl)
             pipe.hincrby(self._k("stats"), "stores", 1)
             pipe.execute()
@@ -162,7 +180,7 @@ class RedisCache:
         self._drop(pipe, scope, doomed)
         pipe.zrem(times, *doomed)
         pipe.hdel(self._k(scope, "vec"), *doomed)
-        pipe.incr(self._k(scope, "gen"))
+        self._bump(pipe, scope, doomed)
         pipe.hincrby(self._k("stats"), "trimmed", len(doomed))
         pipe.execute()
 
@@ -194,24 +212,22 @@ class RedisCache:
 
     # -- internals ---------------------------------------------------------------------------------------------
 
-    def _scope_vectors(self, scope: str) -> tuple[list[str], np.ndarray]:
+    def _sync(self, scope: str) -> None:
+        """Bring this process's vectors of the scope up to Redis's generation: the logged changes, or all rows."""
         generation = int(self.redis.get(self._k(scope, "gen")) or 0)
-        with self._lock:
-            cached = self._vectors.get(scope)
-            if cached and cached[0] == generation:
-                self._vectors.move_to_end(scope)
-                return cached[1], cached[2]
-        raw = self.redis.hgetall(self._k(scope, "vec"))
-        ids = [k.decode() for k in raw]
-        matrix = np.stack([np.frombuffer(v, dtype="<f4") for v in raw.values()]) if raw else np.zeros((0, 1))
-        with self._lock:
-            self._vectors[scope] = (generation, ids, matrix)
-            self._vectors.move_to_end(scope)
-            held = sum(len(v[1]) for v in self._vectors.values())
-            while held > self.max_vectors and len(self._vectors) > 1:
-                _, (_, dropped, _) = self._vectors.popitem(last=False)
-                held -= len(dropped)
-        return ids, matrix
+        held = self._vectors.generation(scope)
+        if held == generation:
+            return
+        if held is not None and held < generation <= held + LOG_SPAN:
+            changed = [i.decode() for i in self.redis.zrangebyscore(self._k(scope, "log"), f"({held}", generation)]
+            rows = self.redis.hmget(self._k(scope, "vec"), changed) if changed else []
+            self._vectors.update(scope, held, list(zip(changed, rows, strict=True)), generation)
+        else:
+            self._vectors.replace(scope, self.redis.hgetall(self._k(scope, "vec")), generation)
+
+    def _bump(self, pipe, scope: str, entry_ids: list[str]) -> None:
+        self._bump_script(keys=[self._k(scope, "gen"), self._k(scope, "log")], args=[self.ttl, LOG_SPAN, *entry_ids],
+                          client=pipe)
 
     def _drop(self, pipe, scope: str, entry_ids: list[str]) -> None:
         """Queue on `pipe` the deletes of these entries and of their exact-tier keys."""
@@ -224,7 +240,7 @@ class RedisCache:
     def _forget(self, scope: str, entry_ids: list[str]) -> None:
         pipe = self.redis.pipeline()
         pipe.hdel(self._k(scope, "vec"), *entry_ids)
-        pipe.incr(self._k(scope, "gen"))
+        self._bump(pipe, scope, entry_ids)
         pipe.execute()
 
     def _count(self, name: str, by: int = 1) -> None:
