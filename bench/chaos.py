@@ -70,11 +70,11 @@ class Fault:
             self.cleared = self.returned = self._now()
             return
         elif name == "slow":
-            stack.proxy.delay = SLOW_DELAY
+            stack.slow(SLOW_DELAY)
         time.sleep(max(0.0, self.injected + self.outage - self._now()))
         self.cleared = self._now()
         if name == "slow":
-            stack.proxy.delay = 0.0
+            stack.slow(0.0)
         else:
             stack.start(name)
         self.returned = self._now()

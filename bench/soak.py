@@ -2,7 +2,7 @@
 open files and threads of every process of the stack and the Redis keys; a plot (docs/soak.png) and the growth of
 each over the second half, per hour. It stops by itself.
 
-    .venv/bin/python bench/soak.py --rate 6 --minutes 20          # half the knee (docs/reliability.md)
+    .venv/bin/python bench/soak.py --rate 16 --minutes 20         # half the knee (docs/reliability.md)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def role(cmdline: list[str]) -> str:
         name = Path(source).parent.name.replace("_", "-")
         return "cache-invalidate" if target == "invalidate" else name
     for marker, name in (("gateway_app", "ask"), ("-m inference", "predictor"), ("chroma run", "chroma"),
-                         ("redis-server", "redis"), ("ragfn dev", "dev (broker)")):
+                         ("redis-server", "redis"), ("ragfn dev", "dev (broker)"), ("delay_proxy", "proxy (bench)")):
         if marker in text:
             return name
     return "other"
@@ -91,7 +91,7 @@ def plot(samples: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--rate", type=float, default=16.0)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--every", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "soak")

@@ -3,8 +3,9 @@
 `ragfn dev` runs the functions, the broker and the gateway (and restarts a function that dies, as Knative would);
 this module starts beside it, as separate processes it controls, what the faults hit: Redis (its own
 `redis-server`, not the machine's), Chroma (`chroma run`), the predictor (the extractive engine, so the model does
-not dominate the figures) and a TCP proxy in front of the retrieve function that can add a delay. Two tenants, each
-with an API key. Everything it started is stopped when the `with` block ends, failed or not.
+not dominate the figures) and a TCP proxy in front of the retrieve function that can add a delay
+(bench/delay_proxy.py). Two tenants, each with an API key. Everything it started is stopped when the `with` block
+ends, failed or not.
 
     with Stack(home, corpus) as stack:
         stack.ingest("acme", corpus); stack.ask("acme", "Why is Python slow?")
@@ -17,12 +18,10 @@ import contextlib
 import json
 import os
 import random
-import select
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -75,54 +74,6 @@ def wait_http(url: str, timeout: float = 120.0, ok=lambda r: r.status_code < 500
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-class DelayProxy:
-    """A TCP proxy on loopback; while `delay` > 0, each chunk from the client waits that long before it goes on
-    (a slow service, as the gateway sees it). Thread per connection: the bench's rates are tens per second."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port, self.delay = target_port, 0.0
-        self._server = socket.create_server(("127.0.0.1", 0))
-        # blocking whatever socket.setdefaulttimeout() says (a library in the same process may have set one: an
-        # idle accept() timing out would end the proxy, and every call through it would fail from then on)
-        self._server.settimeout(None)
-        self.port = self._server.getsockname()[1]
-        self._open = True
-        threading.Thread(target=self._accept, daemon=True, name="delay-proxy").start()
-
-    def _accept(self) -> None:
-        while self._open:
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:  # closed
-                return
-            client.settimeout(None)
-            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
-
-    def _pipe(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            upstream.settimeout(None)
-        except OSError:
-            client.close()
-            return
-        with client, upstream, contextlib.suppress(OSError):  # either side may reset: the connection just ends
-            while self._open:
-                ready, _, _ = select.select([client, upstream], [], [], 1.0)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    if sock is client and self.delay > 0:
-                        time.sleep(self.delay)
-                    (upstream if sock is client else client).sendall(data)
-
-    def close(self) -> None:
-        self._open = False
-        self._server.close()
-
-
 class Stack:
     def __init__(self, home: Path, *, extra_env: dict[str, str] | None = None, model_dir: Path | None = None) -> None:
         self.home = home.resolve()
@@ -131,7 +82,6 @@ class Stack:
         self.extra_env = extra_env or {}
         self.children: dict[str, subprocess.Popen] = {}
         self._argv: dict[str, tuple[list[str], dict[str, str]]] = {}
-        self.proxy: DelayProxy | None = None
         self.state: dict = {}
 
     # -- the parts ------------------------------------------------------------------------------------------------
@@ -139,8 +89,9 @@ class Stack:
     def __enter__(self) -> Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         base = free_ports(DEV_PORTS + 4)
-        self.dev_port, self.redis_port, self.chroma_port, self.llm_port = (base, base + DEV_PORTS,
-                                                                             base + DEV_PORTS + 1, base + DEV_PORTS + 2)
+        self.dev_port = base
+        self.redis_port, self.chroma_port, self.llm_port, self.proxy_port = range(base + DEV_PORTS,
+                                                                                   base + DEV_PORTS + 4)
         try:
             self._launch()
         except BaseException:
@@ -166,16 +117,18 @@ class Stack:
                                    "127.0.0.1", "--model_name", "ragfn"],
                      quiet | {"RAGFN_LLM_ENGINE": "extractive", "RAGFN_LLM_API_KEY": llm_key,
                               "PYTHONPATH": str(REPO)})
-        for name in ("redis", "chroma", "predictor"):
-            self.start(name)
         retrieve_port = self.dev_port + 1 + list(FUNCTIONS).index("retrieve")
-        self.proxy = DelayProxy(retrieve_port)
+        self.slow(0.0)
+        self._define("proxy", [python, str(REPO / "bench" / "delay_proxy.py"), "--port", str(self.proxy_port),
+                               "--target", str(retrieve_port), "--delay-file", str(self._delay_file)], quiet)
+        for name in ("redis", "chroma", "predictor", "proxy"):
+            self.start(name)
         env = dict(os.environ, RAGFN_HOME=str(self.home), RAGFN_EMBED_MODEL=OFFLINE_MODEL,
                    RAGFN_EMBED_MODEL_PATH=str(self.model_dir or offline_model_dir(REPO / ".ragfn")),
                    RAGFN_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
                    RAGFN_CHROMA_URL=f"http://127.0.0.1:{self.chroma_port}",
                    RAGFN_LLM_URL=f"http://127.0.0.1:{self.llm_port}/v1", RAGFN_LLM_API_KEY=llm_key,
-                   RAGFN_API_KEYS_FILE=str(keys_file), RAGFN_RETRIEVE_URL=f"http://127.0.0.1:{self.proxy.port}",
+                   RAGFN_API_KEYS_FILE=str(keys_file), RAGFN_RETRIEVE_URL=f"http://127.0.0.1:{self.proxy_port}",
                    RAGFN_RATE_LIMIT="100000", RAGFN_READ_RATE_LIMIT="100000",
                    RAGFN_FILE_ROOTS=str(self.home / "docs"), **self.extra_env)
         for key in ("K_SINK", "RAGFN_SINK", "RAGFN_CACHE_URL", "RAGFN_JWT_SECRET", "RAGFN_TRACE_FILE"):
@@ -201,8 +154,9 @@ class Stack:
         self.children[name] = subprocess.Popen(argv, env=env, cwd=str(REPO), start_new_session=True,
                                                stdout=(self.logs / f"{name}.log").open("ab"),
                                                stderr=subprocess.STDOUT)
-        if name == "redis":
-            return self._wait(lambda: socket.create_connection(("127.0.0.1", self.redis_port), timeout=1).close())
+        if name in ("redis", "proxy"):
+            port = self.redis_port if name == "redis" else self.proxy_port
+            return self._wait(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close())
         if name == "chroma":
             return wait_http(f"http://127.0.0.1:{self.chroma_port}/api/v2/heartbeat", ok=lambda r: r.is_success)
         if name == "predictor":
@@ -246,12 +200,20 @@ class Stack:
                 return conn.pid
         raise RuntimeError(f"no process listens on {name}'s port {port}")
 
+    @property
+    def _delay_file(self) -> Path:
+        return self.home / "bench-retrieve-delay"
+
+    def slow(self, seconds: float) -> None:
+        """Make the proxy in front of retrieve hold each request `seconds` (0: pass it straight on)."""
+        partial = self._delay_file.with_suffix(".tmp")
+        partial.write_text(str(seconds))
+        partial.replace(self._delay_file)
+
     def function_url(self, name: str) -> str:
         return self.state["functions"][f"ragfn-{name}"]
 
     def close(self) -> None:
-        if self.proxy is not None:
-            self.proxy.close()
         for name in ["dev", *[n for n in self.children if n != "dev"]]:
             self.stop(name)
 

@@ -136,3 +136,43 @@ def test_scope_vectors_match_a_plain_dict_through_any_sequence_of_changes():
                 best = max(truth, key=lambda k: float(truth[k] @ query))
                 assert held.nearest(query)[0] == best
     assert_same(held.rows(), truth)
+
+
+def test_every_change_keeps_the_scope_keys_expiring_together(client, prefix):
+    rng = np.random.default_rng(11)
+    cache = RedisCache(client, prefix=prefix, ttl_seconds=600)
+    cache.store("kept?", unit(rng), SCOPE, ANSWER, [("default", "doc-a")])
+    cache.store("evicted?", unit(rng), SCOPE, ANSWER, [("default", "doc-b")])
+    keys = [f"{prefix}:{SCOPE.key()}:{part}" for part in ("gen", "log", "vec", "t")]
+    for key in keys:
+        client.expire(key, 5)  # as if the last store was long ago
+    assert cache.invalidate("default", "doc-b") == 1  # a change after the last store
+    assert all(client.ttl(key) > 500 for key in keys), [client.ttl(key) for key in keys]
+
+
+def test_a_held_copy_unlike_redis_at_the_same_generation_is_read_again(client, prefix):
+    """A restart that lost the last writes, then as many new ones: the generation is back where the replica was."""
+    rng = np.random.default_rng(12)
+    writer, reader = RedisCache(client, prefix=prefix), RedisCache(client, prefix=prefix)
+    writer.store("first?", unit(rng), SCOPE, ANSWER, [])
+    keys = [f"{prefix}:{SCOPE.key()}:{part}" for part in ("gen", "log", "vec", "t")]
+    snapshot = {key: client.dump(key) for key in keys}
+    writer.store("second?", unit(rng), SCOPE, ANSWER, [])
+    writer.store("third?", unit(rng), SCOPE, ANSWER, [])
+    miss(reader, rng)
+    for key, value in snapshot.items():  # the rollback
+        client.restore(key, 0, value, replace=True)
+    writer.store("first?", unit(rng), SCOPE, ANSWER, [])  # two changes: the same generation, one row fewer
+    writer.store("fourth?", unit(rng), SCOPE, ANSWER, [])
+    assert int(client.get(keys[0])) == reader._vectors.held(SCOPE.key())[0]
+    miss(reader, rng)
+    assert_same(reader._vectors.rows(SCOPE.key()), in_redis(client, prefix))
+
+
+def test_a_scope_that_shrank_gives_its_memory_back():
+    rng = np.random.default_rng(13)
+    held = ScopeVectors(0)
+    held.apply([(f"id-{i}", unit(rng).astype("<f4").tobytes()) for i in range(1000)], 1)
+    held.apply([(f"id-{i}", None) for i in range(990)], 2)
+    assert len(held) == 10 and held._matrix.shape[0] <= 64
+    assert set(held.rows()) == {f"id-{i}" for i in range(990, 1000)}

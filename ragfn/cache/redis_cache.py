@@ -13,7 +13,10 @@ Keys (prefix `rc` by default):
 No Redis module is needed: each process keeps a scope's vectors in memory and compares them with numpy. A process
 that is behind reads only the ids the log names since its generation (all of `vec` when it is further behind than
 the log reaches). A fresh `gen` starts at the server's clock in microseconds, not at 1, so a scope that expired and
-came back can never look like the one a process still holds.
+came back can never look like the one a process still holds; and a process whose row count differs from `vec`'s at
+the same generation (a restart that lost writes, an evicted key: the manifest's Redis runs `volatile-lru`) reads
+the scope again. Not detected: a rollback followed by exactly as many changes, ending with as many rows; a stale
+row only costs a miss, since an entry's id is its question's, and so is its vector.
 
 Every key is bounded (Redis 7.0 has no per-field expiry, so `vec` is kept in step with `t`): each store removes the
 scope's expired entries and, past `max_entries`, its oldest, and a document's citing entries that have expired; a
@@ -45,7 +48,8 @@ _PUNCTUATION = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[?!](?!=)|[;:\"'`()\[\]{}]")
 LOG_SPAN = 4096
 
 # Bumps the generation and logs the changed ids under it, atomically, so a reader that sees generation g finds every
-# change up to g in the log. KEYS: gen, log. ARGV: ttl, LOG_SPAN, ids...
+# change up to g in the log; and keeps the scope's four keys expiring together, so the log never outlives the vectors
+# it describes. KEYS: gen, log, vec, t. ARGV: ttl, LOG_SPAN, ids...
 _BUMP = """
 local g = redis.call('INCR', KEYS[1])
 if g == 1 then
@@ -55,8 +59,7 @@ if g == 1 then
 end
 for i = 3, #ARGV do redis.call('ZADD', KEYS[2], g, ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', g - tonumber(ARGV[2])))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return g
 """
 
@@ -157,9 +160,7 @@ class RedisCache:
                 pipe.zadd(cites, {f"{s}:{entry_id}": now + self.ttl})
                 pipe.zremrangebyscore(cites, "-inf", now)
                 pipe.expire(cites, self.ttl)
-            self._bump(pipe, s, [entry_id])
-            for part in ("vec", "t"):  # an idle scope goes away once its last entry has expired
-                pipe.expire(self._k(s, part), self.ttl)
+            self._bump(pipe, s, [entry_id])  # an idle scope goes away once its last entry has expired
             pipe.hincrby(self._k("stats"), "stores", 1)
             pipe.execute()
             self._trim(s, now)
@@ -213,21 +214,36 @@ class RedisCache:
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _sync(self, scope: str) -> None:
-        """Bring this process's vectors of the scope up to Redis's generation: the logged changes, or all rows."""
-        generation = int(self.redis.get(self._k(scope, "gen")) or 0)
-        held = self._vectors.generation(scope)
-        if held == generation:
+        """Bring this process's vectors of the scope up to Redis's generation: the logged changes, or all rows.
+
+        The generation, the row count and the log are read in one transaction, so no trim of the log can come
+        between them. A held copy whose count differs from Redis's at the same generation (data lost in a restart
+        or a failover, a log evicted) is read again whole."""
+        gen_key, vec_key = self._k(scope, "gen"), self._k(scope, "vec")
+        held = self._vectors.held(scope)
+        pipe = self.redis.pipeline()
+        pipe.get(gen_key)
+        pipe.hlen(vec_key)
+        if held is not None:
+            pipe.zrangebyscore(self._k(scope, "log"), f"({held[0]}", "+inf")
+        generation, count, *logged = pipe.execute()
+        generation = int(generation or 0)
+        if held == (generation, count):
             return
-        if held is not None and held < generation <= held + LOG_SPAN:
-            changed = [i.decode() for i in self.redis.zrangebyscore(self._k(scope, "log"), f"({held}", generation)]
-            rows = self.redis.hmget(self._k(scope, "vec"), changed) if changed else []
-            self._vectors.update(scope, held, list(zip(changed, rows, strict=True)), generation)
-        else:
-            self._vectors.replace(scope, self.redis.hgetall(self._k(scope, "vec")), generation)
+        if held is not None and held[0] < generation <= held[0] + LOG_SPAN:
+            changed = [i.decode() for i in logged[0]]
+            rows = self.redis.hmget(vec_key, changed) if changed else []
+            self._vectors.update(scope, held[0], list(zip(changed, rows, strict=True)), generation)
+            return
+        pipe = self.redis.pipeline()
+        pipe.get(gen_key)
+        pipe.hgetall(vec_key)
+        generation, rows = pipe.execute()
+        self._vectors.replace(scope, rows, int(generation or 0))
 
     def _bump(self, pipe, scope: str, entry_ids: list[str]) -> None:
-        self._bump_script(keys=[self._k(scope, "gen"), self._k(scope, "log")], args=[self.ttl, LOG_SPAN, *entry_ids],
-                          client=pipe)
+        self._bump_script(keys=[self._k(scope, part) for part in ("gen", "log", "vec", "t")],
+                          args=[self.ttl, LOG_SPAN, *entry_ids], client=pipe)
 
     def _drop(self, pipe, scope: str, entry_ids: list[str]) -> None:
         """Queue on `pipe` the deletes of these entries and of their exact-tier keys."""

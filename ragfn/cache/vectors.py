@@ -73,6 +73,8 @@ class ScopeVectors:
             self.ids[row], self._row[moved] = moved, row
             self._matrix[row] = self._matrix[last]
         self.ids.pop()
+        if len(self._matrix) > 64 and 4 * len(self.ids) < len(self._matrix):  # a scope that shrank gives memory back
+            self._matrix = self._matrix[: 2 * len(self.ids)].copy()
 
 
 class HeldVectors:
@@ -87,10 +89,11 @@ class HeldVectors:
     def __iter__(self):
         return iter(list(self._scopes))
 
-    def generation(self, scope: str) -> int | None:
+    def held(self, scope: str) -> tuple[int, int] | None:
+        """The generation and the row count of the scope as held, or None."""
         with self._lock:
             held = self._scopes.get(scope)
-            return None if held is None else held.generation
+            return None if held is None else (held.generation, len(held))
 
     def replace(self, scope: str, rows: dict[bytes, bytes], generation: int) -> None:
         fresh = ScopeVectors(generation)
