@@ -63,6 +63,22 @@ for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return g
 """
 
+# A consistent view of a scope for a process that holds it at generation ARGV[1]: the generation, the row count and,
+# when the log reaches back that far, each id changed since with its vector (nil: removed). KEYS: gen, vec, log.
+# ARGV: held generation ("" for none), LOG_SPAN.
+_CHANGES = """
+local raw = redis.call('GET', KEYS[1])
+local g = tonumber(raw or '0')
+local out = {raw or '0', redis.call('HLEN', KEYS[2])}
+local held = tonumber(ARGV[1])
+if held == nil or held >= g or g > held + tonumber(ARGV[2]) then return out end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id)
+end
+return out
+"""
+
 
 @dataclass(frozen=True)
 class CacheScope:
@@ -104,6 +120,7 @@ class RedisCache:
         self.max_entries = max_entries
         self._vectors = HeldVectors(max_vectors)
         self._bump_script = client.register_script(_BUMP)
+        self._changes_script = client.register_script(_CHANGES)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -216,28 +233,23 @@ class RedisCache:
     def _sync(self, scope: str) -> None:
         """Bring this process's vectors of the scope up to Redis's generation: the logged changes, or all rows.
 
-        The generation, the row count and the log are read in one transaction, so no trim of the log can come
-        between them. A held copy whose count differs from Redis's at the same generation (data lost in a restart
-        or a failover, a log evicted) is read again whole."""
-        gen_key, vec_key = self._k(scope, "gen"), self._k(scope, "vec")
+        The changes come in one consistent read with the generation and the row count. A copy that still differs
+        from Redis's count afterwards (data lost in a restart or a failover, an evicted key, a scope that expired
+        and came back) is read again whole."""
         held = self._vectors.held(scope)
-        pipe = self.redis.pipeline()
-        pipe.get(gen_key)
-        pipe.hlen(vec_key)
-        if held is not None:
-            pipe.zrangebyscore(self._k(scope, "log"), f"({held[0]}", "+inf")
-        generation, count, *logged = pipe.execute()
-        generation = int(generation or 0)
+        reply = self._changes_script(keys=[self._k(scope, part) for part in ("gen", "vec", "log")],
+                                     args=["" if held is None else held[0], LOG_SPAN])
+        generation, count, pairs = int(reply[0]), int(reply[1]), reply[2:]
         if held == (generation, count):
             return
         if held is not None and held[0] < generation <= held[0] + LOG_SPAN:
-            changed = [i.decode() for i in logged[0]]
-            rows = self.redis.hmget(vec_key, changed) if changed else []
-            self._vectors.update(scope, held[0], list(zip(changed, rows, strict=True)), generation)
-            return
+            changes = [(pairs[i].decode(), pairs[i + 1]) for i in range(0, len(pairs), 2)]
+            applied = self._vectors.update(scope, held[0], changes, generation)
+            if applied is None or applied == count:  # another thread moved the scope on, or it now agrees
+                return
         pipe = self.redis.pipeline()
-        pipe.get(gen_key)
-        pipe.hgetall(vec_key)
+        pipe.get(self._k(scope, "gen"))
+        pipe.hgetall(self._k(scope, "vec"))
         generation, rows = pipe.execute()
         self._vectors.replace(scope, rows, int(generation or 0))
 

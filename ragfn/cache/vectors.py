@@ -102,13 +102,16 @@ class HeldVectors:
             self._scopes[scope] = fresh
             self._touch(scope)
 
-    def update(self, scope: str, since: int, changes: list[tuple[str, bytes | None]], generation: int) -> None:
-        """Apply the changes read after `since`, unless another thread has moved the scope on meanwhile."""
+    def update(self, scope: str, since: int, changes: list[tuple[str, bytes | None]], generation: int) -> int | None:
+        """Apply the changes read after `since`, and say how many rows the scope has now; None (nothing applied)
+        when another thread has moved the scope on meanwhile."""
         with self._lock:
             held = self._scopes.get(scope)
-            if held is not None and held.generation == since:
-                held.apply(changes, generation)
-                self._touch(scope)
+            if held is None or held.generation != since:
+                return None
+            held.apply(changes, generation)
+            self._touch(scope)
+            return len(held)
 
     def rows(self, scope: str) -> dict[str, np.ndarray]:
         """A copy of the scope's rows by id (empty when it is not held)."""
