@@ -169,7 +169,8 @@ def percentiles(values: list[float]) -> dict:
 def run_level(stack: Stack, workload: Workload, rate: float, seconds: float, *, timeout: float = 30.0,
               on_tick=None) -> Level:
     """`rate` requests a second for `seconds`, each started at its scheduled time (open loop), then wait for the
-    last answers (at most `timeout`). `on_tick(elapsed)` runs about every 0.1 s (chaos injects faults there)."""
+    last answers (each request gives up after `timeout`). `on_tick(elapsed)` runs about every 0.1 s (chaos injects
+    faults there)."""
     level = Level(rate, seconds)
     total = int(rate * seconds)
     client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
@@ -247,10 +248,17 @@ def profile(stack: Stack, workload: Workload, rate: float, seconds: float, out: 
                                          "--format", "raw", "--rate", "50", "--output", str(out / f"{name}.txt"),
                                          "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for name, pid in pids.items()}
-    run_level(stack, workload, rate, seconds)
+    try:
+        run_level(stack, workload, rate, seconds)
+        for recorder in recorders.values():
+            recorder.wait(timeout=seconds + 30)
+    finally:
+        for recorder in recorders.values():  # stopped even when the level or a wait failed
+            if recorder.poll() is None:
+                recorder.kill()
+                recorder.wait()
     top = {}
     for name, recorder in recorders.items():
-        recorder.wait(timeout=seconds + 30)
         path = out / f"{name}.txt"
         top[name] = hottest(path) if path.exists() else {"error": recorder.stderr.read().decode()[-300:]}
     return top

@@ -139,7 +139,7 @@ class Stack:
         self.start("dev")
         state_file = self.home / "dev.json"
         deadline = time.monotonic() + 240
-        while not state_file.exists():
+        while not state_file.exists():  # written whole (renamed into place)
             if self.children["dev"].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ragfn dev did not start; see {self.logs / 'dev.log'}")
             time.sleep(0.3)
@@ -190,14 +190,24 @@ class Stack:
             process.wait(timeout=10)
 
     def kill_function(self, name: str) -> int:
-        """`kill -9` a function `ragfn dev` runs (found by its port); dev starts it again. Its pid."""
+        """`kill -9` a function `ragfn dev` runs, as an out-of-memory kill ends a pod: the process dev started
+        (gunicorn's master) and its workers, all at once, so nothing of it is left to fork a new worker; dev starts
+        it again. The pid dev had started."""
         import psutil
 
         port = self.dev_port + 1 + list(FUNCTIONS).index(name)
+        dev = self.children["dev"].pid
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-                os.kill(conn.pid, signal.SIGKILL)
-                return conn.pid
+                process = psutil.Process(conn.pid)
+                while process.ppid() not in (dev, 0, 1):  # up from the listening worker to dev's own child
+                    process = process.parent()
+                if process.ppid() != dev:
+                    raise RuntimeError(f"{name}'s port {port} is held by pid {conn.pid}, not a child of ragfn dev")
+                for member in [process, *process.children(recursive=True)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        member.send_signal(signal.SIGKILL)
+                return process.pid
         raise RuntimeError(f"no process listens on {name}'s port {port}")
 
     @property
@@ -214,8 +224,12 @@ class Stack:
         return self.state["functions"][f"ragfn-{name}"]
 
     def close(self) -> None:
+        """Stop every part, each whatever happened stopping the others."""
         for name in ["dev", *[n for n in self.children if n != "dev"]]:
-            self.stop(name)
+            try:
+                self.stop(name)
+            except Exception as exc:  # noqa: BLE001 - the rest must still be stopped
+                print(f"stopping {name} failed: {exc!r}", file=sys.stderr)
 
     # -- using it -------------------------------------------------------------------------------------------------
 

@@ -144,6 +144,15 @@ def test_an_eventbridge_api_destination_post_is_republished_as_an_eventbridge_ev
     assert len(event_sink.received) == 2
 
 
+# Security: an EventBridge event that also carried a 'Records' field that was not a list was a 500 (the adapter
+# indexed it as a notification's records after the parser had accepted the EventBridge event).
+@pytest.mark.parametrize("records", [{"a": 1}, 5, "x", [], [7]])
+def test_an_eventbridge_event_with_a_junk_records_field_is_still_an_eventbridge_event(event_sink, records):
+    response = function("bucket_events").post("/", json=load("eventbridge_object_created.json") | {"Records": records})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [e["type"] for e in event_sink.received] == [events.EVENTBRIDGE_EVENT]
+
+
 # --- junk, auth and a broker that is down ---------------------------------------------------------------------------
 
 def _unsafe_push() -> dict:

@@ -65,8 +65,21 @@ def test_s3_put_decodes_the_key_and_the_hex_sequencer() -> None:
     change = one(events.S3_NOTIFICATION, load("s3_put.json"))
     assert change == ObjectChange(
         action="upsert", uri="s3://amzn-s3-demo-bucket/reports/Quarterly Report (2024).md", collection="default",
-        version="d41d8cd98f00b204e9800998ecf8427e", sequence=int("0055AED6DCD90281E5", 16), tenant=None, groups=(),
-        size=1024, content_type=None)
+        version="d41d8cd98f00b204e9800998ecf8427e", sequence=int("0055AED6DCD90281E5".ljust(32, "0"), 16), tenant=None,
+        groups=(), size=1024, content_type=None)
+
+
+def test_sequencers_of_different_lengths_order_as_aws_says() -> None:
+    """AWS: right-pad the shorter sequencer with zeros, then compare the text. As numbers, "100" beat "FF"."""
+    def sequence(sequencer: str) -> int:
+        body = load("s3_put.json")
+        body["Records"][0]["s3"]["object"]["sequencer"] = sequencer
+        return one(events.S3_NOTIFICATION, body).sequence
+
+    assert sequence("FF") > sequence("100") > sequence("0FF")
+    assert sequence("0055AED6DCD90281E5") < sequence("0055AED6DCD90281E6") < sequence("0055AED6DCD90281E60001")
+    with pytest.raises(BadEvent, match="1 to 24 digits"):
+        sequence("F" * 25)  # a forged sequencer no later change could outrank
 
 
 def test_s3_delete_orders_after_the_put() -> None:
@@ -145,7 +158,7 @@ def test_minio_webhook_put(event_type: str | None) -> None:
     change = one(event_type, json.dumps(load("minio_put.json")).encode())
     assert change == ObjectChange(
         action="upsert", uri="s3://docs/handbook/vacation policy.md", collection="default",
-        version="5337769ffa594e742408ad3f30713cd7", sequence=int("17C3A8F3B4E2D6F1", 16), tenant="acme",
+        version="5337769ffa594e742408ad3f30713cd7", sequence=int("17C3A8F3B4E2D6F1".ljust(32, "0"), 16), tenant="acme",
         groups=("hr", "managers"), size=2213, content_type="text/markdown")
 
 
@@ -160,7 +173,7 @@ def test_minio_user_metadata_any_case() -> None:
 def test_minio_delete() -> None:
     change = one(None, load("minio_delete.json"))
     assert (change.action, change.uri, change.sequence) == ("delete", "s3://docs/handbook/vacation policy.md",
-                                                           int("17C3F0A1C7D8E9B2", 16))
+                                                           int("17C3F0A1C7D8E9B2".ljust(32, "0"), 16))
 
 
 # --- ragfn's own events ------------------------------------------------------------------------------------------
@@ -210,7 +223,7 @@ def test_eventbridge_object_created_as_a_cloudevent_an_sqs_body_or_a_plain_post(
     change = one(event_type, json.dumps(data) if event_type == events.AWS_SQS_MESSAGE else data)
     # the key is taken as it is: EventBridge does not URL-encode it as S3's notifications do ("+" stays "+")
     assert change == ObjectChange("upsert", "s3://amzn-s3-demo-bucket1/reports/Quarterly Report+Q3 (2021).md",
-                                  version="IYV3p45BT0ac8hjHg1houSdS1a.Mc8cs", sequence=0x617F08299329D189, size=5)
+                                  version="IYV3p45BT0ac8hjHg1houSdS1a.Mc8cs", sequence=int("00617F08299329D189".ljust(32, "0"), 16), size=5)
 
 
 def test_eventbridge_object_deleted_orders_after_the_create() -> None:

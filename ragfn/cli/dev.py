@@ -290,7 +290,9 @@ def run(settings: Settings, *, host: str = "127.0.0.1", ports: DevPorts, on_read
     threading.Thread(target=SinkTokenWriter(issuer, Path(state["sink_token_file"])).run, args=(stop,), daemon=True,
                      name="sink-token").start()
     threading.Thread(target=children.run, args=(stop,), daemon=True, name="supervisor").start()
-    dev_state_path(settings).write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
+    partial = dev_state_path(settings).with_suffix(".tmp")  # readers poll for the file: it appears whole
+    partial.write_text(json.dumps(state | {"pid": os.getpid(), "logs": str(log_dir)}, indent=2))
+    partial.replace(dev_state_path(settings))
     on_ready(state)
     try:
         stop.wait()

@@ -46,7 +46,8 @@ class Children:
 
     @staticmethod
     def _start(argv: list[str], env: dict[str, str] | None, cwd: str | None, log_path: Path) -> subprocess.Popen:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+        with log_path.open("ab") as out:  # the child keeps its own copy: a restart loop must not leak ours
+            return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
     def supervise(self) -> list[str]:
         """Start again what exited and is due; the names started."""
@@ -91,4 +92,5 @@ class Children:
             try:
                 child.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                child.process.kill()
+                child.process.kill()  # a gunicorn worker whose master is gone exits by itself
+                child.process.wait(timeout=10)

@@ -68,10 +68,10 @@ def translate(body: object) -> Translation:
                        hint="point a GCS Pub/Sub push subscription or a MinIO webhook here")
     if "message" in body:
         return _pubsub(body)
+    if is_eventbridge(body):  # first, as the parser does: an EventBridge event is one whatever else it carries
+        return _eventbridge(body)
     if "Records" in body or "EventName" in body or body.get("Event") == "s3:TestEvent":
         return _notification(body)
-    if is_eventbridge(body):
-        return _eventbridge(body)
     raise BadEvent("neither a Pub/Sub push envelope ('message'), an S3/MinIO notification ('Records') nor an "
                    "EventBridge event ('detail-type')", hint="send GCS notifications through a Pub/Sub push "
                    "subscription, MinIO's through notify_webhook, S3's EventBridge events through an API destination")
@@ -129,7 +129,7 @@ def _object_resource(message: dict[str, Any], attributes: dict[str, str]) -> dic
 def _notification(payload: dict[str, Any]) -> Translation:
     if not parse_storage_event(None, payload):
         return Translation([], "the notification changes no document (a test event, a read, tagging)")
-    records = payload.get("Records") or []
+    records = payload.get("Records") if isinstance(payload.get("Records"), list) else []
     first = records[0] if records and isinstance(records[0], dict) else {}
     origin = str(first.get("eventSource") or "minio:s3")
     event_type = events.S3_NOTIFICATION if origin.startswith("aws:") else events.MINIO_NOTIFICATION

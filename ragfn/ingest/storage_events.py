@@ -4,6 +4,7 @@ storage notifications into ObjectChanges."""
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -109,6 +110,19 @@ def _int(obj: dict[str, Any], key: str, where: str, base: int = 10) -> int | Non
     return number
 
 
+def _sequencer(obj: dict[str, Any], where: str) -> int | None:
+    """S3's sequencer as a number in ragfn's order. Sequencers may differ in length, and AWS orders them by
+    right-padding the shorter with zeros, then comparing the text: so "FF" came after "100". Padding every one to
+    the sequence key's 32 hex digits gives the same order as numbers. At most 24 digits (AWS sends about 18), so
+    the ledger's "one more than the last" always fits the key's width."""
+    value = obj.get("sequencer")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 24 or not all(c in string.hexdigits for c in value):
+        raise BadEvent(f"{where}.sequencer must be a hex string of 1 to 24 digits, got {str(value)[:40]!r}")
+    return int(value.ljust(32, "0"), 16)
+
+
 def _labels(obj: dict[str, Any], key: str, where: str) -> tuple[str | None, tuple[str, ...], str]:
     meta = user_metadata(_get(obj, key, dict, where, required=False) or {})
     tenant, groups, collection = metadata_labels(meta)
@@ -191,7 +205,7 @@ def _s3_record(record: dict[str, Any], where: str) -> ObjectChange | None:
     # AWS S3 carries no user metadata here; MinIO does (userMetadata), and head() fills it in for S3.
     tenant, groups, collection = _labels(obj, "userMetadata", at)
     meta_type = user_metadata(obj.get("userMetadata") or {}).get("content-type")
-    return ObjectChange(action, make_uri("s3", bucket, key), collection, version, _int(obj, "sequencer", at, 16),
+    return ObjectChange(action, make_uri("s3", bucket, key), collection, version, _sequencer(obj, at),
                         tenant, groups, _int(obj, "size", at),
                         _get(obj, "contentType", str, at, required=False) or meta_type)
 
@@ -219,7 +233,7 @@ def _eventbridge(payload: dict[str, Any]) -> list[ObjectChange]:
     etag = _get(obj, "etag", str, "detail.object", required=False)
     version = (version_id if version_id not in (None, "", "null") else None) or (etag.strip('"') if etag else None)
     return [ObjectChange(action, make_uri("s3", bucket, key), "default", version,
-                         _int(obj, "sequencer", "detail.object", 16), size=_int(obj, "size", "detail.object"))]
+                         _sequencer(obj, "detail.object"), size=_int(obj, "size", "detail.object"))]
 
 
 def _ragfn(event_type: str, payload: dict[str, Any], event_time: datetime | None) -> ObjectChange:
