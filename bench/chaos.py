@@ -123,9 +123,12 @@ def experiment(stack: Stack, workload, name: str, rate: float, before: float, ou
         return percentiles(values)["p95"] if values else None
 
     hit = sorted(r.scheduled for r in asks if marked(r, labels))
+    # every label the answers carried from the fault on: what the fault really caused, next to what it should
+    seen = sorted({label for r in asks if r.degraded and r.scheduled >= before for label in r.degraded.split(",")})
     returned = fault.returned if fault.returned is not None else float("nan")
     recovery, stragglers = recovered(hit, returned)
-    return {"fault": name, "labels": labels, "rate": rate, "injected_at": fault.injected, "cleared_at": fault.cleared,
+    return {"fault": name, "labels": labels, "seen_labels": seen, "rate": rate, "injected_at": fault.injected,
+            "cleared_at": fault.cleared,
             "returned_at": fault.returned, "requests": len(level.records), "failed": len(failed),
             "failed_examples": [r.error for r in failed[:3]], "degraded_answers": len(hit),
             "p95_before_ms": p95(0, before), "p95_during_ms": p95(before, returned),

@@ -5,11 +5,13 @@ compared row by row with a clean ingest of the final files.
     .venv/bin/python bench/ingest_faults.py --files 40
 
 While `ragfn ingest --dev` runs (bench/stack.py's stack): the embed function is killed (SIGKILL), then the index
-function; Chroma is stopped for a while and started again; some events are delivered twice (the same event id)
-and some out of order (an older sequence after a newer one); some files are edited and some deleted, each announced
-as a bucket would. Then every dead letter is replayed (`ragfn dlq replay`), and the index (collection `default`)
-must equal a clean ingest of the final files (collection `clean`): no row lost, none stale (of a version the files
-no longer hold), none twice. tests/test_reliability.py runs a small version (a few files, one kill).
+function (each with its whole process tree, as an out-of-memory kill ends a pod); Chroma is stopped for a while and
+started again; some files are edited and some deleted, each announced as a bucket would; some events are delivered
+twice (the same event id) and some out of order: an older delete after a newer upsert of a file that is there, and
+an older upsert after a newer delete of a file that is gone. Then every dead letter is replayed (`ragfn dlq
+replay`), and the index (collection `default`) must equal a clean ingest of the final files (collection `clean`):
+no row lost, none stale (of a version the files no longer hold), none twice. tests/test_reliability.py runs a
+small version (a few files, one kill).
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ def faults(stack: Stack, files: list[Path], plan: Plan, started: float, done: th
             plan.log.append(f"{time.monotonic() - started:.1f}s edited {plan.edit}, deleted {plan.delete} files")
         elif step == "duplicates":
             duplicate_and_reorder(stack, files, plan)
-            plan.log.append(f"{time.monotonic() - started:.1f}s {plan.duplicate} duplicate and {plan.reorder} "
-                            "reordered deliveries")
+            plan.log.append(f"{time.monotonic() - started:.1f}s {plan.duplicate} duplicate deliveries, {plan.reorder} "
+                            f"late older deletes of files still there, {plan.reorder} late older upserts of deleted "
+                            "files")
 
 
 def edit_and_delete(stack: Stack, files: list[Path], plan: Plan) -> None:
@@ -132,11 +135,14 @@ def duplicate_and_reorder(stack: Stack, files: list[Path], plan: Plan) -> None:
         for _ in range(2):
             post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
                                                             "collection": plan.collection}, event_id=event_id)
-    now = time.time_ns() // 1000
-    for path in files[:plan.reorder]:  # the edited files: a newer announcement first, then an older one
-        for sequence in (now, now - 10_000_000):
-            post(stack, "dev.ragfn.document.upserted.v1", {"uri": path.as_uri(), "tenant": TENANT,
-                                                            "collection": plan.collection, "sequence": sequence})
+    now, older = time.time_ns() // 1000, time.time_ns() // 1000 - 10_000_000
+    upsert, delete = "dev.ragfn.document.upserted.v1", "dev.ragfn.document.deleted.v1"
+    for path in files[:plan.reorder]:  # edited, still there: the upsert, then an older delete arriving late
+        post(stack, upsert, {"uri": path.as_uri(), "tenant": TENANT, "collection": plan.collection, "sequence": now})
+        post(stack, delete, {"uri": path.as_uri(), "collection": plan.collection, "sequence": older})
+    for path in files[plan.edit:plan.edit + plan.reorder]:  # deleted: the delete, then an older upsert arriving late
+        post(stack, delete, {"uri": path.as_uri(), "collection": plan.collection, "sequence": now})
+        post(stack, upsert, {"uri": path.as_uri(), "tenant": TENANT, "collection": plan.collection, "sequence": older})
 
 
 def wait_idle(stack: Stack, timeout: float = 600.0) -> None:
@@ -193,13 +199,23 @@ def run(stack: Stack, folder: Path, files: list[Path], plan: Plan, *, clean: str
     """Ingest `folder` into plan.collection under the plan's faults, repair, ingest it clean into `clean`, compare."""
     started = time.monotonic()
     done = threading.Event()
-    injector = threading.Thread(target=faults, args=(stack, files, plan, started, done), daemon=True)
+    failed: list[BaseException] = []
+
+    def inject() -> None:
+        try:
+            faults(stack, files, plan, started, done)
+        except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+            failed.append(exc)
+
+    injector = threading.Thread(target=inject, daemon=True)
     injector.start()
     ingest = subprocess.run([sys.executable, "-m", "ragfn", "ingest", "--dev", "--tenant", TENANT, "--collection",
                              plan.collection, "--json", str(folder)], cwd=str(REPO), env=stack.env,
                             capture_output=True, text=True, timeout=3600)
     injector.join()  # every planned fault happened, even if the ingest finished first
     done.set()
+    if failed:
+        raise RuntimeError(f"a fault could not be injected (done: {plan.log})") from failed[0]
     wait_idle(stack)
     ingest_seconds = time.monotonic() - started
     dead = replay_dead_letters(stack)

@@ -3,6 +3,11 @@ open files and threads of every process of the stack and the Redis keys; a plot 
 each over the second half, per hour. It stops by itself.
 
     .venv/bin/python bench/soak.py --rate 16 --minutes 20         # half the knee (docs/reliability.md)
+    .venv/bin/python bench/soak.py --rate 16 --minutes 20 --caps 1000
+
+--caps N lowers the two bounds on what Redis keeps (answers per cache scope, answers remembered for feedback per
+tenant) from their defaults (10,000 and 20,000) to N, so that a 20-minute run reaches them and shows whether
+Redis, and the cache's vectors held in memory, stay flat once full.
 """
 
 from __future__ import annotations
@@ -96,10 +101,14 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=REPO / ".ragfn" / "bench" / "soak")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "soak.png")
+    parser.add_argument("--caps", type=int, default=None, help="RAGFN_CACHE_MAX_ENTRIES and "
+                        "RAGFN_FEEDBACK_MAX_ANSWERS for the run (default: the settings' defaults)")
     args = parser.parse_args()
     home = fresh_home(args.out)
     samples: list[dict] = []
-    with Stack(home) as stack:
+    caps = {} if args.caps is None else {"RAGFN_CACHE_MAX_ENTRIES": str(args.caps),
+                                         "RAGFN_FEEDBACK_MAX_ANSWERS": str(args.caps)}
+    with Stack(home, extra_env=caps) as stack:
         docs, questions = python_faq(stack)
         workload = prepare(stack, docs, questions, paraphrase_pairs())
         stop = threading.Event()
@@ -123,7 +132,7 @@ def main() -> None:
                                                            for s in samples]), 1)
                      for metric in ("rss_mib", "fds", "threads")} for name in names}
     growth["redis_keys"] = round(growth_per_hour(times, [s["redis_keys"] for s in samples]), 1)
-    report = {"rate": args.rate, "minutes": args.minutes, "load": {k: level[k] for k in
+    report = {"rate": args.rate, "minutes": args.minutes, "caps": args.caps, "load": {k: level[k] for k in
               ("sent", "achieved_rps", "errors", "cache_hit_share", "degraded", "asks", "first_errors")},
               "first": samples[0], "last": samples[-1], "growth_per_hour_second_half": growth}
     (args.out / "report.json").write_text(json.dumps({"report": report, "samples": samples}, indent=2))

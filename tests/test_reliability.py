@@ -80,9 +80,8 @@ def test_every_fault_is_served_degraded_and_recovers(stack, workload, fault):
     result = experiment(stack, workload, fault, rate=3, before=2, outage=4, after=6)
     assert result["failed"] == 0, result["failed_examples"]
     assert result["returned_at"] is not None, "the component did not come back"
-    if fault != "retrieve":  # a killed function is back within a second or two: few questions meet the gap
-        assert result["degraded_answers"] > 0, result["timeline"]
-    assert set(result["labels"]) == set(LABELS[fault])
+    assert result["degraded_answers"] > 0, result["timeline"]
+    assert set(result["seen_labels"]) <= {*LABELS[fault], "ungrounded-answer"}, result["seen_labels"]
     # the outage's labelled answers end soon after the component's return (bench/chaos.py measures the 5 s target
     # on an idle machine; CI shares its two cores, so this bound is looser)
     assert result["recovery_s"] <= 10, result["timeline"]
