@@ -124,7 +124,7 @@ def experiment(stack: Stack, workload, name: str, rate: float, before: float, ou
 
     hit = sorted(r.scheduled for r in asks if marked(r, labels))
     # every label the answers carried from the fault on: what the fault really caused, next to what it should
-    seen = sorted({label for r in asks if r.degraded and r.scheduled >= before for label in r.degraded.split(",")})
+    seen = sorted({label for r in asks if r.degraded and r.scheduled >= before for label in r.degraded.split("+")})
     returned = fault.returned if fault.returned is not None else float("nan")
     recovery, stragglers = recovered(hit, returned)
     return {"fault": name, "labels": labels, "seen_labels": seen, "rate": rate, "injected_at": fault.injected,
