@@ -91,3 +91,31 @@ def test_remembered_answers_are_capped_per_tenant():
     assert store.rate("a4", "acme", "up")["rating"] == "up" and store.rate("g0", "globex", "down")
     assert len(list(client.scan_iter("fbcap:fb:answer:*"))) == 4  # three of acme's, one of globex's
     assert all(client.ttl(key) > 0 for key in client.scan_iter("fbcap:fb:answers:*"))
+
+
+def test_concurrent_writers_keep_exactly_the_cap():
+    """Each writer trimmed the excess it had counted itself, so writers racing each other evicted too many."""
+    import threading
+
+    from ragfn.gateway.feedback import AnsweredQuestion, FeedbackStore
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter("fbrace:*"):
+        client.delete(key)
+    store = FeedbackStore(client, prefix="fbrace", max_answers=50)
+
+    def write(worker: int) -> None:
+        for n in range(100):
+            store.remember(AnsweredQuestion(f"w{worker}-{n}", "acme", "default", "q", "answer", "miss", None))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert client.zcard("fbrace:fb:answers:acme") == 50
+        assert len(list(client.scan_iter("fbrace:fb:answer:*", count=1000))) == 50
+    finally:
+        for key in client.scan_iter("fbrace:*"):
+            client.delete(key)

@@ -3,8 +3,9 @@
 The gateway remembers each answer it gives (question, collection, cache and degraded flags, the text) for
 `ttl_seconds` under its `answer_id`, and at most `max_answers` per tenant (a sorted index by time, trimmed on
 each write: bench/soak.py found one key per answer, 7 days long, growing Redis by tens of GB at steady load);
-feedback names that id, so a rating always says what it is about and a tenant can only rate its own answers. Ratings go to a capped Redis stream (for notebooks) and per-tenant counters (for
-`ragfn stats`); rating an answer again replaces the earlier rating.
+feedback names that id, so a rating always says what it is about and a tenant can only rate its own answers.
+Ratings go to a capped Redis stream (for notebooks) and per-tenant counters (for `ragfn stats`); rating an answer
+again replaces the earlier rating.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from ragfn.core.errors import ObjectNotFound, Unavailable
 
 Rating = Literal["up", "down"]
 STREAM_LENGTH = 100_000  # about the last 100k ratings; older ones are trimmed, the counters keep the totals
+
+# Pops a tenant's oldest remembered answers past the cap and deletes them, in one step: writers that each counted
+# the excess themselves and popped it evicted too many when they raced. KEYS: the index. ARGV: cap, answer key prefix.
+_TRIM = """
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
+local oldest = redis.call('ZPOPMIN', KEYS[1], excess)
+for i = 1, #oldest, 2 do redis.call('DEL', ARGV[2] .. oldest[i]) end
+return excess
+"""
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class FeedbackStore:
     def __init__(self, redis, *, prefix: str = "rc", ttl_seconds: int = 7 * 86400,
                  max_answers: int = 20_000) -> None:
         self.redis, self.prefix, self.ttl_seconds, self.max_answers = redis, prefix, ttl_seconds, max_answers
+        self._trim = redis.register_script(_TRIM)
 
     def remember(self, answered: AnsweredQuestion) -> None:
         index, now = f"{self.prefix}:fb:answers:{answered.tenant}", time.time()
@@ -50,12 +62,8 @@ class FeedbackStore:
         pipe.zadd(index, {answered.answer_id: now})
         pipe.zremrangebyscore(index, "-inf", now - self.ttl_seconds)  # ids whose answers expired by themselves
         pipe.expire(index, self.ttl_seconds)
-        pipe.zcard(index)
-        held = self._call(pipe.execute)[-1]
-        if held > self.max_answers:  # the oldest go first; concurrent writers each pop their own excess
-            oldest = self._call(self.redis.zpopmin, index, held - self.max_answers)
-            if oldest:
-                self._call(self.redis.delete, *(self._answer_key(member.decode()) for member, _ in oldest))
+        self._trim(keys=[index], args=[self.max_answers, self._answer_key("")], client=pipe)  # the oldest go first
+        self._call(pipe.execute)
 
     def rate(self, answer_id: str, tenant: str, rating: Rating, comment: str = "") -> dict:
         raw = self._call(self.redis.get, self._answer_key(answer_id))
