@@ -151,9 +151,9 @@ class Stack:
     def start(self, name: str) -> float:
         """Start a part (again); the seconds until it answers."""
         argv, env = self._argv[name]
-        self.children[name] = subprocess.Popen(argv, env=env, cwd=str(REPO), start_new_session=True,
-                                               stdout=(self.logs / f"{name}.log").open("ab"),
-                                               stderr=subprocess.STDOUT)
+        with (self.logs / f"{name}.log").open("ab") as out:  # the child keeps its own copy
+            self.children[name] = subprocess.Popen(argv, env=env, cwd=str(REPO), start_new_session=True,
+                                                   stdout=out, stderr=subprocess.STDOUT)
         if name in ("redis", "proxy"):
             port = self.redis_port if name == "redis" else self.proxy_port
             return self._wait(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close())
