@@ -51,8 +51,10 @@ class Record:
 class Workload:
     """The question pools and the mix; `next()` gives (route, kind, tenant, payload)."""
 
-    def __init__(self, questions: list[str], paraphrases: list[tuple[str, str]], seed: int = 7) -> None:
+    def __init__(self, questions: list[str], paraphrases: list[tuple[str, str]], seed: int = 7,
+                 upload_every: int = UPLOAD_EVERY) -> None:
         self.rng = random.Random(seed)
+        self.upload_every = upload_every  # 0: no uploads
         self.pool = list(questions)
         self.fresh = {tenant: list(questions) for tenant in TENANTS}
         for pool in self.fresh.values():
@@ -82,7 +84,7 @@ class Workload:
         with self._lock:
             self.count += 1
             tenant = self.rng.choice(list(TENANTS))
-            if self.count % UPLOAD_EVERY == 0:
+            if self.upload_every and self.count % self.upload_every == 0:
                 return "upload", "upload", tenant, {"name": f"note-{self.count}.md"}
             roll = self.rng.random()
             if roll < 0.35 and self.asked[tenant]:
@@ -219,11 +221,13 @@ def paraphrase_pairs() -> list[tuple[str, str]]:
     return [(cached, asked) for cached, asked in pairs]
 
 
-def prepare(stack: Stack, docs: Path, questions: list[str], paraphrases: list[tuple[str, str]]) -> Workload:
+def prepare(stack: Stack, docs: Path, questions: list[str], paraphrases: list[tuple[str, str]], *,
+            upload_every: int = UPLOAD_EVERY) -> Workload:
     for tenant in TENANTS:
         print(f"ingesting {docs} for {tenant} ...", file=sys.stderr, flush=True)
         stack.ingest(tenant, docs)
-    workload = Workload([q for q in questions if q not in {c for c, _ in paraphrases}], paraphrases)
+    workload = Workload([q for q in questions if q not in {c for c, _ in paraphrases}], paraphrases,
+                        upload_every=upload_every)
     with httpx.Client(timeout=60) as client:
         for tenant in TENANTS:
             for question in workload.warm_up_questions():

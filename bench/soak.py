@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import redis
-from load import paraphrase_pairs, prepare, python_faq, run_level
+from load import UPLOAD_EVERY, paraphrase_pairs, prepare, python_faq, run_level
 from stack import REPO, Stack, fresh_home
 
 
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "soak.png")
     parser.add_argument("--caps", type=int, default=None, help="RAGFN_CACHE_MAX_ENTRIES and "
                         "RAGFN_FEEDBACK_MAX_ANSWERS for the run (default: the settings' defaults)")
+    parser.add_argument("--upload-every", type=int, default=UPLOAD_EVERY, help="one request in N is an upload, "
+                        "which grows the index (0: none, so that the data stays the same size)")
     args = parser.parse_args()
     home = fresh_home(args.out)
     samples: list[dict] = []
@@ -110,7 +112,7 @@ def main() -> None:
                                          "RAGFN_FEEDBACK_MAX_ANSWERS": str(args.caps)}
     with Stack(home, extra_env=caps) as stack:
         docs, questions = python_faq(stack)
-        workload = prepare(stack, docs, questions, paraphrase_pairs())
+        workload = prepare(stack, docs, questions, paraphrase_pairs(), upload_every=args.upload_every)
         stop = threading.Event()
         started = time.monotonic()
 
@@ -132,7 +134,8 @@ def main() -> None:
                                                            for s in samples]), 1)
                      for metric in ("rss_mib", "fds", "threads")} for name in names}
     growth["redis_keys"] = round(growth_per_hour(times, [s["redis_keys"] for s in samples]), 1)
-    report = {"rate": args.rate, "minutes": args.minutes, "caps": args.caps, "load": {k: level[k] for k in
+    report = {"rate": args.rate, "minutes": args.minutes, "caps": args.caps, "upload_every": args.upload_every,
+              "load": {k: level[k] for k in
               ("sent", "achieved_rps", "errors", "cache_hit_share", "degraded", "asks", "first_errors")},
               "first": samples[0], "last": samples[-1], "growth_per_hour_second_half": growth}
     (args.out / "report.json").write_text(json.dumps({"report": report, "samples": samples}, indent=2))
