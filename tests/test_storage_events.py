@@ -223,7 +223,8 @@ def test_eventbridge_object_created_as_a_cloudevent_an_sqs_body_or_a_plain_post(
     change = one(event_type, json.dumps(data) if event_type == events.AWS_SQS_MESSAGE else data)
     # the key is taken as it is: EventBridge does not URL-encode it as S3's notifications do ("+" stays "+")
     assert change == ObjectChange("upsert", "s3://amzn-s3-demo-bucket1/reports/Quarterly Report+Q3 (2021).md",
-                                  version="IYV3p45BT0ac8hjHg1houSdS1a.Mc8cs", sequence=int("00617F08299329D189".ljust(32, "0"), 16), size=5)
+                                  version="IYV3p45BT0ac8hjHg1houSdS1a.Mc8cs",
+                                  sequence=int("00617F08299329D189".ljust(32, "0"), 16), size=5)
 
 
 def test_eventbridge_object_deleted_orders_after_the_create() -> None:

@@ -215,9 +215,12 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+SEQUENCE_DIGITS = 32  # the width of a sequence key, in hex digits
+
+
 def sequence_key(value: int) -> str:
     """Fixed-width hex so that string order is numeric order, whatever the source's counter."""
-    return f"{value:032x}"
+    return f"{value:0{SEQUENCE_DIGITS}x}"
 
 
 def schema_file_name(event_type: str) -> str:

@@ -94,33 +94,33 @@ def _get(obj: dict[str, Any], key: str, kind: type, where: str, *, required: boo
     return value
 
 
-def _int(obj: dict[str, Any], key: str, where: str, base: int = 10) -> int | None:
-    """GCS sends int64 fields as decimal strings and S3 sequencers are hex strings; accept those, or a JSON number."""
+def _int(obj: dict[str, Any], key: str, where: str) -> int | None:
+    """GCS sends int64 fields as decimal strings; accept those, or a JSON number."""
     value = obj.get(key)
     if value is None:
         return None
-    number = value if isinstance(value, int) and not isinstance(value, bool) and base == 10 else None
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
     if isinstance(value, str):
         try:
-            number = int(value, base)
+            number = int(value)
         except ValueError:
             pass
     if number is None or number < 0:
-        raise BadEvent(f"{where}.{key} must be a non-negative {'hex ' if base == 16 else ''}integer, got {value!r}")
+        raise BadEvent(f"{where}.{key} must be a non-negative integer, got {value!r}")
     return number
 
 
 def _sequencer(obj: dict[str, Any], where: str) -> int | None:
     """S3's sequencer as a number in ragfn's order. Sequencers may differ in length, and AWS orders them by
     right-padding the shorter with zeros, then comparing the text: so "FF" came after "100". Padding every one to
-    the sequence key's 32 hex digits gives the same order as numbers. At most 24 digits (AWS sends about 18), so
-    the ledger's "one more than the last" always fits the key's width."""
+    the sequence key's width (32 hex digits) gives the same order as numbers. At most 24 digits (AWS sends about
+    18), so the ledger's "one more than the last" always fits the key's width."""
     value = obj.get("sequencer")
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= 24 or not all(c in string.hexdigits for c in value):
         raise BadEvent(f"{where}.sequencer must be a hex string of 1 to 24 digits, got {str(value)[:40]!r}")
-    return int(value.ljust(32, "0"), 16)
+    return int(value.ljust(events.SEQUENCE_DIGITS, "0"), 16)
 
 
 def _labels(obj: dict[str, Any], key: str, where: str) -> tuple[str | None, tuple[str, ...], str]:
